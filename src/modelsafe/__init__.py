@@ -1,0 +1,45 @@
+"""modelsafe: save and load models and checkpoints safely, fast, across frameworks.
+
+>>> import modelsafe as ms
+>>> ms.save({"weights": [1.0, 2.0]}, "/tmp/modelsafe-doctest.safetensors")
+>>> ms.load("/tmp/modelsafe-doctest.safetensors")
+{'weights': [1.0, 2.0]}
+
+Importing modelsafe imports no ML framework; adapters load on first use.
+"""
+
+from ._version import __version__
+from .api import load, open, save
+from .errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    FrameworkNotInstalledError,
+    IncompatibleStateError,
+    ModelsafeError,
+    NewerFormatError,
+    StorageError,
+    UnknownClassError,
+    UnsafeObjectError,
+    UnsupportedObjectError,
+)
+from .reader import Reader
+from .recipes import register
+
+__all__ = [
+    "__version__",
+    "save",
+    "load",
+    "open",
+    "register",
+    "Reader",
+    "ModelsafeError",
+    "CorruptCheckpointError",
+    "NewerFormatError",
+    "CheckpointNotFoundError",
+    "UnsupportedObjectError",
+    "UnsafeObjectError",
+    "UnknownClassError",
+    "IncompatibleStateError",
+    "StorageError",
+    "FrameworkNotInstalledError",
+]

@@ -1,0 +1,62 @@
+"""numpy adapter: ndarrays and numpy scalars (bfloat16 and float8 through ml_dtypes)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedObjectError
+from ..format import dtypes
+from . import LoadOptions, TensorInfo, TensorSpec
+
+
+class NumpyAdapter:
+    framework = "numpy"
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, (np.ndarray, np.generic)) and not issubclass(tp, np.matrix)
+
+    def describe(self, obj: Any) -> TensorInfo:
+        attrs: dict[str, Any] = {}
+        if isinstance(obj, np.generic):
+            attrs["scalar"] = True
+            obj = np.asarray(obj)
+        dt = dtypes.from_numpy(obj.dtype.newbyteorder("=")) if obj.dtype.byteorder == ">" else dtypes.from_numpy(obj.dtype)
+        if dt is None:
+            raise UnsupportedObjectError(
+                f"numpy dtype {obj.dtype} has no fixed-size tensor equivalent; convert the array "
+                "(for example to a numeric dtype) or save with allow_pickle=True"
+            )
+        identity = None
+        if obj.size and "scalar" not in attrs:
+            identity = ("numpy", obj.__array_interface__["data"][0], obj.dtype.str, obj.shape, obj.strides)
+        return TensorInfo(dt.name, tuple(obj.shape), identity, attrs)
+
+    def host_bytes(self, obj: Any) -> memoryview:
+        arr = np.asarray(obj)
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(arr)
+        return memoryview(arr.reshape(-1).view(np.uint8))
+
+    def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
+        out = []
+        for spec in specs:
+            dt = dtypes.BY_NAME[spec.dtype]
+            npdt = dtypes.numpy_dtype(dt)
+            if npdt is None:
+                raise UnsupportedObjectError(
+                    f"numpy has no dtype {spec.dtype}; load with framework='torch'"
+                )
+            raw = base[spec.offset : spec.offset + spec.nbytes]
+            if options.copy:
+                raw = raw.copy()
+            arr = raw.view(npdt).reshape(spec.shape)
+            if spec.attrs.get("scalar"):
+                arr = arr[()]
+            out.append(arr)
+        return out
+
+
+ADAPTER = NumpyAdapter()

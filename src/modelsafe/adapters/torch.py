@@ -1,0 +1,142 @@
+"""PyTorch adapter: tensors and parameters of every dtype, any device, with map_location."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UnsupportedObjectError
+from ..format import dtypes
+from . import LoadOptions, TensorInfo, TensorSpec
+
+_TORCH_DTYPES: dict[str, torch.dtype] = {}
+for _name in dtypes.BY_NAME:
+    _dt = getattr(torch, _name, None)
+    if isinstance(_dt, torch.dtype):
+        _TORCH_DTYPES[_name] = _dt
+_NAMES = {v: k for k, v in _TORCH_DTYPES.items()}
+# dtypes whose tensors convert to numpy directly (cheapest path to bytes)
+_NUMPY_COMPATIBLE = {
+    torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+    torch.uint16, torch.uint32, torch.uint64,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _TORCH_DTYPES[name]
+    except KeyError:
+        raise UnsupportedObjectError(f"this torch build has no dtype {name}; upgrade torch or load with framework='numpy'") from None
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+class TorchAdapter:
+    framework = "torch"
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, torch.Tensor)
+
+    def describe(self, obj: torch.Tensor) -> TensorInfo:
+        if obj.layout != torch.strided:
+            raise UnsupportedObjectError(
+                f"torch tensors with layout {obj.layout} are not stored; convert with .to_dense() first"
+            )
+        if obj.is_quantized:
+            raise UnsupportedObjectError("quantized torch tensors are not stored; dequantize() first or use allow_pickle=True")
+        if obj.device.type == "meta":
+            raise UnsupportedObjectError("meta tensors hold no data; materialize the tensor before saving")
+        name = _NAMES.get(obj.dtype)
+        if name is None:
+            raise UnsupportedObjectError(f"torch dtype {obj.dtype} is not supported by the format")
+        attrs: dict[str, Any] = {}
+        if isinstance(obj, torch.nn.Parameter):
+            attrs["parameter"] = True
+            if not obj.requires_grad:
+                attrs["requires_grad"] = False
+        elif obj.requires_grad:
+            attrs["requires_grad"] = True
+        if obj.device.type != "cpu":
+            attrs["device"] = str(obj.device)
+        identity = None
+        if obj.numel():
+            identity = ("torch", obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride(), obj.device)
+        return TensorInfo(name, tuple(obj.shape), identity, attrs)
+
+    def host_bytes(self, obj: torch.Tensor) -> memoryview:
+        t = obj.detach()
+        if t.device.type != "cpu":
+            t = t.to("cpu")
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        if t.dtype in _NUMPY_COMPATIBLE and t.dim() and t.numel():
+            return memoryview(t.numpy()).cast("B")
+        return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+    def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
+        flat = torch.from_numpy(base) if base.size else torch.empty(0, dtype=torch.uint8)
+        typed_views: dict[torch.dtype, tuple[torch.Tensor, int]] = {}
+        address = base.ctypes.data if base.size else 0
+        out = []
+        for spec in specs:
+            dt = torch_dtype(spec.dtype)
+            size = dtypes.BY_NAME[spec.dtype].itemsize
+            if spec.nbytes == 0:
+                t = torch.empty(spec.shape, dtype=dt)
+            elif options.copy or (address + spec.offset) % size:
+                t = flat[spec.offset : spec.offset + spec.nbytes].clone().view(dt).view(spec.shape)
+            else:
+                typed, start = typed_views.get(dt) or (None, 0)
+                if typed is None:
+                    # one typed view of the whole aligned buffer per dtype; each tensor is a strided window
+                    start = (-address) % size
+                    usable = (flat.numel() - start) // size * size
+                    typed = flat[start : start + usable].view(dt)
+                    typed_views[dt] = (typed, start)
+                t = typed.as_strided(spec.shape, _contiguous_strides(spec.shape), (spec.offset - start) // size)
+            out.append(_restore(t, spec.attrs, options.map_location))
+        return out
+
+
+def _target_device(saved: str, map_location: Any) -> Any:
+    if map_location is None:
+        return saved
+    if isinstance(map_location, (str, torch.device)):
+        return map_location
+    if isinstance(map_location, dict):
+        return map_location.get(saved, saved)
+    return saved
+
+
+def _restore(t: torch.Tensor, attrs: dict, map_location: Any) -> torch.Tensor:
+    saved_device = attrs.get("device", "cpu")
+    if callable(map_location) and not isinstance(map_location, (str, torch.device, dict)):
+        moved = map_location(t, saved_device)
+        if moved is not None:
+            t = moved
+    else:
+        device = _target_device(saved_device, map_location)
+        if str(device) != "cpu":
+            t = t.to(device)
+    if attrs.get("parameter"):
+        return torch.nn.Parameter(t, requires_grad=attrs.get("requires_grad", True))
+    if attrs.get("requires_grad"):
+        t.requires_grad_(True)
+    return t
+
+
+ADAPTER = TorchAdapter()

@@ -1,0 +1,102 @@
+"""The public verbs: save, load, open."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from .errors import UnsupportedObjectError
+from .format.writer import write_file
+from .loading import add_aliases, decode_tree, materialize, refuse_pickles
+from .reader import Reader
+from .sources import open_source
+from .storage.local import atomic_file
+from .tree import Flattener, flatten
+
+PathLike = str | os.PathLike
+
+
+def encode_metadata(metadata: Any) -> Any:
+    """User metadata as a skeleton node (JSON values only: no tensors, bytes or pickles)."""
+    if metadata is None:
+        return None
+    fl = Flattener(allow_pickle=False)
+    try:
+        node = fl.flatten(metadata)
+    except UnsupportedObjectError as exc:
+        raise UnsupportedObjectError(f"metadata: {exc.message}", key=exc.key) from None
+    if fl.leaves:
+        raise UnsupportedObjectError(
+            f"metadata holds {fl.leaves[0].path.replace('obj', 'metadata', 1)} ({fl.leaves[0].kind}); metadata takes "
+            "JSON values only (dict, list, str, numbers, bool, None): put tensors and bytes in the saved object",
+            key=fl.leaves[0].path,
+        )
+    return node
+
+
+def save(
+    obj: Any,
+    path: PathLike,
+    *,
+    metadata: dict | None = None,
+    allow_pickle: bool = False,
+    storage_options: dict | None = None,
+) -> None:
+    """Save a tree of tensors, containers and JSON scalars to one safetensors-compatible file.
+
+    The write is atomic and durable: ``path`` holds either the old file or the new one.
+
+    >>> import numpy as np, tempfile, os, modelsafe as ms
+    >>> p = os.path.join(tempfile.mkdtemp(), "state.safetensors")
+    >>> ms.save({"w": np.ones(3, np.float32), "epoch": 5}, p, metadata={"note": "demo"})
+    >>> ms.load(p)["epoch"]
+    5
+    """
+    fl = flatten(obj, allow_pickle=allow_pickle)
+    metadata_node = encode_metadata(metadata)
+    with atomic_file(path) as f:
+        write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata)
+
+
+def load(
+    path: PathLike,
+    *,
+    map_location: Any = None,
+    framework: str | None = None,
+    trusted: Iterable[str] = (),
+    allow_pickle: bool = False,
+    verify: bool = True,
+    storage_options: dict | None = None,
+) -> Any:
+    """Load what :func:`save` wrote (or any safetensors file), checksums verified.
+
+    ``framework`` ("numpy", "torch", ...) converts every tensor; by default each comes
+    back as the framework it was saved from.  ``map_location`` works as in ``torch.load``.
+
+    >>> import numpy as np, tempfile, os, modelsafe as ms
+    >>> p = os.path.join(tempfile.mkdtemp(), "t.safetensors")
+    >>> ms.save([np.arange(3), (1, 2.5)], p)
+    >>> ms.load(p)
+    [array([0, 1, 2]), (1, 2.5)]
+    """
+    with open_source(path, storage_options=storage_options) as source:
+        refuse_pickles(source, allow_pickle)
+        buffers = source.buffers(lazy=False)
+        values = materialize(
+            source, buffers, source.records.values(), framework=framework, map_location=map_location, verify=verify
+        )
+        add_aliases(values, source.aliases)
+        return decode_tree(source, values, allow_pickle=allow_pickle, trusted=trusted)
+
+
+def open(path: PathLike, *, storage_options: dict | None = None, framework: str | None = None, verify: bool = True) -> Reader:  # noqa: A001
+    """Open a file or checkpoint for lazy reading; use as a context manager.
+
+    >>> import numpy as np, tempfile, os, modelsafe as ms
+    >>> p = os.path.join(tempfile.mkdtemp(), "sd.safetensors")
+    >>> ms.save({"a": np.zeros(2), "b": np.ones(2)}, p)
+    >>> with ms.open(p) as r:
+    ...     list(r.keys()), r["b"]
+    (['a', 'b'], array([1., 1.]))
+    """
+    return Reader(open_source(path, storage_options=storage_options), framework=framework, verify=verify)

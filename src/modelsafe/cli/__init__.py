@@ -1,0 +1,16 @@
+"""The ``modelsafe`` command line.  Thin commands; :mod:`.errors` maps failures to exit codes."""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from .app import cli
+from .errors import run
+
+__all__ = ["cli", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``modelsafe`` and ``python -m modelsafe``."""
+    run(cli, argv)

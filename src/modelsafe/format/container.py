@@ -1,0 +1,180 @@
+"""The safetensors container: an 8-byte header length, a JSON header, then tensor bytes.
+
+This module builds and validates headers.  It trusts nothing it reads: every field
+is checked before anything is allocated (bounded header size, known dtypes,
+non-negative shapes, byte length = dtype x shape, offsets inside the file, no
+overlaps and no gaps), and every problem is a CorruptCheckpointError naming the
+file and, where one applies, the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CorruptCheckpointError
+from . import checksum
+from .dtypes import STORAGE_CODES, DType
+
+MAX_HEADER_BYTES = 100_000_000   # the limit safetensors itself applies
+MAX_DIMS = 64
+HEADER_ALIGN = 8
+MANIFEST_KEY = "modelsafe"
+HEADER_CHECKSUM_KEY = "modelsafe.header_xxh3"
+_HEADER_CHECKSUM_RE = re.compile(rb'"modelsafe\.header_xxh3"\s*:\s*"([0-9a-f]{16})"')
+
+
+@dataclass(frozen=True)
+class RawEntry:
+    """One tensor as the safetensors header describes it (its storage form)."""
+
+    name: str
+    storage: DType
+    shape: tuple[int, ...]
+    begin: int  # offsets relative to the start of the data section
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass
+class Header:
+    entries: dict[str, RawEntry]   # in header order
+    metadata: dict[str, str]       # the __metadata__ map
+    data_start: int                # absolute file offset of the data section
+    data_len: int
+    raw: bytes                     # the header JSON bytes (for checksum verification)
+
+
+# -- writing --------------------------------------------------------------------
+
+def build_header(entries: list[tuple[str, str, list[int], int, int]], metadata: dict[str, str]) -> bytes:
+    """Header bytes (length prefix included), padded so the data starts 8-byte aligned.
+
+    ``entries`` are (name, storage code, shape, begin, end).  If ``metadata`` holds
+    HEADER_CHECKSUM_KEY, its value is replaced by the checksum of the header.
+    """
+    obj: dict[str, Any] = {}
+    if metadata:
+        obj["__metadata__"] = metadata
+    for name, code, shape, begin, end in entries:
+        obj[name] = {"dtype": code, "shape": shape, "data_offsets": [begin, end]}
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    text += b" " * (-(len(text) + 8) % HEADER_ALIGN)
+    blob = struct.pack("<Q", len(text)) + text
+    if HEADER_CHECKSUM_KEY in metadata:
+        blob = _seal(blob)
+    return blob
+
+
+def _seal(blob: bytes) -> bytes:
+    match = _HEADER_CHECKSUM_RE.search(blob)
+    assert match is not None
+    start, end = match.span(1)
+    zeroed = blob[:start] + checksum.PLACEHOLDER.encode() + blob[end:]
+    return blob[:start] + checksum.digest(zeroed).encode() + blob[end:]
+
+
+# -- reading --------------------------------------------------------------------
+
+def _corrupt(path: Any, what: str, key: str | None = None) -> CorruptCheckpointError:
+    where = f"{path}: tensor {key!r}: " if key is not None else f"{path}: "
+    return CorruptCheckpointError(
+        f"{where}{what}. The file is damaged, truncated or not a safetensors/modelsafe file; "
+        "restore it from a backup or save it again",
+        path=path, key=key,
+    )
+
+
+def read_length(prefix: bytes, file_size: int, path: Any) -> int:
+    """Validate the 8-byte prefix and return the header length."""
+    if len(prefix) < 8 or file_size < 8:
+        raise _corrupt(path, f"file is {file_size} bytes, too short to hold a safetensors header")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise _corrupt(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if n > file_size - 8:
+        raise _corrupt(path, f"header length {n} is larger than the file ({file_size} bytes)")
+    if n < 2:
+        raise _corrupt(path, f"header length {n} is too small to hold a JSON object")
+    return n
+
+
+def parse_header(raw: bytes, file_size: int, path: Any) -> Header:
+    """Parse and validate header JSON ``raw`` of a file of ``file_size`` bytes."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _corrupt(path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise _corrupt(path, f"header is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise _corrupt(path, "header is not a JSON object")
+    data_start = 8 + len(raw)
+    data_len = file_size - data_start
+    metadata = obj.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    elif not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise _corrupt(path, "__metadata__ must map strings to strings")
+    entries: dict[str, RawEntry] = {}
+    for name, spec in obj.items():
+        entries[name] = _parse_entry(name, spec, data_len, path)
+    _check_layout(entries, data_len, path)
+    return Header(entries, metadata, data_start, data_len, raw)
+
+
+def _parse_entry(name: str, spec: Any, data_len: int, path: Any) -> RawEntry:
+    if not isinstance(spec, dict):
+        raise _corrupt(path, "header entry is not an object", name)
+    code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    storage = STORAGE_CODES.get(code) if isinstance(code, str) else None
+    if storage is None:
+        raise _corrupt(path, f"unknown dtype {code!r}", name)
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and d >= 0 for d in shape)):
+        raise _corrupt(path, f"shape {shape!r} is not a list of at most {MAX_DIMS} non-negative integers", name)
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise _corrupt(path, f"data_offsets {offsets!r} is not a pair of integers", name)
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_len:
+        raise _corrupt(path, f"data_offsets [{begin}, {end}] lie outside the {data_len}-byte data section", name)
+    count = 1
+    for d in shape:
+        count *= d
+    if count * storage.itemsize != end - begin:
+        raise _corrupt(
+            path, f"dtype {code} x shape {shape} needs {count * storage.itemsize} bytes but data_offsets span {end - begin}", name
+        )
+    return RawEntry(name, storage, tuple(shape), begin, end)
+
+
+def _check_layout(entries: dict[str, RawEntry], data_len: int, path: Any) -> None:
+    position = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin < position:
+            raise _corrupt(path, f"data_offsets [{entry.begin}, {entry.end}] overlap another tensor", entry.name)
+        if entry.begin > position:
+            raise _corrupt(path, f"a gap of {entry.begin - position} unused bytes precedes this tensor", entry.name)
+        position = entry.end
+    if position != data_len:
+        raise _corrupt(path, f"the data section is {data_len} bytes but its tensors cover {position}")
+
+
+def verify_header_checksum(prefix_and_raw: bytes, path: Any) -> None:
+    """Check the header seal written by modelsafe (covers every header byte)."""
+    matches = list(_HEADER_CHECKSUM_RE.finditer(prefix_and_raw))
+    if len(matches) != 1:
+        raise _corrupt(path, "the modelsafe header checksum is missing or ambiguous")
+    start, end = matches[0].span(1)
+    stored = prefix_and_raw[start:end].decode()
+    zeroed = prefix_and_raw[:start] + checksum.PLACEHOLDER.encode() + prefix_and_raw[end:]
+    actual = checksum.digest(zeroed)
+    if actual != stored:
+        raise _corrupt(path, f"header checksum mismatch (stored {stored}, computed {actual})")

@@ -1,0 +1,120 @@
+"""Open one single-file save: validate it, expose its records, read or map its bytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import mmap
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from . import checksum, manifest as manifest_mod
+from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
+from .manifest import TensorRecord
+
+
+def default_foreign_framework() -> str:
+    """Framework for tensors of plain safetensors files: torch when installed, else numpy."""
+    return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
+
+
+def _read_exact(fd: int, size: int, offset: int, path: Any) -> bytes:
+    data = os.pread(fd, size, offset)
+    if len(data) != size:
+        raise CorruptCheckpointError(f"{path}: file ended while reading its header; it is truncated", path=path)
+    return data
+
+
+class FileSource:
+    """A validated single-file save.  ``records`` maps tensor names to TensorRecord."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{self.path}: no such file; check the path", path=self.path) from None
+        except IsADirectoryError:
+            raise CheckpointNotFoundError(f"{self.path}: is a directory without a manifest.json", path=self.path) from None
+        except OSError as exc:
+            raise StorageError(f"{self.path}: cannot open ({exc.strerror})", path=self.path, errno=exc.errno) from exc
+        try:
+            self._parse()
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse(self) -> None:
+        size = os.fstat(self._fd).st_size
+        self.file_size = size
+        prefix = os.pread(self._fd, 8, 0)
+        n = read_length(prefix, size, self.path)
+        raw = _read_exact(self._fd, n, 8, self.path)
+        header = parse_header(raw, size, self.path)
+        self.header = header
+        self.data_start = header.data_start
+        meta = header.metadata
+        if MANIFEST_KEY in meta:
+            verify_header_checksum(prefix + raw, self.path)
+            try:
+                manifest = json.loads(meta[MANIFEST_KEY])
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise CorruptCheckpointError(f"{self.path}: the modelsafe manifest is not valid JSON ({exc})", path=self.path) from None
+            manifest_mod.check_version(manifest, self.path)
+            self.records = manifest_mod.records(manifest, header.entries, self.path)
+            self.is_modelsafe = True
+        else:
+            manifest = manifest_mod.foreign_manifest(header.entries, meta)
+            self.records = manifest_mod.foreign_records(header.entries, default_foreign_framework())
+            self.is_modelsafe = False
+        self.manifest = manifest
+        self.aliases: dict[str, str] = manifest.get("aliases", {}) or {}
+
+    # -- bytes -------------------------------------------------------------------
+    def read_data(self) -> np.ndarray:
+        """The whole data section, read into fresh memory."""
+        size = self.file_size - self.data_start
+        buf = np.empty(size, dtype=np.uint8)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            n = os.preadv(self._fd, [view[done:]], self.data_start + done)
+            if not n:
+                raise CorruptCheckpointError(f"{self.path}: file shrank while being read", path=self.path)
+            done += n
+        return buf
+
+    def map_data(self) -> np.ndarray:
+        """The data section as a private copy-on-write memory map (zero-copy, lazy)."""
+        if self.file_size == self.data_start:
+            return np.empty(0, dtype=np.uint8)
+        mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+        return np.frombuffer(mm, dtype=np.uint8, offset=self.data_start)
+
+    def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]:
+        return {None: self.map_data() if lazy else self.read_data()}
+
+    def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
+        if record.checksum is None:
+            return
+        actual = checksum.digest(base[record.begin : record.end])
+        if actual != record.checksum:
+            raise CorruptCheckpointError(
+                f"{self.path}: tensor {record.name!r} fails its checksum (stored {record.checksum}, computed {actual}): "
+                "its bytes are corrupt. Restore the file from a backup or save it again",
+                path=self.path, key=record.name,
+            )
+
+    def close(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> "FileSource":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,76 @@
+"""Turn a Source's records and byte buffers into objects: verify, group, materialize."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Iterable
+
+import numpy as np
+
+from .adapters import LoadOptions, TensorSpec, adapter_named
+from .errors import UnsafeObjectError
+from .format.manifest import TensorRecord
+from .tree import Unflattener
+
+
+def refuse_pickles(source: Any, allow_pickle: bool) -> None:
+    """Raise UnsafeObjectError before reading any bytes if the file holds pickles."""
+    if allow_pickle:
+        return
+    for record in source.records.values():
+        if record.kind == "pickle":
+            raise UnsafeObjectError(
+                f"{source.path}: holds pickled objects (first: tensor {record.name!r}); unpickling can run code, "
+                "so loading is refused. Pass allow_pickle=True only if you trust this file",
+                path=source.path, key=record.name,
+            )
+
+
+def materialize(
+    source: Any,
+    buffers: dict[str | None, np.ndarray],
+    records: Iterable[TensorRecord],
+    *,
+    framework: str | None = None,
+    map_location: Any = None,
+    verify: bool = True,
+    copy: bool = False,
+) -> dict[str, Any]:
+    """name -> object for ``records``; tensors come from each framework adapter in one batch."""
+    values: dict[str, Any] = {}
+    groups: dict[tuple, list[TensorRecord]] = defaultdict(list)
+    for record in records:
+        base = buffers[record.file]
+        if verify:
+            source.verify_record(record, base)
+        if record.kind == "tensor":
+            groups[(record.file, framework or record.framework)].append(record)
+        else:
+            values[record.name] = base[record.begin : record.end].tobytes()
+    options = LoadOptions(map_location=map_location, copy=copy)
+    for (file, framework_name), group in groups.items():
+        adapter = adapter_named(framework_name)
+        specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs) for r in group]
+        for record, value in zip(group, adapter.from_buffer(buffers[file], specs, options)):
+            values[record.name] = value
+    return values
+
+
+def add_aliases(values: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:
+    for alias, target in aliases.items():
+        if target in values:
+            values[alias] = values[target]
+    return values
+
+
+def decode_tree(source: Any, values: dict[str, Any], *, allow_pickle: bool, trusted: Iterable[str] = ()) -> Any:
+    return Unflattener(values, allow_pickle=allow_pickle, trusted=tuple(trusted), source=source.path).decode(
+        source.manifest.get("tree")
+    )
+
+
+def decode_metadata(source: Any) -> Any:
+    node = source.manifest.get("metadata")
+    if node is None:
+        return {}
+    return Unflattener({}, source=source.path).decode(node)

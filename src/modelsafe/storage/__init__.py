@@ -1,0 +1,1 @@
+"""Where bytes go: local files (atomic, durable) and, later, fsspec object stores."""
