@@ -1,0 +1,16 @@
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+SOAK = os.environ.get("MODELSAFE_SOAK") == "1"
+
+
+@pytest.fixture
+def soak() -> bool:
+    """True when the full soak counts should run (MODELSAFE_SOAK=1), else a bounded sample."""
+    return SOAK
