@@ -124,6 +124,10 @@ def parse_header(raw: bytes, file_size: int, path: Any) -> Header:
         metadata = {}
     elif not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise _corrupt(path, "__metadata__ must map strings to strings")
+    if HEADER_CHECKSUM_KEY in metadata and MANIFEST_KEY not in metadata:
+        # a damaged manifest key would otherwise turn a modelsafe file into a "plain" safetensors
+        # file that skips every modelsafe check (seal and checksums)
+        raise _corrupt(path, f"the header is sealed by modelsafe but holds no {MANIFEST_KEY!r} manifest")
     entries: dict[str, RawEntry] = {}
     for name, spec in obj.items():
         entries[name] = _parse_entry(name, spec, data_len, path)

@@ -1,0 +1,363 @@
+"""Hostile and broken files: every one is a CorruptCheckpointError naming the file
+(and the tensor where one applies) -- never a crash, a hang or a huge allocation.
+
+Loads run in a child process whose address space is capped a little above what it
+already uses (RLIMIT_AS), so an attempt to allocate what a hostile header declares
+shows up as a MemoryError (a test failure), not as a machine swapping to death.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import modelsafe as ms
+from craft import raw_file, read_parts, sealed_file
+from modelsafe.format.manifest import FORMAT_VERSION
+
+pytestmark = pytest.mark.timeout(300)
+
+HEADROOM = 512 << 20  # bytes the child may allocate beyond what it holds after its imports
+
+_CHILD = textwrap.dedent(
+    r"""
+    import json, os, resource, sys
+    import numpy as np
+    import modelsafe as ms
+
+    def vm_bytes():
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    job = json.load(sys.stdin)
+    if job["torch"]:
+        import torch  # imported before the cap: its address space is not what we measure
+    limit = vm_bytes() + job["headroom"]
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    base = open(job["base"], "rb").read() if job.get("base") else None
+    scratch = job.get("scratch")
+
+    def outcome(path, mode):
+        try:
+            if mode == "load":
+                ms.load(path)
+            else:
+                with ms.open(path) as reader:
+                    for key in reader.keys():
+                        reader[key]
+                    reader.metadata
+            return {"ok": True}
+        except BaseException as exc:  # report everything, MemoryError included
+            return {
+                "type": type(exc).__name__,
+                "mro": [c.__name__ for c in type(exc).__mro__],
+                "msg": str(exc),
+                "path": getattr(exc, "path", None),
+                "key": getattr(exc, "key", None),
+            }
+
+    results = []
+    for case in job["cases"]:
+        if "path" in case:
+            path = case["path"]
+        else:
+            data = bytearray(base)
+            if "flip" in case:
+                offset, bit = case["flip"]
+                data[offset] ^= 1 << bit
+            else:
+                del data[case["truncate"]:]
+            with open(scratch, "wb") as f:
+                f.write(data)
+            path = scratch
+        results.append(outcome(path, case.get("mode", "load")))
+    json.dump(results, sys.stdout)
+    """
+)
+
+
+def run_capped(cases: list[dict], *, base=None, scratch=None, torch: bool = False, timeout: float = 240) -> list[dict]:
+    """Run each case's load in one address-space-capped child; returns one outcome per case."""
+    job = {"cases": cases, "base": base and str(base), "scratch": scratch and str(scratch), "torch": torch,
+           "headroom": HEADROOM}
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD], input=json.dumps(job), capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"child crashed (rc {proc.returncode}): {proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def assert_corrupt(result: dict, path, key=None, what: str = "") -> None:
+    assert not result.get("ok"), f"{what}: a broken file loaded without error"
+    assert "CorruptCheckpointError" in result["mro"], f"{what}: got {result['type']}: {result['msg']}"
+    assert "ValueError" in result["mro"]
+    assert result["path"] == str(path), f"{what}: error path {result['path']!r}"
+    assert str(path) in result["msg"], f"{what}: message does not name the file: {result['msg']}"
+    if key is not None:
+        assert result["key"] == key, f"{what}: error key {result['key']!r}, expected {key!r}: {result['msg']}"
+        assert repr(key) in result["msg"] or key in result["msg"]
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory):
+    """A small modelsafe file with several payload kinds (about 1 KiB)."""
+    path = tmp_path_factory.mktemp("hostile") / "small.safetensors"
+    obj = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.array([1, -2, 3], dtype=np.int16),
+        "blob": b"\x00\x01payload",
+        "steps": (1, 2.5, "x"),
+        "m": np.array([True, False]),
+    }
+    ms.save(obj, path, metadata={"run": "hostile"})
+    assert 400 < path.stat().st_size < 2048
+    return path
+
+
+def test_truncated_at_every_offset(small_file, tmp_path):
+    size = small_file.stat().st_size
+    scratch = tmp_path / "truncated.safetensors"
+    results = run_capped([{"truncate": n} for n in range(size)], base=small_file, scratch=scratch)
+    for n, result in enumerate(results):
+        assert_corrupt(result, scratch, what=f"truncated to {n} of {size} bytes")
+
+
+def test_truncated_at_every_offset_open_and_read(small_file, tmp_path):
+    size = small_file.stat().st_size
+    scratch = tmp_path / "truncated.safetensors"
+    results = run_capped([{"truncate": n, "mode": "open"} for n in range(0, size, 3)], base=small_file, scratch=scratch)
+    for result in results:
+        assert_corrupt(result, scratch, what="ms.open of a truncated file")
+
+
+def test_appended_garbage_is_refused(small_file, tmp_path):
+    bad = tmp_path / "longer.safetensors"
+    bad.write_bytes(small_file.read_bytes() + b"\0" * 8)
+    assert_corrupt(run_capped([{"path": str(bad)}])[0], bad, what="file with trailing bytes")
+
+
+def test_single_bit_flips_are_all_detected(small_file, tmp_path, soak):
+    size = small_file.stat().st_size
+    rng = random.Random(20261129)
+    count = 5000 if soak else 1000
+    flips = [(rng.randrange(size), rng.randrange(8)) for _ in range(count)]
+    scratch = tmp_path / "flipped.safetensors"
+    results = run_capped([{"flip": list(f)} for f in flips], base=small_file, scratch=scratch)
+    undetected = [flip for flip, result in zip(flips, results) if result.get("ok")]
+    assert not undetected, f"{len(undetected)} of {count} single-bit flips loaded silently, e.g. {undetected[:5]}"
+    for flip, result in zip(flips, results):
+        assert_corrupt(result, scratch, what=f"bit {flip[1]} of byte {flip[0]} flipped")
+
+
+def test_every_bit_flip_in_tensor_bytes_names_the_tensor(small_file, tmp_path):
+    header, data = read_parts(small_file)
+    data_start = small_file.stat().st_size - len(data)
+    name, spec = "w", header["w"]
+    begin, end = spec["data_offsets"]
+    scratch = tmp_path / "flipped.safetensors"
+    cases = [{"flip": [data_start + i, bit]} for i in range(begin, end) for bit in (0, 7)]
+    cases += [dict(c, mode="open") for c in cases[:8]]
+    for result in run_capped(cases, base=small_file, scratch=scratch):
+        assert_corrupt(result, scratch, key=name, what="flipped data byte")
+        assert "checksum" in result["msg"]
+
+
+def _write(path, blob: bytes):
+    path.write_bytes(blob)
+    return path
+
+
+def test_header_length_larger_than_file(tmp_path):
+    cases = {
+        "huge": b"\xff" * 8 + b"{}",
+        "past_end": (1000).to_bytes(8, "little") + b'{"a":1}',
+        "just_past_end": (10).to_bytes(8, "little") + b"{" + b" " * 8,
+        "empty": b"",
+        "short_prefix": b"\x02\x00\x00",
+        "zero_length": (0).to_bytes(8, "little"),
+    }
+    paths = {k: _write(tmp_path / f"{k}.safetensors", v) for k, v in cases.items()}
+    results = run_capped([{"path": str(p)} for p in paths.values()])
+    for (what, path), result in zip(paths.items(), results):
+        assert_corrupt(result, path, what=what)
+
+
+def _entry(dtype="F32", shape=(2,), offsets=(0, 8)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": list(offsets)}
+
+
+# name -> (header, data, tensor the error must name or None)
+HOSTILE_HEADERS = {
+    "overlap": ({"a": _entry(offsets=(0, 8)), "b": _entry(offsets=(4, 12))}, bytes(12), "b"),
+    "same_bytes_twice": ({"a": _entry(offsets=(0, 8)), "b": _entry(offsets=(0, 8))}, bytes(8), None),
+    "negative_begin": ({"a": _entry(offsets=(-8, 0))}, bytes(8), "a"),
+    "negative_end": ({"a": _entry(shape=(0,), offsets=(8, -8))}, bytes(8), "a"),
+    "end_past_data": ({"a": _entry(offsets=(0, 8))}, bytes(4), "a"),
+    "way_out_of_bounds": ({"a": _entry(shape=(2,), offsets=(2**62, 2**62 + 8))}, bytes(8), "a"),
+    "begin_after_end": ({"a": _entry(shape=(0,), offsets=(8, 0))}, bytes(8), "a"),
+    "gap": ({"a": _entry(offsets=(8, 16))}, bytes(16), "a"),
+    "uncovered_tail": ({"a": _entry(offsets=(0, 8))}, bytes(16), None),
+    "trillion_elements": ({"a": _entry(shape=(10**6, 10**6), offsets=(0, 1024))}, bytes(1024), "a"),
+    "trillion_elements_spanning": ({"a": _entry(shape=(10**6, 10**6), offsets=(0, 4 * 10**12))}, bytes(1024), "a"),
+    "dtype_shape_mismatch": ({"a": _entry(dtype="F64", shape=(2,), offsets=(0, 8))}, bytes(8), "a"),
+    "dtype_shape_short": ({"a": _entry(dtype="I32", shape=(3,), offsets=(0, 8))}, bytes(8), "a"),
+    "negative_dim": ({"a": _entry(shape=(-2, -1), offsets=(0, 8))}, bytes(8), "a"),
+    "float_dim": ({"a": _entry(shape=(2.0,), offsets=(0, 8))}, bytes(8), "a"),
+    "bool_dim": ({"a": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, bytes(8), "a"),
+    "too_many_dims": ({"a": _entry(shape=(1,) * 100000, offsets=(0, 4))}, bytes(4), "a"),
+    "unknown_dtype": ({"a": _entry(dtype="F128")}, bytes(8), "a"),
+    "dtype_not_string": ({"a": _entry(dtype=["F32"])}, bytes(8), "a"),
+    "offsets_not_ints": ({"a": _entry(offsets=("0", "8"))}, bytes(8), "a"),
+    "offsets_three": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 16]}}, bytes(8), "a"),
+    "offsets_huge_ints": ({"a": _entry(offsets=(0, 10**40))}, bytes(8), "a"),
+    "entry_not_object": ({"a": [1, 2]}, b"", "a"),
+    "metadata_not_strings": ({"__metadata__": {"x": 1}}, b"", None),
+    "metadata_not_object": ({"__metadata__": "hello"}, b"", None),
+    "header_is_list": ([1, 2, 3], b"", None),
+    "header_is_number": (123, b"", None),
+}
+
+
+def test_hostile_headers(tmp_path):
+    paths = {}
+    for name, (header, data, _) in HOSTILE_HEADERS.items():
+        paths[name] = _write(tmp_path / f"{name}.safetensors", raw_file(header, data))
+    cases = [{"path": str(p), "mode": mode} for p in paths.values() for mode in ("load", "open")]
+    results = iter(run_capped(cases, torch=True))
+    for name, path in paths.items():
+        key = HOSTILE_HEADERS[name][2]
+        for mode in ("load", "open"):
+            assert_corrupt(next(results), path, key=key, what=f"{name} ({mode})")
+
+
+BAD_TEXT_HEADERS = {
+    "not_json": b"this is not json at all",
+    "truncated_json": b'{"a": {"dtype": "F32", ',
+    "not_utf8": b'{"a\xff\xfe": 1}',
+    "lone_surrogate_bytes": b'{"\xed\xa0\x80": 1}',
+    "nan_literal": b'{"a": NaN}',
+    "deep_nesting": b"[" * 200000 + b"]" * 200000,
+    "nul_bytes": b"\0" * 64,
+    "duplicate_then_bad": b'{"a": 1, "a": {"dtype": "F32"}}',
+}
+
+
+def test_non_json_and_non_utf8_headers(tmp_path):
+    paths = {k: _write(tmp_path / f"{k}.safetensors", raw_file(v)) for k, v in BAD_TEXT_HEADERS.items()}
+    results = run_capped([{"path": str(p)} for p in paths.values()])
+    for (name, path), result in zip(paths.items(), results):
+        assert_corrupt(result, path, what=name)
+
+
+def _manifest_file(tmp_path, name, manifest, header_entries=None, data=b"") -> object:
+    header = dict(header_entries or {})
+    header["__metadata__"] = {"modelsafe": manifest}
+    return _write(tmp_path / f"{name}.safetensors", sealed_file(header, data))
+
+
+def _good_manifest(**changes):
+    manifest = {
+        "format_version": list(FORMAT_VERSION),
+        "writer": "modelsafe test",
+        "framework": "numpy",
+        "tree": {"dict": [["a", {"tensor": "a"}]]},
+        "tensors": {"a": {"xxh3": "0" * 16}},
+    }
+    manifest.update(changes)
+    return manifest
+
+
+def test_newer_major_format_version_is_refused_with_upgrade_hint(tmp_path):
+    manifest = _good_manifest(format_version=[FORMAT_VERSION[0] + 1, 3], writer="modelsafe 9.4.1")
+    manifest["tree"] = {"brand_new_node": 1}
+    path = _manifest_file(tmp_path, "newer", manifest, {"a": _entry()}, bytes(8))
+    for mode in ("load", "open"):
+        with pytest.raises(ms.NewerFormatError) as info:
+            if mode == "load":
+                ms.load(path)
+            else:
+                ms.open(path)
+        err = info.value
+        assert isinstance(err, ms.CorruptCheckpointError)
+        assert err.path == str(path) and str(path) in str(err)
+        assert "modelsafe 9.4.1" in str(err)
+        assert f"{FORMAT_VERSION[0] + 1}.3" in str(err)
+        assert "pip install -U modelsafe" in str(err) and "Upgrade" in str(err)
+
+
+def test_newer_minor_format_version_still_loads(tmp_path):
+    # a minor bump only adds optional fields: it must keep loading
+    src = tmp_path / "src.safetensors"
+    ms.save({"a": np.arange(3.0)}, src)
+    header, data = read_parts(src)
+    manifest = json.loads(header["__metadata__"]["modelsafe"])
+    manifest["format_version"] = [FORMAT_VERSION[0], FORMAT_VERSION[1] + 5]
+    manifest["some_future_field"] = {"ignored": True}
+    header["__metadata__"]["modelsafe"] = manifest
+    path = _write(tmp_path / "minor.safetensors", sealed_file(header, data))
+    assert ms.load(path)["a"].tolist() == [0.0, 1.0, 2.0]
+
+
+HOSTILE_MANIFESTS = {
+    "not_object": ([1, 2], None),
+    "no_version": ({k: v for k, v in _good_manifest().items() if k != "format_version"}, None),
+    "version_string": (_good_manifest(format_version="1.0"), None),
+    "version_zero": (_good_manifest(format_version=[0, 9]), None),
+    "tensors_missing": ({k: v for k, v in _good_manifest().items() if k != "tensors"}, None),
+    "tensor_not_in_header": (_good_manifest(tensors={"a": {"xxh3": "0" * 16}, "ghost": {"xxh3": "0" * 16}}), None),
+    "bad_checksum_text": (_good_manifest(tensors={"a": {"xxh3": "zz"}}), "a"),
+    "unknown_kind": (_good_manifest(tensors={"a": {"xxh3": "0" * 16, "kind": "exec"}}), "a"),
+    "unknown_logical_dtype": (_good_manifest(tensors={"a": {"xxh3": "0" * 16, "dtype": "float99", "shape": [2]}}), "a"),
+    "logical_trillion_elements": (
+        _good_manifest(tensors={"a": {"xxh3": "0" * 16, "dtype": "float32", "shape": [10**6, 10**6]}}), "a"),
+    "logical_shape_negative": (_good_manifest(tensors={"a": {"xxh3": "0" * 16, "dtype": "float32", "shape": [-2]}}), "a"),
+    "attrs_not_object": (_good_manifest(tensors={"a": {"xxh3": "0" * 16, "attrs": [1]}}), "a"),
+    "framework_not_string": (_good_manifest(framework=7), "a"),
+    "alias_to_nothing": (_good_manifest(aliases={"b": "nowhere"}), None),
+    "tree_refers_to_missing_tensor": (_good_manifest(tree={"tensor": "nowhere"}), None),
+    "tree_unknown_node": (_good_manifest(tree={"who_knows": 1}), None),
+    "tree_bad_dict": (_good_manifest(tree={"dict": "abc"}), None),
+    "tree_bad_int": (_good_manifest(tree={"int": "12x"}), None),
+    "tree_bad_float": (_good_manifest(tree={"float": "nanx"}), None),
+    "tree_unhashable_key": (_good_manifest(tree={"dict": [[[1, 2], 3]]}), None),
+    "tree_bad_tuple": (_good_manifest(tree={"tuple": 5}), None),
+    "tree_bad_namedtuple": (_good_manifest(tree={"namedtuple": "x:Y", "fields": ["a"], "items": []}), None),
+    "tree_bad_dataclass": (_good_manifest(tree={"dataclass": "x:Y", "fields": [[1, 2]]}), None),
+}
+
+
+def test_hostile_manifests_in_properly_sealed_files(tmp_path):
+    """An attacker can re-seal the header; the manifest itself must still be validated."""
+    paths = {}
+    for name, (manifest, _) in HOSTILE_MANIFESTS.items():
+        data = np.array([1.0, 2.0], np.float32).tobytes()
+        paths[name] = _manifest_file(tmp_path, name, manifest, {"a": _entry()}, data)
+    results = run_capped([{"path": str(p)} for p in paths.values()])
+    for (name, path), result in zip(paths.items(), results):
+        assert_corrupt(result, path, key=HOSTILE_MANIFESTS[name][1], what=name)
+
+
+def test_manifest_json_garbage_in_sealed_file(tmp_path):
+    header = {"a": _entry(), "__metadata__": {"modelsafe": "{not json"}}
+    path = _write(tmp_path / "garbage.safetensors", sealed_file(header, bytes(8)))
+    assert_corrupt(run_capped([{"path": str(path)}])[0], path)
+
+
+def test_missing_or_doubled_header_seal(tmp_path, small_file):
+    header, data = read_parts(small_file)
+    del header["__metadata__"]["modelsafe.header_xxh3"]
+    unsealed = _write(tmp_path / "unsealed.safetensors", raw_file(header, data))
+    header["__metadata__"]["x"] = '"modelsafe.header_xxh3":"0000000000000000"'
+    results = run_capped([{"path": str(unsealed)}])
+    assert_corrupt(results[0], unsealed, what="manifest without its header seal")
