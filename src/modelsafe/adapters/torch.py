@@ -83,9 +83,14 @@ class TorchAdapter:
             t = t.resolve_neg()
         if not t.is_contiguous():
             t = t.contiguous()
-        if t.dtype in _NUMPY_COMPATIBLE and t.dim() and t.numel():
+        if not t.numel():  # empty views may keep odd strides that .view(uint8) rejects
+            return memoryview(b"")
+        if t.dtype in _NUMPY_COMPATIBLE and t.dim():
             return memoryview(t.numpy()).cast("B")
-        return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        flat = t.reshape(-1)
+        if flat.stride(0) != 1:  # a contiguous one-element view may keep any stride
+            flat = flat.as_strided((flat.numel(),), (1,))
+        return memoryview(flat.view(torch.uint8).numpy())
 
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
         flat = torch.from_numpy(base) if base.size else torch.empty(0, dtype=torch.uint8)
