@@ -69,7 +69,10 @@ class Reader:
         return len(self.keys())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._source.records or key in self._source.aliases
+        if not isinstance(key, str):
+            return False
+        record = self._source.records.get(self._source.aliases.get(key, key))
+        return record is not None and record.kind == "tensor"  # as keys(): bytes/pickle payloads are not tensors
 
     def record(self, key: str) -> TensorRecord:
         name = self._source.aliases.get(key, key)

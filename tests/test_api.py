@@ -1,0 +1,227 @@
+"""ms.save / ms.load / ms.open as the public API: lazy reads, keys, metadata, imports."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import modelsafe as ms
+from craft import read_parts
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "model.safetensors"
+    obj = {
+        "encoder": {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.zeros(2)},
+        "head": np.arange(4, dtype=np.int32),
+        "steps": [1, 2],
+        "blob": b"raw",
+        "scale": torch.tensor(0.5),
+    }
+    ms.save(obj, path, metadata={"epoch": 5, "name": "run"})
+    return path, obj
+
+
+def corrupt_tensor_bytes(path, name: str) -> None:
+    header, data = read_parts(path)
+    begin, _ = header[name]["data_offsets"]
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) - len(data) + begin)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_open_lists_keys_in_tree_order(saved):
+    path, _ = saved
+    with ms.open(path) as reader:
+        assert reader.keys() == ["encoder.weight", "encoder.bias", "head", "scale"]
+        assert list(reader) == reader.keys()
+        assert len(reader) == 4
+        assert "head" in reader and "encoder.bias" in reader
+        assert "steps" not in reader and "nope" not in reader and "blob" not in reader
+        assert str(path) in repr(reader)
+
+
+def test_open_reads_single_tensors(saved):
+    path, obj = saved
+    with ms.open(path) as reader:
+        assert torch.equal(reader["encoder.weight"], obj["encoder"]["weight"])
+        head = reader["head"]
+        assert isinstance(head, np.ndarray) and head.tolist() == [0, 1, 2, 3]
+        assert reader["scale"].dim() == 0 and reader["scale"].item() == 0.5
+        as_numpy = reader.get("encoder.weight", framework="numpy")
+        assert isinstance(as_numpy, np.ndarray) and as_numpy.tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_open_exposes_metadata_and_manifest(saved):
+    path, _ = saved
+    with ms.open(path) as reader:
+        assert reader.metadata == {"epoch": 5, "name": "run"}
+        manifest = reader.manifest
+        assert manifest["format_version"][0] == 1
+        assert set(manifest["tensors"]) >= {"encoder.weight", "head", "blob"}
+        assert all(len(entry["xxh3"]) == 16 for entry in manifest["tensors"].values())
+        json.dumps(manifest)  # plain JSON
+
+
+def test_open_whole_tree_load(saved):
+    path, obj = saved
+    with ms.open(path) as reader:
+        back = reader.load()
+    assert back["steps"] == [1, 2] and back["blob"] == b"raw"
+    assert torch.equal(back["encoder"]["bias"], obj["encoder"]["bias"])
+
+
+def test_missing_key_error_names_file_and_key(saved):
+    path, _ = saved
+    with ms.open(path) as reader:
+        with pytest.raises(KeyError) as info:
+            reader["encoder.wieght"]
+    message = str(info.value)
+    assert "encoder.wieght" in message and str(path) in message and ".keys()" in message
+
+
+def test_reading_one_tensor_does_not_read_the_others(saved):
+    """Corrupt one tensor's bytes: the others still read, the bad one raises naming itself."""
+    path, obj = saved
+    corrupt_tensor_bytes(path, "encoder.bias")
+    with ms.open(path) as reader:
+        assert torch.equal(reader["encoder.weight"], obj["encoder"]["weight"])
+        assert reader["head"].tolist() == [0, 1, 2, 3]
+        with pytest.raises(ms.CorruptCheckpointError) as info:
+            reader["encoder.bias"]
+    assert info.value.key == "encoder.bias" and info.value.path == str(path)
+    assert "'encoder.bias'" in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(ms.CorruptCheckpointError, match="encoder.bias"):
+        ms.load(path)
+    # without verification the damaged bytes are returned as they are
+    assert ms.load(path, verify=False)["encoder"]["bias"].shape == (2,)
+
+
+def test_open_maps_lazily(tmp_path):
+    """ms.open + one tensor of a file far bigger than what the process reads stays cheap."""
+    path = tmp_path / "big.safetensors"
+    ms.save({"big": np.zeros(64 << 20, np.uint8), "small": np.arange(3)}, path)
+    reader = ms.open(path, verify=False)
+    small = reader["small"]
+    assert small.tolist() == [0, 1, 2]
+    big = reader["big"]
+    base = big
+    while getattr(base, "base", None) is not None and not isinstance(base, mmap.mmap):
+        base = base.base
+    assert isinstance(base, mmap.mmap), "ms.open tensors should view the mapped file, not a copy"
+    reader.close()
+
+
+def test_opened_tensors_do_not_write_through_to_the_file(saved):
+    path, _ = saved
+    before = path.read_bytes()
+    with ms.open(path) as reader:
+        head = reader["head"]
+        if head.flags.writeable:
+            head[:] = 99
+    assert path.read_bytes() == before
+
+
+def test_save_overwrites_atomically_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "a.safetensors"
+    ms.save({"v": 1}, path)
+    ms.save({"v": 2}, str(path))
+    assert ms.load(path) == {"v": 2}
+    assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
+
+
+def test_path_types(tmp_path):
+    ms.save([1], os.fspath(tmp_path / "s.safetensors"))
+    assert ms.load(tmp_path / "s.safetensors") == [1]
+    assert ms.load(str(tmp_path / "s.safetensors")) == [1]
+
+
+def test_loading_a_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ms.CheckpointNotFoundError, match="not a modelsafe checkpoint"):
+        ms.load(tmp_path)
+
+
+def test_saving_to_a_directory_path_is_a_storage_error(tmp_path):
+    with pytest.raises(ms.StorageError, match="is a directory") as info:
+        ms.save({"a": 1}, tmp_path)
+    assert info.value.path == str(tmp_path)
+
+
+def test_saving_into_a_missing_directory(tmp_path):
+    target = tmp_path / "missing" / "x.safetensors"
+    with pytest.raises(ms.StorageError) as info:
+        ms.save({"a": 1}, target)
+    assert info.value.path == str(target) and "does not exist" in str(info.value)
+
+
+def test_public_names():
+    for name in ("save", "load", "open", "register", "ModelsafeError", "CorruptCheckpointError",
+                 "CheckpointNotFoundError", "UnsupportedObjectError", "UnsafeObjectError", "UnknownClassError",
+                 "IncompatibleStateError", "NewerFormatError", "StorageError", "FrameworkNotInstalledError"):
+        assert hasattr(ms, name), name
+    assert isinstance(ms.__version__, str)
+
+
+# -- no framework is imported unless it is needed -----------------------------------------
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "keras", "mxnet", "flax")
+
+
+def run_python(code: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_import_modelsafe_imports_no_framework():
+    loaded = run_python(
+        f"""
+        import json, sys
+        import modelsafe
+        print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))
+        """
+    )
+    assert loaded == []
+
+
+def test_numpy_save_load_open_never_import_torch(tmp_path):
+    path = tmp_path / "np.safetensors"
+    loaded = run_python(
+        f"""
+        import json, sys
+        import numpy as np
+        import modelsafe as ms
+        ms.save({{"a": np.ones(3), "b": [np.int8(3), (1, 2)], "c": b"x"}}, {str(path)!r}, metadata={{"k": 1}})
+        back = ms.load({str(path)!r})
+        with ms.open({str(path)!r}) as r:
+            r["a"]; r.metadata
+        assert back["b"][1] == (1, 2)
+        print(json.dumps([m for m in {FRAMEWORKS!r} if m in sys.modules]))
+        """
+    )
+    assert loaded == []
+
+
+def test_the_probe_would_see_torch_if_it_were_imported():
+    """The check above can fail: saving a torch tensor does import torch."""
+    loaded = run_python(
+        """
+        import json, sys, tempfile, os
+        import modelsafe as ms
+        import torch
+        ms.save(torch.ones(1), os.path.join(tempfile.mkdtemp(), "t.safetensors"))
+        print(json.dumps(["torch"] if "torch" in sys.modules else []))
+        """
+    )
+    assert loaded == ["torch"]
