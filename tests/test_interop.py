@@ -61,7 +61,7 @@ def test_ms_file_opens_with_safe_open_numpy(tmp_path):
 def test_ms_file_with_exotic_dtypes_stays_readable_by_safetensors(tmp_path):
     """Dtypes older safetensors lack are stored as U8 bytes, so the file never breaks a plain reader."""
     obj = {"c128": torch.arange(3.0).to(torch.complex128), "fnuz": torch.zeros(4, dtype=torch.float8_e4m3fnuz),
-           "u16": torch.arange(3, dtype=torch.uint16), "ok": torch.ones(2)}
+           "u16": torch.arange(3).to(torch.uint16), "ok": torch.ones(2)}
     path = tmp_path / "exotic.safetensors"
     ms.save(obj, path)
     with safe_open(str(path), framework="pt") as f:
