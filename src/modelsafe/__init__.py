@@ -10,6 +10,7 @@ Importing modelsafe imports no ML framework; adapters load on first use.
 
 from ._version import __version__
 from .api import load, open, save
+from .checkpoints import CheckpointInfo, Checkpoints
 from .errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -32,6 +33,8 @@ __all__ = [
     "open",
     "register",
     "Reader",
+    "Checkpoints",
+    "CheckpointInfo",
     "ModelsafeError",
     "CorruptCheckpointError",
     "NewerFormatError",

@@ -1,0 +1,165 @@
+"""Background checkpoint writes: snapshot in the caller, write in a thread, never lose an error.
+
+:func:`snapshot` copies every payload of a flattened state to host memory, so the
+caller may change its tensors as soon as ``save`` returns.  :class:`BackgroundWriter`
+runs one write at a time in a (non-daemon) thread and hands back a :class:`PendingSave`.
+A failed write is re-raised by ``PendingSave.result()``, by ``wait()`` and by the next
+``submit()``; writes still running at interpreter exit are finished first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+import weakref
+from concurrent.futures import Future
+from dataclasses import replace
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["snapshot", "PendingSave", "BackgroundWriter"]
+
+
+class _FrozenAdapter:
+    """Stands in for a framework adapter once a tensor's bytes have been copied out."""
+
+    def __init__(self, framework: str) -> None:
+        self.framework = framework
+
+    def host_bytes(self, value: memoryview) -> memoryview:
+        return value
+
+
+_frozen: dict[str, _FrozenAdapter] = {}
+
+
+def frozen_adapter(framework: str) -> _FrozenAdapter:
+    adapter = _frozen.get(framework)
+    if adapter is None:
+        adapter = _frozen[framework] = _FrozenAdapter(framework)
+    return adapter
+
+
+def snapshot(fl: Any) -> Any:
+    """A copy of flattened state ``fl`` whose leaves own host copies of their bytes."""
+    leaves = []
+    for leaf in fl.leaves:
+        if leaf.adapter is None:  # bytes and pickles: already private, immutable copies
+            leaves.append(leaf)
+            continue
+        data = leaf.host_bytes()
+        copy = np.empty(data.nbytes, dtype=np.uint8)
+        if data.nbytes:
+            copy[:] = np.frombuffer(data, dtype=np.uint8)
+        leaves.append(replace(leaf, value=memoryview(copy), adapter=frozen_adapter(leaf.adapter.framework)))
+    out = type(fl).__new__(type(fl))
+    out.__dict__.update(fl.__dict__)
+    out.leaves = leaves
+    return out
+
+
+class PendingSave:
+    """Handle of a save running in the background (like a future).
+
+    ``done()`` says whether it finished; ``result(timeout=None)`` waits and returns the
+    CheckpointInfo or raises the error of the write; ``wait()`` is ``result()``.
+    """
+
+    def __init__(self, name: str, step: int, future: Future, on_report: Callable[["PendingSave"], None]) -> None:
+        self.name = name
+        self.step = step
+        self._future = future
+        self._on_report = on_report
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._future.exception(timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return self._future.result(timeout)
+        except BaseException:
+            if self._future.done():
+                self._on_report(self)
+            raise
+
+    wait = result
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "running"
+        return f"<PendingSave {self.name!r} step={self.step} {state}>"
+
+
+_live: "weakref.WeakSet[BackgroundWriter]" = weakref.WeakSet()
+
+
+class BackgroundWriter:
+    """Runs write jobs one at a time in a background thread."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._current: PendingSave | None = None
+        self._unreported: list[PendingSave] = []
+        self._lock = threading.Lock()
+        _live.add(self)
+
+    def _reported(self, pending: PendingSave) -> None:
+        with self._lock:
+            if pending in self._unreported:
+                self._unreported.remove(pending)
+
+    def _finished(self, pending: PendingSave) -> None:
+        if pending._future.exception() is not None:
+            with self._lock:
+                self._unreported.append(pending)
+
+    def wait(self) -> Any:
+        """Wait for the running write; re-raise the first failure not yet reported."""
+        current = self._current
+        if current is not None:
+            current._future.exception()  # waits, never raises
+        with self._lock:
+            failed = self._unreported[:1]
+            del self._unreported[:1]
+        if failed:
+            raise failed[0]._future.exception()
+        return current._future.result() if current is not None else None
+
+    def submit(self, name: str, step: int, job: Callable[[], Any]) -> PendingSave:
+        """Run ``job`` in the background after the previous one; returns its handle."""
+        future: Future = Future()
+        pending = PendingSave(name, step, future, self._reported)
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():  # pragma: no cover
+                return
+            try:
+                result = job()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, never swallowed
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+            self._finished(pending)
+
+        self._current = pending
+        thread = threading.Thread(target=run, name=f"modelsafe-save-{self.label}", daemon=False)
+        thread.start()
+        return pending
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None and not self._current.done()
+
+
+@atexit.register
+def _finish_pending_at_exit() -> None:
+    """Wait for pending saves (threads are joined already) and report failures nobody saw."""
+    for writer in list(_live):
+        try:
+            writer.wait()
+        except BaseException as exc:  # noqa: BLE001
+            print(f"modelsafe: a background checkpoint save failed: {exc}", file=sys.stderr)

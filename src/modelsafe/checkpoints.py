@@ -1,0 +1,706 @@
+"""``ms.Checkpoints``: a run of checkpoints with retention, atomic commits, resume and async saves.
+
+>>> import numpy as np, tempfile, modelsafe as ms
+>>> ck = ms.Checkpoints(tempfile.mkdtemp(), keep_last=1, keep_best=1, monitor="loss",
+...                     name="step{step}-loss{loss:.2f}")
+>>> for step, loss in enumerate([0.9, 0.3, 0.5, 0.7]):
+...     _ = ck.save({"w": np.full(2, step)}, step=step, metrics={"loss": loss})
+>>> [c.name for c in ck.list()]
+['step1-loss0.30', 'step3-loss0.70']
+>>> ck.best().step, ck.load("best")["w"]
+(1, array([1, 1]))
+>>> ck.close()
+
+The pieces live in small modules: :mod:`.retention` (pure keep policies),
+:mod:`.checkpoint_names`, :mod:`.checkpoint_dir` (directory format),
+:mod:`.storage.commit` (staging, fsync, atomic rename, lock) and :mod:`.async_save`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno as errno_mod
+import importlib
+import json
+import math
+import operator
+import os
+import secrets
+import shutil
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable
+
+from . import retention
+from .api import encode_metadata
+from .async_save import BackgroundWriter, PendingSave, frozen_adapter, snapshot
+from .checkpoint_dir import (
+    FILES_DIR,
+    MANIFEST,
+    CheckpointSource,
+    build_manifest,
+    hash_files,
+    parse_manifest,
+    verify_files,
+    write_manifest,
+    write_shards,
+)
+from .checkpoint_names import format_name, normalize_metrics
+from .errors import CheckpointNotFoundError, ModelsafeError, StorageError
+from .format import checksum
+from .format.writer import write_file
+from .loading import decode_metadata
+from .sources import register_directory_opener
+from .storage.commit import LocalRunStorage, RunStorage
+from .storage.local import atomic_file, storage_error
+from .tree import Leaf, flatten, walk_refs
+
+__all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "checkpoint_path", "RUN_FILE"]
+
+RUN_FILE = ".modelsafe-run.json"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One committed checkpoint: ``name``, ``step``, ``time`` (UTC), ``metrics``, ``size`` (bytes), ``path``.
+
+    ``report`` holds the LoadReport when the info comes from ``load_into``.
+    """
+
+    name: str
+    step: int
+    time: datetime
+    metrics: dict
+    size: int
+    path: str
+    report: Any = field(default=None, compare=False, repr=False)
+    run_id: str | None = field(default=None, compare=False, repr=False)
+    lineage: tuple = field(default=(), compare=False, repr=False)
+
+    @property
+    def candidate(self) -> retention.Candidate:
+        return retention.Candidate(self.name, self.step, self.time.timestamp(), self.metrics)
+
+
+@dataclass
+class _Binding:
+    save: Callable[..., Any] | None
+    load: Callable[..., Any] | None
+    kwargs: dict
+
+
+# -- metrics in JSON: non-finite floats as strings -----------------------------------
+
+def _metrics_to_json(metrics: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else repr(v)) for k, v in metrics.items()}
+
+
+def _metrics_from_json(metrics: dict) -> dict:
+    return {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in metrics.items()}
+
+
+def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
+    text = os.fspath(directory)
+    if "://" in text and not text.startswith("file://"):
+        raise StorageError(
+            f"{text}: remote run directories (fsspec URLs) are not supported by this modelsafe yet; "
+            "save to a local directory and upload it",
+            path=text,
+        )
+    return LocalRunStorage(text[len("file://"):] if text.startswith("file://") else text)
+
+
+class Checkpoints:
+    """A directory of checkpoints: keep the last N and the best K, resume, save in the background.
+
+    ``keep_last`` / ``keep_best``: how many of the newest (by step) and of the best (by
+    ``monitor``, ``mode`` "min" or "max") to keep, together; the newest is always kept;
+    with neither, every checkpoint is kept.  ``name``: a template filled with ``step``
+    and the metrics, e.g. ``"epoch{step:03d}-val_loss{val_loss:.4f}"``.  With
+    ``async_save=True``, ``save`` returns a :class:`PendingSave` once the state is
+    copied, and writing continues in the background.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep_last: int | None = None,
+        keep_best: int | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        name: str = "step{step}",
+        async_save: bool = False,
+        storage_options: dict | None = None,
+    ) -> None:
+        if mode not in retention.MODES:
+            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
+            if value is not None and (isinstance(value, bool) or operator.index(value) < 0):
+                raise ValueError(f"{label} must be a non-negative integer or None, not {value!r}")
+        if keep_best and not monitor:
+            raise ValueError("keep_best needs monitor= (the name of the metric that ranks checkpoints)")
+        self._storage = _storage_for(directory, storage_options)
+        self.directory = self._storage.location
+        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
+        self.name_template = name
+        self.async_save = async_save
+        self.storage_options = storage_options
+        self._policy = retention.policy_for(keep_last, keep_best, monitor, mode)
+        self._prunes = keep_last is not None or keep_best is not None
+        self._writer = BackgroundWriter(os.path.basename(self.directory)) if async_save else None
+        self._binding: _Binding | None = None
+        self._run: dict | None = None
+        self._cache: dict[str, tuple[tuple, CheckpointInfo | None]] = {}
+        self._scan_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<modelsafe.Checkpoints {self.directory!r} keep_last={self.keep_last} keep_best={self.keep_best}>"
+
+    # -- listing -----------------------------------------------------------------------
+    def _info(self, name: str) -> CheckpointInfo | None:
+        path = os.path.join(self.directory, name, MANIFEST)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(name)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        data = self._storage.read_manifest(name)
+        info = None
+        if data is not None:
+            try:
+                info = _info_from_manifest(parse_manifest(data, self._storage.path(name)), self._storage.path(name), len(data))
+            except ModelsafeError as exc:
+                warnings.warn(f"skipping {self._storage.path(name)}: {exc}", stacklevel=3)
+        self._cache[name] = (signature, info)
+        return info
+
+    def list(self) -> list[CheckpointInfo]:
+        """Committed checkpoints, oldest first (ordered by step, then commit time)."""
+        with self._scan_lock:
+            names = self._storage.entries()
+            infos = [info for info in map(self._info, names) if info is not None]
+            for gone in set(self._cache) - set(names):
+                del self._cache[gone]
+        return sorted(infos, key=lambda i: retention.order_key(i.candidate))
+
+    def latest(self) -> CheckpointInfo | None:
+        """The committed checkpoint with the highest step, or None."""
+        infos = self.list()
+        return infos[-1] if infos else None
+
+    def best(self) -> CheckpointInfo | None:
+        """The best committed checkpoint by ``monitor``/``mode``, or None (none has the metric)."""
+        if not self.monitor:
+            raise ValueError(f"{self.directory}: best() needs monitor= on Checkpoints (the metric that ranks checkpoints)")
+        infos = self.list()
+        ranked = retention.rank_best([i.candidate for i in infos], self.monitor, self.mode)
+        if not ranked:
+            return None
+        return next(i for i in infos if i.name == ranked[0].name)
+
+    def _resolve(self, which: Any) -> CheckpointInfo:
+        if isinstance(which, CheckpointInfo):
+            return which
+        infos = self.list()
+        found: CheckpointInfo | None = None
+        if which == "latest":
+            found = infos[-1] if infos else None
+        elif which == "best":
+            found = self.best()
+        elif isinstance(which, int) and not isinstance(which, bool):
+            matches = [i for i in infos if i.step == which]
+            found = matches[-1] if matches else None
+        elif isinstance(which, str):
+            found = next((i for i in infos if i.name == which), None)
+            if found is None and which.isdigit():
+                return self._resolve(int(which))
+        else:
+            raise TypeError(f"which must be 'latest', 'best', a step (int) or a checkpoint name, not {which!r}")
+        if found is None:
+            have = ", ".join(i.name for i in infos[-5:]) or "none"
+            raise CheckpointNotFoundError(
+                f"{self.directory}: no committed checkpoint {which!r} (latest checkpoints: {have})", path=self.directory, key=str(which)
+            )
+        return found
+
+    # -- the writer side ------------------------------------------------------------------
+    def _become_writer(self) -> dict:
+        if self._run is None or not getattr(self._storage, "locked", True):
+            self._storage.lock()
+            try:
+                self._storage.clean_leftovers()
+                self._run = self._read_or_create_run()
+            except BaseException:
+                self._storage.unlock()
+                raise
+        return self._run
+
+    def _run_file(self) -> str:
+        return os.path.join(self.directory, RUN_FILE)
+
+    def _read_run(self) -> dict | None:
+        try:
+            with open(self._run_file(), "rb") as f:
+                run = json.loads(f.read(1 << 20))
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None
+        return run if isinstance(run, dict) and isinstance(run.get("run_id"), str) else None
+
+    def _settings(self) -> dict:
+        return {"monitor": self.monitor, "mode": self.mode, "keep_last": self.keep_last,
+                "keep_best": self.keep_best, "name": self.name_template}
+
+    def _read_or_create_run(self, lineage: list | None = None) -> dict:
+        """The run file (run id, lineage, current settings); written when new or changed."""
+        old = self._read_run()
+        run = {
+            "format": "modelsafe run",
+            "run_id": old["run_id"] if old else secrets.token_hex(8),
+            "created": old.get("created") if old else datetime.now(timezone.utc).isoformat(),
+            "lineage": lineage if lineage is not None else (old.get("lineage", []) if old else []),
+            **self._settings(),
+        }
+        if run != old:
+            with atomic_file(self._run_file()) as f:
+                f.write(json.dumps(run, indent=1).encode())
+        return run
+
+    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None) -> Any:
+        """Save ``state`` as the checkpoint for ``step`` and apply retention.
+
+        Returns the CheckpointInfo, or a PendingSave when ``async_save`` is on (the state
+        is copied before this returns).  A failed earlier background save is raised here.
+        ``step`` defaults to one past the latest; ``metrics`` fill the name template and
+        rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
+        """
+        if self._writer is not None:
+            self._writer.wait()  # one save in flight at a time; re-raises a failed one
+        run = self._become_writer()
+        metrics = normalize_metrics(metrics)
+        infos = self.list()
+        if step is None:
+            step = infos[-1].step + 1 if infos else 0
+        if isinstance(step, bool) or operator.index(step) < 0:
+            raise ValueError(f"step must be a non-negative integer, not {step!r}")
+        step = operator.index(step)
+        name = format_name(self.name_template, step, metrics)
+        same = next((i for i in infos if i.name == name), None)
+        if same is not None and same.run_id != run["run_id"]:
+            raise ValueError(
+                f"{self.directory}: checkpoint {name!r} exists but was not written by this run; "
+                "modelsafe never replaces it. Change name= or remove it yourself"
+            )
+        clash = same if same is not None and same.step != step else None
+        if clash is not None:
+            raise ValueError(
+                f"{self.directory}: checkpoint name {name!r} for step {step} is already taken by step {clash.step}; "
+                f"put {{step}} in the name template ({self.name_template!r})"
+            )
+        if infos and step < infos[-1].step:
+            warnings.warn(
+                f"{self.directory}: saving step {step} after step {infos[-1].step}; retention orders checkpoints by step, "
+                "so this one counts as older", stacklevel=2,
+            )
+        fl = flatten(state)
+        metadata_node = encode_metadata(metadata)
+        checkpoint = {
+            "name": name,
+            "step": step,
+            "time": datetime.now(timezone.utc).isoformat(),
+            "metrics": _metrics_to_json(metrics),
+            "run_id": run["run_id"],
+            "lineage": run.get("lineage", []),
+        }
+        staging = self._storage.stage(name)
+        try:
+            if self._binding is not None and self._binding.save is not None:
+                files = os.path.join(staging, FILES_DIR)
+                os.mkdir(files)
+                self._binding.save(files, **self._binding.kwargs)
+            if self._writer is not None:
+                fl = snapshot(fl)
+        except BaseException:
+            self._storage.discard(staging)
+            raise
+
+        def job() -> CheckpointInfo:
+            return self._write_and_commit(staging, fl, metadata_node, checkpoint)
+
+        if self._writer is not None:
+            return self._writer.submit(name, step, job)
+        return job()
+
+    def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict) -> CheckpointInfo:
+        name = checkpoint["name"]
+        try:
+            checksums, placement, shards = write_shards(staging, fl)
+            files = hash_files(staging)
+            manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
+            write_manifest(staging, manifest)
+            path = self._storage.commit(staging, name)
+        except BaseException as exc:
+            self._storage.discard(staging)
+            if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
+                raise storage_error(os.path.join(self.directory, name), "saving the checkpoint", exc) from exc
+            raise
+        info = self._info(name)
+        if info is None:  # pragma: no cover - we just committed it
+            raise ModelsafeError(f"{path}: internal error: the committed checkpoint cannot be read back", path=path)
+        self._prune()
+        return info
+
+    def _prune(self) -> list[str]:
+        if not self._prunes:
+            return []
+        run_id = self._run["run_id"] if self._run else None
+        ours = [i.candidate for i in self.list() if i.run_id == run_id]
+        doomed = retention.to_delete(ours, self._policy)
+        for candidate in doomed:
+            self._storage.delete(candidate.name)
+        return [c.name for c in doomed]
+
+    def wait(self) -> CheckpointInfo | None:
+        """Wait for a background save; re-raise it if it failed.  Returns the last info (or None)."""
+        if self._writer is None:
+            return None
+        return self._writer.wait()
+
+    def close(self) -> None:
+        """Wait for background saves (re-raising a failure) and release the run's writer lock."""
+        try:
+            self.wait()
+        finally:
+            self._storage.unlock()
+            self._run = None
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._writer is None or not self._writer.busy:
+                self._storage.unlock()
+
+    # -- bind (NSML contract) -------------------------------------------------------------
+    def bind(self, save: Callable[..., Any] | None = None, load: Callable[..., Any] | None = None, **kwargs: Any) -> "Checkpoints":
+        """Let your own functions write and read a checkpoint's files.
+
+        ``save(path, **kwargs)`` gets a fresh empty directory inside the checkpoint being
+        written and may write any number of files; ``load(path)`` gets it back on
+        ``load``/``load_into``.  modelsafe still commits atomically, hashes and verifies
+        those files and applies retention.
+
+        >>> import os, tempfile, modelsafe as ms
+        >>> ck = ms.Checkpoints(tempfile.mkdtemp())
+        >>> def save(path, real=False):
+        ...     open(os.path.join(path, "model.txt"), "w").write(f"real={real}")
+        >>> def load(path):
+        ...     return open(os.path.join(path, "model.txt")).read()
+        >>> _ = ck.bind(save=save, load=load, real=True)
+        >>> _ = ck.save(step=1)
+        >>> ck.load(1)
+        'real=True'
+        >>> ck.close()
+        """
+        self._binding = _Binding(save, load, dict(kwargs))
+        return self
+
+    # -- reading ----------------------------------------------------------------------------
+    def load(
+        self,
+        which: Any = "latest",
+        *,
+        map_location: Any = None,
+        framework: str | None = None,
+        trusted: Iterable[str] = (),
+        allow_pickle: bool = False,
+        verify: bool = True,
+    ) -> Any:
+        """Load a checkpoint: ``"latest"``, ``"best"``, a step (int) or a name.
+
+        Returns the saved state; with a bound ``load`` function it is called with the
+        checkpoint's ``files/`` directory, and its result is returned when no state was saved.
+        """
+        from .api import load as ms_load
+
+        info = self._resolve(which)
+        state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
+                        allow_pickle=allow_pickle, verify=verify)
+        bound = self._call_bound_load(info, verify)
+        return bound if state is None and bound is not None else state
+
+    def _call_bound_load(self, info: CheckpointInfo, verify: bool) -> Any:
+        if self._binding is None or self._binding.load is None:
+            return None
+        with CheckpointSource(info.path) as source:
+            if not source.manifest["files"] and not os.path.isdir(os.path.join(info.path, FILES_DIR)):
+                return None
+            if verify:
+                source.verify_files()
+        return self._binding.load(os.path.join(info.path, FILES_DIR))
+
+    def load_into(self, state: Any, which: Any = "latest", *, strict: bool = True, verify: bool = True) -> CheckpointInfo | None:
+        """Resume: restore ``state`` in place from the latest checkpoint (or ``which``).
+
+        Returns the CheckpointInfo (its ``report`` holds the load report), or None when the
+        run has no committed checkpoint yet, so ``start = info.step + 1 if info else 0``.
+        """
+        if which == "latest" and self.latest() is None:
+            return None
+        info = self._resolve(which)
+        report = None
+        if state is not None:
+            report = _load_into(state, info.path, strict=strict, verify=verify)
+        self._call_bound_load(info, verify)
+        return dataclasses.replace(info, report=report)
+
+    # -- fork and export ----------------------------------------------------------------------
+    def fork(self, dst: str | os.PathLike, which: Any = "best", **settings: Any) -> "Checkpoints":
+        """Start run ``dst`` from checkpoint ``which`` of this run; returns its Checkpoints.
+
+        The new run's first checkpoint shares the source's files through hard links where
+        the file system allows (no byte copied twice) and records its lineage.  ``settings``
+        override the keep/monitor/name options, which are copied from this run by default.
+        """
+        info = self._resolve(which)
+        options = dict(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode,
+                       name=self.name_template, async_save=self.async_save, storage_options=self.storage_options)
+        options.update(settings)
+        target = Checkpoints(dst, **options)
+        if os.path.abspath(target.directory) == os.path.abspath(self.directory):
+            raise ValueError(f"{self.directory}: fork needs a different destination directory")
+        target._become_writer()
+        if target.list():
+            target.close()
+            raise ValueError(f"{target.directory}: already holds checkpoints; fork into a new directory")
+        raw = _read_bytes(os.path.join(info.path, MANIFEST))
+        manifest = parse_manifest(raw, info.path)
+        lineage = list(manifest["checkpoint"].get("lineage") or []) + [{
+            "run": self.directory,
+            "run_id": info.run_id,
+            "checkpoint": info.name,
+            "step": info.step,
+            "manifest_xxh3": checksum.digest(raw),
+        }]
+        run = target._read_or_create_run(lineage=lineage)
+        target._run = run
+        manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
+        staging = target._storage.stage(info.name)
+        try:
+            for shard in manifest["shards"]:
+                _link_or_copy(os.path.join(info.path, shard["file"]), os.path.join(staging, shard["file"]))
+            for rel in manifest["files"]:
+                parts = rel.split("/")
+                os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
+                _link_or_copy(os.path.join(info.path, *parts), os.path.join(staging, *parts))
+            write_manifest(staging, manifest)
+            target._storage.commit(staging, info.name)
+        except BaseException as exc:
+            target._storage.discard(staging)
+            if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
+                raise storage_error(target._storage.path(info.name), "forking the checkpoint", exc) from exc
+            raise
+        return target
+
+    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str = "model") -> CheckpointInfo:
+        """Write the inference part of a checkpoint as one safetensors file.
+
+        The ``"model"`` entry of a saved dict (or the whole state otherwise) is copied,
+        recipe included, with tensor names relative to it (a state_dict keeps its keys).
+        Checksums are verified on the way; nothing is rebuilt or imported.
+        """
+        info = self._resolve(which)
+        with CheckpointSource(info.path) as source:
+            node, prefix = _subtree(source.manifest.get("tree"), key)
+            fl = _copy_subtree(source, node, prefix)
+            metadata = decode_metadata(source)
+            metadata = dict(metadata) if isinstance(metadata, dict) else {}
+            metadata["exported_from"] = {
+                "run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics),
+            }
+            with atomic_file(os.fspath(path)) as f:
+                write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
+        return info
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def _info_from_manifest(manifest: dict, path: str, manifest_size: int) -> CheckpointInfo:
+    block = manifest["checkpoint"]
+    try:
+        when = datetime.fromisoformat(block.get("time"))
+    except (TypeError, ValueError):
+        when = datetime.fromtimestamp(0, timezone.utc)
+    size = manifest_size + sum(int(s.get("size", 0)) for s in manifest["shards"]) + sum(f["size"] for f in manifest["files"].values())
+    return CheckpointInfo(
+        name=os.path.basename(path), step=block["step"], time=when, metrics=_metrics_from_json(block["metrics"]),
+        size=size, path=path, run_id=block.get("run_id"), lineage=tuple(block.get("lineage") or ()),
+    )
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES):
+            raise
+        shutil.copyfile(src, dst)
+
+
+def _subtree(tree: Any, key: str) -> tuple[Any, str]:
+    """The node under ``key`` of a saved dict, and the leaf-name prefix of its tensors."""
+    if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
+        for item in tree["dict"]:
+            if isinstance(item, list) and len(item) == 2 and item[0] == key:
+                return item[1], f"{key}."
+    return tree, ""
+
+
+def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, list):
+        return [_rename_refs(v, mapping) for v in node]
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in ("tensor", "bytes", "pickle") and isinstance(v, str):
+                out[k] = mapping.get(v, v)
+            else:
+                out[k] = _rename_refs(v, mapping)
+        return out
+    return node
+
+
+def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
+    from .adapters import TensorInfo
+
+    names = list(dict.fromkeys(name for _, name in walk_refs(node)))
+    aliases = {a: t for a, t in source.aliases.items() if t in names and a.startswith(prefix)}
+    mapping = {n: (n[len(prefix):] if n.startswith(prefix) and n != prefix else n) for n in [*names, *aliases]}
+    if len(set(mapping.values())) != len(mapping):
+        mapping = {n: n for n in mapping}
+    buffers = source.buffers(lazy=True)
+    leaves = []
+    for name in names:
+        record = source.records[name]
+        base = buffers[record.file]
+        source.verify_record(record, base)
+        data = memoryview(base[record.begin:record.end])
+        info = TensorInfo(record.dtype.name, tuple(record.shape), None, dict(record.attrs))
+        adapter = frozen_adapter(record.framework) if record.kind == "tensor" else None
+        leaves.append(Leaf(mapping[name], record.kind, data, info, adapter, mapping[name]))
+    return SimpleNamespace(
+        skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
+    )
+
+
+def _load_into(state: Any, path: str, *, strict: bool, verify: bool) -> Any:
+    """``ms.load_into`` when available; until then restore state_dicts and containers in place."""
+    ms = importlib.import_module("modelsafe")
+    load_into = getattr(ms, "load_into", None)
+    if load_into is not None:
+        return load_into(state, path, strict=strict, verify=verify)
+    from .api import load as ms_load
+
+    saved = ms_load(path, verify=verify)
+    _restore(state, saved, "state", strict)
+    return None
+
+
+def _restore(target: Any, saved: Any, where: str, strict: bool) -> Any:
+    from .errors import IncompatibleStateError
+
+    if hasattr(target, "load_state_dict") and callable(target.load_state_dict):
+        target.load_state_dict(saved.state_dict() if hasattr(saved, "state_dict") else saved)
+        return target
+    if isinstance(target, dict) and isinstance(saved, dict):
+        missing = [k for k in target if k not in saved]
+        if strict and missing:
+            raise IncompatibleStateError(f"{where}: the checkpoint has no {missing[0]!r}", key=f"{where}[{missing[0]!r}]")
+        for k in target:
+            if k in saved:
+                target[k] = _restore(target[k], saved[k], f"{where}[{k!r}]", strict)
+        return target
+    if isinstance(target, list) and isinstance(saved, list) and len(target) == len(saved):
+        target[:] = [_restore(t, s, f"{where}[{i}]", strict) for i, (t, s) in enumerate(zip(target, saved))]
+        return target
+    if hasattr(target, "copy_") and hasattr(target, "shape"):
+        with _no_grad():
+            target.copy_(saved)
+        return target
+    if hasattr(target, "shape") and hasattr(target, "dtype") and hasattr(target, "__array__"):
+        import numpy as np
+
+        np.copyto(target, saved)
+        return target
+    return saved
+
+
+def _no_grad() -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return contextlib.nullcontext()
+    return torch.no_grad()
+
+
+def checkpoint_path(address: str | os.PathLike) -> str:
+    """Resolve ``RUN@best``, ``RUN@latest``, ``RUN@<name>`` or ``RUN@<step>`` to a checkpoint directory.
+
+    Any other path is returned unchanged (a run directory addresses its latest checkpoint
+    when loaded).
+    """
+    text = os.fspath(address)
+    run, sep, which = text.rpartition("@")
+    if not sep or not run or not os.path.isdir(run) or os.path.exists(text):
+        return text
+    monitor = mode = None
+    run_meta = _read_run_meta(run)
+    if which == "best":
+        monitor, mode = run_meta.get("monitor"), run_meta.get("mode", "min")
+        if not monitor:
+            raise CheckpointNotFoundError(
+                f"{run}: '@best' needs to know the metric; use the Python API with monitor= or RUN@<name>", path=run
+            )
+    ck = Checkpoints(run, monitor=monitor, mode=mode or "min")
+    return ck._resolve(int(which) if which.isdigit() else which).path
+
+
+def _read_run_meta(run: str) -> dict:
+    try:
+        with open(os.path.join(run, RUN_FILE), "rb") as f:
+            meta = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _is_run_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, RUN_FILE))
+
+
+def _open_run(path: str, **_: Any) -> CheckpointSource:
+    latest = Checkpoints(path).latest()
+    if latest is None:
+        raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
+    return CheckpointSource(latest.path)
+
+
+register_directory_opener(_is_run_dir, _open_run)

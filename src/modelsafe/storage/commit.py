@@ -1,0 +1,245 @@
+"""Committing checkpoint directories of a run: stage, fsync, publish atomically, one writer.
+
+A run is a directory of checkpoint directories.  :class:`RunStorage` is the small
+interface the checkpoint manager talks to; :class:`LocalRunStorage` implements it
+for local file systems:
+
+* ``stage(name)`` makes a hidden staging directory ``.NAME.modelsafe-tmp-PID-TOKEN``;
+* ``commit(staging, name)`` fsyncs every file and directory in it, renames it to
+  ``NAME`` (one atomic step) and fsyncs the run directory;
+* ``delete(name)`` renames ``NAME`` to ``.NAME.modelsafe-del-TOKEN`` (it vanishes in one
+  atomic step) before removing the files;
+* ``lock()`` takes an exclusive ``flock`` on ``.modelsafe.lock``: a second writer gets a
+  :class:`RunLockedError` naming the holder; the kernel drops the lock when a writer dies;
+* ``clean_leftovers()`` (called with the lock held) removes staging and deleting
+  directories of dead writers and restores a checkpoint a crash left half-replaced.
+
+An object-store backend implements the same methods with the manifest written last as
+the commit (see docs/checkpoints.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errno_mod
+import os
+import secrets
+import shutil
+from typing import Protocol
+
+from ..errors import ModelsafeError, StorageError
+from .local import fsync_directory, storage_error
+
+try:  # POSIX advisory locks; released by the kernel when the holder exits or is killed
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RunStorage", "LocalRunStorage", "RunLockedError", "STAGING_MARK", "DELETING_MARK", "REPLACED_MARK", "LOCK_NAME"]
+
+STAGING_MARK = ".modelsafe-tmp-"
+DELETING_MARK = ".modelsafe-del-"
+REPLACED_MARK = ".modelsafe-old-"
+LOCK_NAME = ".modelsafe.lock"
+MANIFEST = "manifest.json"
+
+
+class RunLockedError(StorageError):
+    """Another writer holds the run: two writers would interleave their checkpoints."""
+
+
+class RunStorage(Protocol):
+    """What the checkpoint manager needs from a storage backend."""
+
+    location: str
+
+    def path(self, name: str) -> str: ...
+    def entries(self) -> list[str]: ...
+    def read_manifest(self, name: str) -> bytes | None: ...
+    def lock(self) -> None: ...
+    def unlock(self) -> None: ...
+    def clean_leftovers(self) -> list[str]: ...
+    def stage(self, name: str) -> str: ...
+    def discard(self, staging: str) -> None: ...
+    def commit(self, staging: str, name: str) -> str: ...
+    def delete(self, name: str) -> None: ...
+
+
+def fsync_tree(root: str) -> None:
+    """fsync every regular file and directory under ``root`` (deepest directories first)."""
+    for directory, dirs, files in os.walk(root, topdown=False):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(directory)
+
+
+def _token() -> str:
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _hidden(name: str, mark: str) -> str:
+    return f".{name}{mark}{_token()}"
+
+
+def _split_hidden(entry: str, mark: str) -> str | None:
+    """The checkpoint name inside a hidden ``.NAME<mark>PID-TOKEN`` entry, or None."""
+    if not entry.startswith(".") or mark not in entry:
+        return None
+    return entry[1:].rpartition(mark)[0] or None
+
+
+class LocalRunStorage:
+    """A run directory on a local (POSIX) file system."""
+
+    def __init__(self, location: str | os.PathLike) -> None:
+        self.location = os.path.abspath(os.fspath(location))
+        self._lock_fd: int | None = None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.location, name)
+
+    # -- reading -------------------------------------------------------------------
+    def entries(self) -> list[str]:
+        """Names of visible (committed-looking) subdirectories; hidden entries are ours or not checkpoints."""
+        try:
+            names = os.listdir(self.location)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise storage_error(self.location, "listing the run directory", exc) from exc
+        return [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(self.location, n))]
+
+    def read_manifest(self, name: str) -> bytes | None:
+        """The committed manifest of checkpoint ``name``, or None when it has none."""
+        try:
+            with open(os.path.join(self.location, name, MANIFEST), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    # -- the single writer -----------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self._lock_fd is not None
+
+    def lock(self) -> None:
+        """Become the run's only writer, or raise RunLockedError naming the holder."""
+        if self._lock_fd is not None:
+            return
+        try:
+            os.makedirs(self.location, exist_ok=True)
+            fd = os.open(os.path.join(self.location, LOCK_NAME), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise storage_error(self.location, "creating the run directory and its lock file", exc) from exc
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                if exc.errno in (errno_mod.EWOULDBLOCK, errno_mod.EAGAIN, errno_mod.EACCES):
+                    raise RunLockedError(
+                        f"{self.location}: another writer holds this run (lock {LOCK_NAME}, holder: {holder}); "
+                        "two writers would interleave checkpoints. Stop the other process, call close() on the "
+                        "other Checkpoints object, or save to a different directory",
+                        path=self.location, errno=exc.errno,
+                    ) from None
+                raise storage_error(self.location, "locking the run", exc) from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else '?'}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def _require_lock(self, action: str) -> None:
+        if self._lock_fd is None:
+            raise ModelsafeError(f"{self.location}: internal error: {action} without holding the run lock")
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what crashed writers left (the lock guarantees they are gone)."""
+        self._require_lock("cleaning leftovers")
+        try:
+            names = os.listdir(self.location)
+        except FileNotFoundError:
+            return []
+        removed = []
+        for entry in sorted(names):
+            full = os.path.join(self.location, entry)
+            replaced = _split_hidden(entry, REPLACED_MARK)
+            if replaced is not None and not os.path.exists(self.path(replaced)):
+                # a crash between "old aside" and "new in place": put the old one back
+                os.rename(full, self.path(replaced))
+                removed.append(entry)
+                continue
+            if any(_split_hidden(entry, mark) is not None for mark in (STAGING_MARK, DELETING_MARK, REPLACED_MARK)):
+                _remove(full)
+                removed.append(entry)
+        if removed:
+            fsync_directory(self.location)
+        return removed
+
+    # -- writing ---------------------------------------------------------------------
+    def stage(self, name: str) -> str:
+        """A fresh hidden directory to write checkpoint ``name`` into."""
+        self._require_lock("staging a checkpoint")
+        staging = os.path.join(self.location, _hidden(name, STAGING_MARK))
+        try:
+            os.mkdir(staging, 0o755)
+        except OSError as exc:
+            raise storage_error(staging, "creating a staging directory", exc) from exc
+        return staging
+
+    def discard(self, staging: str) -> None:
+        with contextlib.suppress(OSError):
+            _remove(staging)
+
+    def commit(self, staging: str, name: str) -> str:
+        """Make ``staging`` durable and visible as ``name`` in one atomic rename."""
+        self._require_lock("committing a checkpoint")
+        final = self.path(name)
+        try:
+            fsync_tree(staging)
+            if os.path.lexists(final):
+                aside = os.path.join(self.location, _hidden(name, REPLACED_MARK))
+                os.rename(final, aside)
+                os.rename(staging, final)
+                fsync_directory(self.location)
+                _remove(aside)
+            else:
+                os.rename(staging, final)
+            fsync_directory(self.location)
+        except OSError as exc:
+            raise storage_error(final, "committing the checkpoint", exc) from exc
+        return final
+
+    def delete(self, name: str) -> None:
+        """Remove checkpoint ``name``: it disappears atomically, then its files go."""
+        self._require_lock("deleting a checkpoint")
+        doomed = os.path.join(self.location, _hidden(name, DELETING_MARK))
+        try:
+            os.rename(self.path(name), doomed)
+            fsync_directory(self.location)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise storage_error(self.path(name), "deleting the checkpoint", exc) from exc
+        with contextlib.suppress(OSError):
+            _remove(doomed)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=False)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
