@@ -37,10 +37,10 @@ class ModelsafeError(Exception):
     """
 
     def __init__(self, message: str, *, path: Any = None, key: str | None = None) -> None:
+        super().__init__(message)  # first: ImportError.__init__ would reset .path afterwards
         self.message = message
         self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
         self.key = key
-        super().__init__(message)
 
     def __str__(self) -> str:
         return self.message
