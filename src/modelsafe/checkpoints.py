@@ -163,12 +163,12 @@ class Checkpoints:
 
     # -- listing -----------------------------------------------------------------------
     def _info(self, name: str) -> CheckpointInfo | None:
-        path = os.path.join(self.directory, name, MANIFEST)
+        path = os.path.join(self._storage.checkpoint_path(name), MANIFEST)
         try:
             st = os.stat(path)
         except OSError:
             return None
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        signature = (path, st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == signature:
             return cached[1]
@@ -176,7 +176,8 @@ class Checkpoints:
         info = None
         if data is not None:
             try:
-                info = _info_from_manifest(parse_manifest(data, self._storage.path(name)), self._storage.path(name), len(data))
+                where = self._storage.checkpoint_path(name)
+                info = _info_from_manifest(parse_manifest(data, where), name, where, len(data))
             except ModelsafeError as exc:
                 warnings.warn(f"skipping {self._storage.path(name)}: {exc}", stacklevel=3)
         self._cache[name] = (signature, info)
@@ -538,7 +539,7 @@ class Checkpoints:
 
 # -- helpers ------------------------------------------------------------------------------
 
-def _info_from_manifest(manifest: dict, path: str, manifest_size: int) -> CheckpointInfo:
+def _info_from_manifest(manifest: dict, name: str, path: str, manifest_size: int) -> CheckpointInfo:
     block = manifest["checkpoint"]
     try:
         when = datetime.fromisoformat(block.get("time"))
@@ -546,7 +547,7 @@ def _info_from_manifest(manifest: dict, path: str, manifest_size: int) -> Checkp
         when = datetime.fromtimestamp(0, timezone.utc)
     size = manifest_size + sum(int(s.get("size", 0)) for s in manifest["shards"]) + sum(f["size"] for f in manifest["files"].values())
     return CheckpointInfo(
-        name=os.path.basename(path), step=block["step"], time=when, metrics=_metrics_from_json(block["metrics"]),
+        name=name, step=block["step"], time=when, metrics=_metrics_from_json(block["metrics"]),
         size=size, path=path, run_id=block.get("run_id"), lineage=tuple(block.get("lineage") or ()),
     )
 

@@ -25,6 +25,7 @@ import errno as errno_mod
 import os
 import secrets
 import shutil
+import sys
 from typing import Protocol
 
 from ..errors import ModelsafeError, StorageError
@@ -54,6 +55,7 @@ class RunStorage(Protocol):
     location: str
 
     def path(self, name: str) -> str: ...
+    def checkpoint_path(self, name: str) -> str: ...
     def entries(self) -> list[str]: ...
     def read_manifest(self, name: str) -> bytes | None: ...
     def lock(self) -> None: ...
@@ -105,6 +107,26 @@ class LocalRunStorage:
     def path(self, name: str) -> str:
         return os.path.join(self.location, name)
 
+    def checkpoint_path(self, name: str) -> str:
+        """Where committed checkpoint ``name`` is: its directory, or (after a crash in the
+        middle of a non-atomic replace) the old copy set aside until the next writer restores it."""
+        final = self.path(name)
+        if os.path.lexists(final):
+            return final
+        return self._asides().get(name, final)
+
+    def _asides(self) -> dict[str, str]:
+        try:
+            names = os.listdir(self.location)
+        except OSError:
+            return {}
+        out = {}
+        for entry in sorted(names):
+            original = _split_hidden(entry, REPLACED_MARK)
+            if original is not None:
+                out.setdefault(original, os.path.join(self.location, entry))
+        return out
+
     # -- reading -------------------------------------------------------------------
     def entries(self) -> list[str]:
         """Names of visible (committed-looking) subdirectories; hidden entries are ours or not checkpoints."""
@@ -114,12 +136,15 @@ class LocalRunStorage:
             return []
         except OSError as exc:
             raise storage_error(self.location, "listing the run directory", exc) from exc
-        return [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(self.location, n))]
+        visible = [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(self.location, n))]
+        if any(REPLACED_MARK in n for n in names):
+            visible += [n for n in self._asides() if n not in visible]
+        return visible
 
     def read_manifest(self, name: str) -> bytes | None:
         """The committed manifest of checkpoint ``name``, or None when it has none."""
         try:
-            with open(os.path.join(self.location, name, MANIFEST), "rb") as f:
+            with open(os.path.join(self.checkpoint_path(name), MANIFEST), "rb") as f:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
@@ -210,11 +235,15 @@ class LocalRunStorage:
         try:
             fsync_tree(staging)
             if os.path.lexists(final):
-                aside = os.path.join(self.location, _hidden(name, REPLACED_MARK))
-                os.rename(final, aside)
-                os.rename(staging, final)
+                # swap atomically where the kernel can; else old aside, new in place (readers
+                # and the next writer treat an aside whose name is missing as committed)
+                if not _exchange(staging, final):
+                    aside = os.path.join(self.location, _hidden(name, REPLACED_MARK))
+                    os.rename(final, aside)
+                    os.rename(staging, final)
+                    staging = aside
                 fsync_directory(self.location)
-                _remove(aside)
+                _remove(staging)
             else:
                 os.rename(staging, final)
             fsync_directory(self.location)
@@ -235,6 +264,30 @@ class LocalRunStorage:
             raise storage_error(self.path(name), "deleting the checkpoint", exc) from exc
         with contextlib.suppress(OSError):
             _remove(doomed)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno_mod.EINVAL, errno_mod.ENOSYS, errno_mod.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
 
 
 def _remove(path: str) -> None:
