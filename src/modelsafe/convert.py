@@ -1,0 +1,244 @@
+"""Convert files of other tools into modelsafe files (or plain safetensors), never running their code.
+
+>>> import numpy as np, tempfile, os
+>>> d = tempfile.mkdtemp()
+>>> np.savez(os.path.join(d, "w.npz"), w=np.ones(3, np.float32))
+>>> convert(os.path.join(d, "w.npz"), os.path.join(d, "w.safetensors")).tensors
+1
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .adapters import adapter_for_type
+from .errors import StorageError, UnsupportedObjectError
+from .format.container import build_header
+from .format.dtypes import BY_NAME
+from .legacy import read_foreign
+from .storage.local import atomic_file
+from .tree import Flattener, format_path
+
+__all__ = ["convert", "ConvertSummary", "register_lowering", "TARGETS"]
+
+TARGETS = ("modelsafe", "safetensors")
+_FORMAT_TAGS = {"torch": "pt", "numpy": "np"}
+
+
+@dataclass
+class ConvertSummary:
+    """What :func:`convert` did; ``to_dict()`` for JSON output."""
+
+    source: str
+    destination: str
+    source_format: str
+    target: str
+    tensors: int
+    tensor_bytes: int
+    file_bytes: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- values modelsafe cannot store, lowered to ones it can --------------------------------------
+
+_LOWERINGS: list[tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = []
+
+
+def register_lowering(matches: Callable[[Any], bool], lower: Callable[[Any], Any], description: str) -> None:
+    """Teach convert how to store a value ``ms.save`` cannot: ``lower(value)`` returns a storable one.
+
+    Lowerings apply only when ``ms.save`` itself refuses the value.
+
+    >>> register_lowering(lambda v: isinstance(v, range), lambda r: [r.start, r.stop, r.step], "range as [start, stop, step]")
+    """
+    _LOWERINGS.append((matches, lower, description))
+
+
+def _type_named(*names: str) -> Callable[[Any], bool]:
+    return lambda v: f"{type(v).__module__}.{type(v).__qualname__}" in names
+
+
+register_lowering(_type_named("torch.Size"), tuple, "torch.Size stored as a tuple")
+register_lowering(_type_named("torch.dtype"), str, "torch.dtype stored as its name")
+register_lowering(_type_named("torch.device"), str, "torch.device stored as its name")
+register_lowering(lambda v: type(v) is slice, lambda s: {"slice": [s.start, s.stop, s.step]}, 'slice stored as {"slice": [start, stop, step]}')
+register_lowering(lambda v: type(v) is complex, lambda c: {"complex": [c.real, c.imag]}, 'complex stored as {"complex": [real, imag]}')
+
+_PLAIN = (type(None), bool, int, float, str, bytes, bytearray)
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def _storable(value: Any) -> bool:
+    try:
+        Flattener().encode(value, ())
+    except UnsupportedObjectError:
+        return False
+    return True
+
+
+def _lower_tree(obj: Any, notes: list[str]) -> Any:
+    """A copy of ``obj`` in which every value ms.save would refuse is lowered (containers are rebuilt)."""
+    seen: dict[int, Any] = {}
+
+    def walk(value: Any, path: tuple) -> Any:
+        tp = type(value)
+        if tp in _PLAIN or adapter_for_type(tp) is not None:
+            return value
+        if id(value) in seen:
+            return seen[id(value)]
+        if tp in (dict, collections.OrderedDict):
+            out = tp()
+            for k, v in value.items():
+                out[k] = walk(v, path + (k,))
+            meta = getattr(value, "_metadata", None)
+            if meta is not None:
+                out._metadata = meta
+        elif tp in (list, tuple):
+            out = tp(walk(v, path + (i,)) for i, v in enumerate(value))
+        elif tp in (set, frozenset) or _storable(value):
+            out = value
+        else:
+            for matches, lower, description in _LOWERINGS:
+                if matches(value):
+                    out = lower(value)
+                    notes.append(f"{format_path(path)}: {description}")
+                    break
+            else:
+                out = value  # ms.save reports it, naming the path
+        seen[id(value)] = out
+        return out
+
+    return walk(obj, ())
+
+
+# -- plain safetensors -------------------------------------------------------------------------
+
+def _flat_tensors(obj: Any, notes: list[str]) -> dict[str, Any]:
+    """name -> tensor with dotted names (``model.0.weight``), as state_dict keys are spelled."""
+    out: dict[str, Any] = {}
+    dropped: list[str] = []
+
+    def walk(value: Any, prefix: str) -> None:
+        if adapter_for_type(type(value)) is not None:
+            out[prefix or "tensor"] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{prefix}.{i}" if prefix else str(i))
+        else:
+            dropped.append(prefix or "(root)")
+
+    walk(obj, "")
+    if dropped:
+        shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
+        notes.append(f"plain safetensors holds tensors only; {len(dropped)} other values were left out: {shown}")
+    return out
+
+
+def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str]) -> tuple[int, int]:
+    planned = []
+    frameworks = set()
+    for name, value in tensors.items():
+        adapter = adapter_for_type(type(value))
+        info = adapter.describe(value)
+        frameworks.add(adapter.framework)
+        dt = BY_NAME[info.dtype]
+        if dt.stored_as_bytes:
+            notes.append(f"{name}: safetensors has no {dt.name}; stored as raw bytes (U8)")
+        nbytes = dt.itemsize
+        for d in info.shape:
+            nbytes *= d
+        planned.append((name, value, adapter, dt, list(info.shape), nbytes))
+    planned.sort(key=lambda p: -p[3].itemsize)  # larger elements first: every offset stays aligned
+    entries = []
+    position = 0
+    for name, _value, _adapter, dt, shape, nbytes in planned:
+        entries.append((name, dt.storage, [nbytes] if dt.stored_as_bytes else shape, position, position + nbytes))
+        position += nbytes
+    metadata = {"format": _FORMAT_TAGS[next(iter(frameworks))]} if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS else {}
+    header = build_header(entries, metadata)
+    with atomic_file(dst) as f:
+        f.write(header)
+        for name, value, adapter, _dt, _shape, nbytes in planned:
+            data = adapter.host_bytes(value)
+            if data.nbytes != nbytes:  # pragma: no cover - adapters return exactly dtype x shape bytes
+                raise UnsupportedObjectError(f"{name}: expected {nbytes} bytes, got {data.nbytes}", key=name)
+            f.write(data)
+    return position, len(header) + position
+
+
+# -- the entry point ---------------------------------------------------------------------------
+
+def _count_tensors(obj: Any) -> tuple[int, int]:
+    fl = Flattener(allow_pickle=False)
+    try:
+        fl.flatten(obj)
+    except UnsupportedObjectError:
+        return 0, 0
+    return len(fl.leaves), sum(leaf.nbytes for leaf in fl.leaves)
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str = "modelsafe",
+    framework: str | None = None,
+    metadata: dict | None = None,
+    overwrite: bool = False,
+) -> ConvertSummary:
+    """Read ``src`` (torch .pt/.pth/.bin, .safetensors or a sharded *.index.json, .npz, Keras
+    .weights.h5, MXNet .params) without executing anything from it, and write ``dst``.
+
+    ``to="modelsafe"`` writes a modelsafe file (the whole tree: nested dicts, optimizer
+    state, epoch numbers...); ``to="safetensors"`` writes a plain safetensors file for other
+    tools (tensors only, dotted names, no modelsafe manifest).  ``framework`` ("torch",
+    "numpy") picks the tensor type recorded in the file.  The write is atomic.
+
+    >>> import numpy as np, tempfile, os, modelsafe as ms
+    >>> d = tempfile.mkdtemp()
+    >>> np.savez(os.path.join(d, "a.npz"), w=np.arange(4))
+    >>> s = convert(os.path.join(d, "a.npz"), os.path.join(d, "a.safetensors"))
+    >>> (s.source_format, s.tensors, ms.load(os.path.join(d, "a.safetensors"))["w"])
+    ('npz', 1, array([0, 1, 2, 3]))
+    """
+    if to not in TARGETS:
+        raise ValueError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.exists(dst):
+        if os.path.exists(src) and os.path.samefile(src, dst):
+            raise StorageError(f"{dst}: is the source file; write the conversion to another path", path=dst, errno=errno.EEXIST)
+        if not overwrite:
+            raise StorageError(f"{dst}: already exists; choose another path or pass overwrite=True (--force)",
+                               path=dst, errno=errno.EEXIST)
+    started = time.perf_counter()
+    found = read_foreign(src, framework=framework)
+    notes = list(found.notes)
+    if to == "modelsafe":
+        tree = _lower_tree(found.tree, notes)
+        from .api import save
+
+        meta = {"converted_from": os.path.basename(src), "source_format": found.format}
+        meta.update(metadata or {})
+        save(tree, dst, metadata=meta)
+        count, nbytes = _count_tensors(tree)
+    else:
+        tensors = _flat_tensors(found.tree, notes)
+        count = len(tensors)
+        nbytes, _ = _write_safetensors(tensors, dst, notes)
+    return ConvertSummary(
+        source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
+        file_bytes=os.path.getsize(dst), seconds=round(time.perf_counter() - started, 6), notes=notes,
+    )
+

@@ -1,0 +1,186 @@
+"""Safe readers for files written by other tools: torch pickles, safetensors, npz, Keras h5, MXNet.
+
+Nothing here executes code from a file.  Each source format is one module with a
+``read(path, options) -> ForeignFile`` function; this package keeps a small
+registry that maps file signatures (first bytes) and extensions to those modules,
+imported lazily so ``import modelsafe`` stays light.
+
+>>> import numpy as np, tempfile, os
+>>> from modelsafe.legacy import read_foreign
+>>> p = os.path.join(tempfile.mkdtemp(), "a.npz")
+>>> np.savez(p, w=np.arange(3))
+>>> read_foreign(p).tree["w"]
+array([0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+
+__all__ = ["ForeignFile", "ReadOptions", "register_reader", "reader_for", "read_foreign", "known_formats"]
+
+HEAD_BYTES = 64
+
+
+@dataclass
+class ReadOptions:
+    """How a reader builds tensors.  ``framework`` None: torch for torch files when torch is installed, else numpy."""
+
+    framework: str | None = None
+
+
+@dataclass
+class ForeignFile:
+    """What a reader found: the object tree (tensors, containers, scalars) and notes for the user."""
+
+    path: str
+    format: str                      # registry name of the reader ("torch", "safetensors", ...)
+    tree: Any
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ReaderEntry:
+    name: str
+    module: str                                  # module with read(path, options) -> ForeignFile
+    extensions: tuple[str, ...]                  # lower-case suffixes, longest match wins
+    sniff: Callable[[bytes, str], bool] | None   # (first bytes, path) -> True if the file is this format
+    description: str
+
+
+_READERS: list[ReaderEntry] = []
+
+
+def register_reader(
+    name: str,
+    module: str,
+    *,
+    extensions: tuple[str, ...] = (),
+    sniff: Callable[[bytes, str], bool] | None = None,
+    description: str = "",
+) -> None:
+    """Register a reader module for a foreign format; signatures are tried before extensions.
+
+    >>> register_reader("npz", "modelsafe.legacy.npz", extensions=(".npz",), description="numpy .npz archives")
+    """
+    _READERS[:] = [r for r in _READERS if r.name != name]
+    _READERS.append(ReaderEntry(name, module, tuple(e.lower() for e in extensions), sniff, description))
+
+
+def known_formats() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, description, extensions) of every registered reader."""
+    return [(r.name, r.description, r.extensions) for r in _READERS]
+
+
+def _head(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: no such file; check the path", path=path) from None
+    except IsADirectoryError:
+        raise CorruptCheckpointError(
+            f"{path}: is a directory; convert takes one file (or a sharded *.index.json)", path=path
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read ({exc.strerror})", path=path, errno=exc.errno) from exc
+
+
+def reader_for(path: str | os.PathLike) -> ReaderEntry:
+    """The reader for ``path``: by signature first, then by the longest matching extension."""
+    path = os.fspath(path)
+    head = _head(path)
+    for entry in _READERS:
+        if entry.sniff is not None and entry.sniff(head, path):
+            return entry
+    lower = path.lower()
+    matches = [(len(ext), entry) for entry in _READERS for ext in entry.extensions if lower.endswith(ext)]
+    if matches:
+        return max(matches, key=lambda m: m[0])[1]
+    known = ", ".join(sorted({ext for r in _READERS for ext in r.extensions}))
+    raise CorruptCheckpointError(
+        f"{path}: not a format modelsafe can convert (its first bytes match no known signature and its "
+        f"extension none of {known})",
+        path=path,
+    )
+
+
+def read_foreign(path: str | os.PathLike, *, framework: str | None = None) -> ForeignFile:
+    """Read ``path`` with the reader its signature or extension selects; never runs code from the file."""
+    path = os.fspath(path)
+    entry = reader_for(path)
+    module = importlib.import_module(entry.module)
+    return module.read(path, ReadOptions(framework=framework))
+
+
+# -- signatures -------------------------------------------------------------------
+
+def _is_zip(head: bytes) -> bool:
+    return head[:4] == b"PK\x03\x04"
+
+
+def _zip_names(path: str) -> list[str]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return []
+
+
+def _sniff_torch(head: bytes, path: str) -> bool:
+    from .torch_pickle import LEGACY_MAGIC_PICKLE
+
+    if head.startswith(LEGACY_MAGIC_PICKLE):
+        return True
+    if _is_zip(head):
+        return any(name.endswith("data.pkl") or name.endswith("constants.pkl") for name in _zip_names(path))
+    return False
+
+
+def _sniff_npz(head: bytes, path: str) -> bool:
+    if not _is_zip(head):
+        return False
+    names = _zip_names(path)
+    return bool(names) and all(name.endswith(".npy") for name in names)
+
+
+def _sniff_safetensors(head: bytes, path: str) -> bool:
+    if len(head) < 10:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n < 100_000_000 and head[8:9] == b"{"
+
+
+def _sniff_hdf5(head: bytes, path: str) -> bool:
+    return head.startswith(b"\x89HDF\r\n\x1a\n")
+
+
+def _sniff_mxnet(head: bytes, path: str) -> bool:
+    from .mxnet_params import LIST_MAGIC
+
+    return len(head) >= 16 and int.from_bytes(head[:8], "little") == LIST_MAGIC and head[8:16] == b"\0" * 8
+
+
+def _sniff_index(head: bytes, path: str) -> bool:
+    return path.lower().endswith(".index.json")
+
+
+register_reader("sharded", "modelsafe.legacy.safetensors", extensions=(".index.json",), sniff=_sniff_index,
+                description="sharded checkpoints: a *.index.json weight_map over safetensors or torch shards")
+register_reader("safetensors", "modelsafe.legacy.safetensors", extensions=(".safetensors",), sniff=_sniff_safetensors,
+                description="safetensors files (modelsafe files too)")
+register_reader("npz", "modelsafe.legacy.npz", extensions=(".npz",), sniff=_sniff_npz,
+                description="numpy .npz archives (allow_pickle=False)")
+register_reader("torch", "modelsafe.legacy.torch_pickle", extensions=(".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"),
+                sniff=_sniff_torch, description="torch.save files, zip and legacy formats (allowlist unpickler)")
+register_reader("keras_h5", "modelsafe.legacy.keras_h5", extensions=(".weights.h5", ".h5", ".hdf5"),
+                sniff=_sniff_hdf5, description="Keras .weights.h5 / .h5 weight files (h5py)")
+register_reader("mxnet", "modelsafe.legacy.mxnet_params", extensions=(".params", ".nd"), sniff=_sniff_mxnet,
+                description="MXNet .params / NDArray list files, read without MXNet")

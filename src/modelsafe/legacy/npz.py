@@ -1,0 +1,73 @@
+"""numpy ``.npz`` archives, read with ``allow_pickle=False`` (object arrays are refused).
+
+Each member's ``.npy`` header is checked against the member's size before numpy
+allocates the array, so a tiny archive cannot declare gigabytes.
+
+>>> import numpy as np, tempfile, os
+>>> p = os.path.join(tempfile.mkdtemp(), "a.npz")
+>>> np.savez(p, b=np.zeros(2))
+>>> read(p, None).tree
+{'b': array([0., 0.])}
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptCheckpointError, UnsafeObjectError
+from . import ForeignFile, ReadOptions
+
+
+def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> int:
+    with z.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(member)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(member)
+            else:
+                shape, _fortran, dtype = np.lib.format._read_array_header(member, version)  # noqa: SLF001
+        except ValueError as exc:
+            raise CorruptCheckpointError(f"{source}: member {info.filename} has a bad .npy header ({exc})", path=source, key=info.filename) from None
+        if dtype.hasobject:
+            raise UnsafeObjectError(
+                f"{source}: member {info.filename} holds a pickled object array ({dtype}); unpickling can run code, "
+                "so it is refused (numpy's allow_pickle=False)", path=source, key=info.filename,
+            )
+        header_end = member.tell()
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    if header_end + nbytes > info.file_size:
+        raise CorruptCheckpointError(
+            f"{source}: member {info.filename} declares {nbytes:,} bytes of array data but holds "
+            f"{info.file_size - header_end:,}; refused before allocating", path=source, key=info.filename,
+        )
+    return nbytes
+
+
+def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                _declared_nbytes(z, info, path)
+        with np.load(path, allow_pickle=False) as archive:
+            tree: dict[str, Any] = {name: archive[name] for name in archive.files}
+    except zipfile.BadZipFile as exc:
+        raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({exc})", path=path) from None
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
+        raise CorruptCheckpointError(f"{path}: a member could not be read ({exc})", path=path) from None
+    if options is not None and options.framework == "torch":
+        import torch
+
+        tree = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tree.items()}
+    return ForeignFile(path, "npz", tree, [])
