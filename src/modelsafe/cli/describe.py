@@ -1,0 +1,296 @@
+"""What a saved file or checkpoint holds, as plain data: the model behind ``show``.
+
+Reads only headers and manifests (no tensor bytes), so it is fast on files with
+100,000 tensors and on multi-gigabyte files alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .output import jsonable
+
+
+@dataclass
+class TensorRow:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    kind: str = "tensor"          # "tensor" | "bytes" | "pickle"
+    tied_to: str | None = None    # for aliases: the stored tensor this name shares
+    file: str | None = None       # shard file inside a checkpoint directory
+    framework: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "bytes": self.nbytes, "kind": self.kind}
+        if self.tied_to is not None:
+            out["tied_to"] = self.tied_to
+        if self.file is not None:
+            out["file"] = self.file
+        if self.framework is not None:
+            out["framework"] = self.framework
+        return out
+
+
+@dataclass
+class RecipeRow:
+    path: str       # where in the saved tree: obj["model"]
+    kind: str       # the object node's kind (module, optimizer, ...)
+    summary: str    # Class(arg=..., ...) or compact JSON
+    node: Any       # the recipe as stored
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "summary": self.summary, "recipe": self.node}
+
+
+@dataclass
+class Description:
+    path: str
+    is_modelsafe: bool
+    format_version: str | None
+    writer: str | None
+    framework: str | None
+    versions: dict[str, Any]
+    file_size: int | None
+    metadata: Any
+    checkpoint: dict[str, Any]
+    recipes: list[RecipeRow]
+    tensors: list[TensorRow]
+    pickled: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if t.tied_to is None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "modelsafe": self.is_modelsafe,
+            "format_version": self.format_version,
+            "writer": self.writer,
+            "framework": self.framework,
+            "versions": self.versions,
+            "file_size": self.file_size,
+            "checkpoint": self.checkpoint or None,
+            "metadata": jsonable(self.metadata),
+            "recipes": [r.as_dict() for r in self.recipes],
+            "pickled": self.pickled,
+            "tensors": [t.as_dict() for t in self.tensors],
+            "totals": {"tensors": sum(1 for t in self.tensors if t.tied_to is None), "names": len(self.tensors), "bytes": self.total_bytes},
+        }
+
+
+CHECKPOINT_KEYS = ("name", "step", "time", "metrics", "lineage")
+
+
+def _checkpoint_block(manifest: dict) -> dict[str, Any]:
+    """Name, step, time, metrics and lineage of a checkpoint directory's manifest ({} for files)."""
+    block = manifest.get("checkpoint")
+    if not isinstance(block, dict):
+        return {}
+    out = {k: block[k] for k in CHECKPOINT_KEYS if k in block and block[k] not in (None, [], {})}
+    files = manifest.get("files")
+    if isinstance(files, dict) and files:
+        out["files"] = {rel: entry.get("size") if isinstance(entry, dict) else None for rel, entry in files.items()}
+    return out
+
+
+def describe(reader: Any) -> Description:
+    """Describe an open :class:`modelsafe.Reader` (file or checkpoint directory)."""
+    manifest = reader.manifest
+    records = reader.records
+    aliases: dict[str, str] = manifest.get("aliases") or {}
+    is_modelsafe = bool(manifest.get("writer"))
+    version = manifest.get("format_version")
+    rows: list[TensorRow] = []
+    listed: set[str] = set()
+    for name in reader.keys():
+        target = aliases.get(name)
+        record = records.get(target or name)
+        if record is None:
+            continue
+        rows.append(_row(name, record, tied_to=target))
+        listed.add(name)
+    for name, record in records.items():  # bytes and pickled payloads come last
+        if name not in listed:
+            rows.append(_row(name, record))
+    return Description(
+        path=reader.path,
+        is_modelsafe=is_modelsafe,
+        format_version=f"{version[0]}.{version[1]}" if is_modelsafe and isinstance(version, list) and len(version) == 2 else None,
+        writer=manifest.get("writer"),
+        framework=manifest.get("framework"),
+        versions=dict(manifest.get("versions") or {}),
+        file_size=_size(reader.path),
+        metadata=reader.metadata,
+        checkpoint=_checkpoint_block(manifest),
+        recipes=list(find_recipes(manifest.get("tree"))),
+        tensors=rows,
+        pickled=[n for n, r in records.items() if r.kind == "pickle"],
+    )
+
+
+def _row(name: str, record: Any, tied_to: str | None = None) -> TensorRow:
+    return TensorRow(
+        name=name,
+        dtype=record.dtype.name if record.kind == "tensor" else record.kind,
+        shape=tuple(record.shape),
+        nbytes=record.nbytes,
+        kind=record.kind,
+        tied_to=tied_to,
+        file=record.file,
+        framework=record.framework if record.kind == "tensor" else None,
+    )
+
+
+def _size(path: str) -> int | None:
+    try:
+        if os.path.isdir(path):
+            total = 0
+            for root, _dirs, files in os.walk(path):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+            return total
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+# -- recipes ----------------------------------------------------------------------
+
+def find_recipes(tree: Any) -> Iterator[RecipeRow]:
+    """Every framework-object node (``{"object": kind, ...}``) and every node with a
+    ``"recipe"`` in the manifest tree, with its tree path, in tree order."""
+    for path, node in _walk(tree, "obj"):
+        if "object" in node or "recipe" in node:
+            kind = node.get("object")
+            recipe = node.get("recipe", {k: v for k, v in node.items() if k != "object"})
+            yield RecipeRow(path, str(kind) if kind is not None else "recipe", summarize_recipe(recipe), recipe)
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, dict]]:
+    stack: list[tuple[str, Any]] = [(path, node)]
+    while stack:
+        here, cur = stack.pop()
+        children: list[tuple[str, Any]] = []
+        if isinstance(cur, list):
+            children = [(f"{here}[{i}]", v) for i, v in enumerate(cur)]
+        elif isinstance(cur, dict):
+            if any(tag in cur for tag in ("tensor", "bytes", "pickle")):
+                continue
+            if "object" in cur or "recipe" in cur:
+                yield here, cur
+                # objects may nest objects (a scheduler holding an optimizer)
+            children = list(_children(cur, here))
+        stack.extend(reversed(children))
+
+
+def _children(node: dict, here: str) -> Iterator[tuple[str, Any]]:
+    if "dict" in node and isinstance(node["dict"], list):
+        for pair in node["dict"]:
+            if isinstance(pair, list) and len(pair) == 2:
+                yield f"{here}[{_key_text(pair[0])}]", pair[1]
+        return
+    if "tuple" in node and isinstance(node["tuple"], list):
+        for i, v in enumerate(node["tuple"]):
+            yield f"{here}[{i}]", v
+        return
+    if "namedtuple" in node and isinstance(node.get("items"), list):
+        fields = node.get("fields") if isinstance(node.get("fields"), list) else []
+        for i, v in enumerate(node["items"]):
+            yield (f"{here}.{fields[i]}" if i < len(fields) else f"{here}[{i}]"), v
+        return
+    if "dataclass" in node and isinstance(node.get("fields"), list):
+        for pair in node["fields"]:
+            if isinstance(pair, list) and len(pair) == 2:
+                yield f"{here}.{pair[0]}", pair[1]
+        return
+    for key, value in node.items():
+        if isinstance(value, (dict, list)) and key not in ("recipe",):
+            yield f"{here}.{key}", value
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, str):
+        return json.dumps(key)
+    if isinstance(key, dict) and "int" in key:
+        return str(key["int"])
+    return json.dumps(key) if not isinstance(key, dict) else json.dumps(key, separators=(",", ":"))
+
+
+_CLASS_KEYS = ("class", "name", "callable", "factory", "type", "target")
+
+
+def summarize_recipe(recipe: Any, limit: int = 160) -> str:
+    """``Class(arg, key=value)`` when the recipe names a class and arguments, else compact JSON."""
+    if isinstance(recipe, dict):
+        cls = next((recipe[k] for k in _CLASS_KEYS if isinstance(recipe.get(k), str)), None)
+        if cls is not None:
+            args = recipe.get("args") if isinstance(recipe.get("args"), list) else []
+            kwargs = recipe.get("kwargs") if isinstance(recipe.get("kwargs"), (dict, list)) else {}
+            if isinstance(kwargs, list):  # [[key, node], ...]
+                kwargs = {str(p[0]): p[1] for p in kwargs if isinstance(p, list) and len(p) == 2}
+            parts = [_node_text(a) for a in args] + [f"{k}={_node_text(v)}" for k, v in kwargs.items()]
+            return _clip(f"{cls}({', '.join(parts)})", limit)
+    return _clip(json.dumps(recipe, separators=(",", ":"), default=str), limit)
+
+
+def _node_text(node: Any) -> str:
+    if isinstance(node, dict):
+        if "tensor" in node:
+            return f"<tensor {node['tensor']}>"
+        if "float" in node:
+            return str(node["float"])
+        if "int" in node:
+            return str(node["int"])
+        if "tuple" in node and isinstance(node["tuple"], list):
+            inner = ", ".join(_node_text(v) for v in node["tuple"])
+            return f"({inner}{',' if len(node['tuple']) == 1 else ''})"
+        if "object" in node or "recipe" in node:
+            return summarize_recipe(node.get("recipe", node), limit=60)
+        return json.dumps(node, separators=(",", ":"), default=str)
+    if isinstance(node, list):
+        return "[" + ", ".join(_node_text(v) for v in node) + "]"
+    return json.dumps(node)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- plain values -------------------------------------------------------------------
+
+def scalar_values(tree: Any) -> Iterator[tuple[str, Any]]:
+    """(tree path, value) of every JSON scalar in the saved tree: ``obj["epoch"] -> 5``.
+
+    Tensors, bytes and pickles are skipped; recipe arguments are included (a changed
+    learning rate shows up as ``obj["optimizer"].recipe...``).
+    """
+    stack: list[tuple[str, Any]] = [("obj", tree)]
+    while stack:
+        here, cur = stack.pop()
+        if cur is None or isinstance(cur, (bool, int, str)):
+            yield here, cur
+            continue
+        if isinstance(cur, list):
+            stack.extend(reversed([(f"{here}[{i}]", v) for i, v in enumerate(cur)]))
+            continue
+        if not isinstance(cur, dict) or any(tag in cur for tag in ("tensor", "bytes", "pickle")):
+            continue
+        if len(cur) == 1 and "int" in cur:
+            try:
+                yield here, int(cur["int"])
+            except (TypeError, ValueError):
+                yield here, cur["int"]
+            continue
+        if len(cur) == 1 and "float" in cur:
+            value = cur["float"]
+            yield here, float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+            continue
+        children = list(_children(cur, here)) if not ("object" in cur or "recipe" in cur) else [
+            (f"{here}.{k}", v) for k, v in cur.items() if k != "object"
+        ]
+        stack.extend(reversed(children))

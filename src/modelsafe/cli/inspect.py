@@ -1,0 +1,109 @@
+"""``modelsafe show PATH``: metadata, recipes and the tensor table of one file or checkpoint."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+
+import click
+
+from .address import resolve_checkpoint
+from .describe import Description, describe
+from .output import Column, TableSpec, emit_json, escape, format_shape, human_bytes, json_option, jsonable, say
+
+
+@click.command("show")
+@click.argument("path")
+@click.option("--filter", "pattern", metavar="GLOB", help="Only tensors whose name matches GLOB (fnmatch), e.g. 'encoder.*'.")
+@click.option("--no-tensors", is_flag=True, help="Leave out the tensor table.")
+@json_option
+def show(path: str, pattern: str | None, no_tensors: bool, as_json: bool) -> None:
+    """Show what a file or checkpoint holds: metadata, recipes and tensors.
+
+    PATH is a file, a checkpoint directory, or RUN@best / RUN@latest / RUN@<name> / RUN@<step>.
+    Reads headers and manifests only; no tensor bytes are loaded.
+    """
+    import modelsafe as ms
+
+    target = resolve_checkpoint(path)
+    with ms.open(target) as reader:
+        info = describe(reader)
+    if pattern is not None:
+        info.tensors = [t for t in info.tensors if fnmatch.fnmatchcase(t.name, pattern)]
+    if no_tensors:
+        info.tensors = []
+    if as_json:
+        document = info.as_dict()
+        document["address"] = path
+        emit_json(document)
+        return
+    render(info, show_tensors=not no_tensors)
+
+
+def render(info: Description, *, show_tensors: bool = True) -> None:
+    kind = f"modelsafe format {info.format_version}" if info.is_modelsafe else "plain safetensors (no modelsafe manifest)"
+    say(f"[bold]{escape(info.path)}[/bold]  {escape(kind)}")
+    facts = []
+    if info.writer:
+        facts.append(f"written by {info.writer}")
+    if info.framework:
+        facts.append(f"framework {info.framework}")
+    if info.versions:
+        facts.append(", ".join(f"{k} {v}" for k, v in info.versions.items()))
+    if info.file_size is not None:
+        facts.append(f"{human_bytes(info.file_size)} on disk")
+    if facts:
+        say(escape("; ".join(facts)))
+    if info.checkpoint:
+        say("[bold]checkpoint[/bold]")
+        for key, value in info.checkpoint.items():
+            say(f"  {escape(key)}: {escape(_text(value))}")
+    if info.pickled:
+        say(
+            f"[bold yellow]holds {len(info.pickled)} pickled object(s)[/bold yellow] "
+            f"({escape(', '.join(info.pickled[:5]))}{', …' if len(info.pickled) > 5 else ''}): "
+            "ms.load refuses them unless allow_pickle=True"
+        )
+    say("[bold]metadata[/bold]" + ("" if info.metadata not in (None, {}) else "  (none)"))
+    if isinstance(info.metadata, dict):
+        for key, value in info.metadata.items():
+            say(f"  {escape(key)}: {escape(_text(value))}")
+    elif info.metadata not in (None, {}):
+        say(f"  {escape(_text(info.metadata))}")
+    say("[bold]recipes[/bold]" + ("" if info.recipes else "  (none: plain tensors and values only)"))
+    for recipe in info.recipes:
+        say(f"  {escape(recipe.path)}  [cyan]{escape(recipe.kind)}[/cyan]  {escape(recipe.summary)}")
+    if show_tensors:
+        tensor_table(info).render()
+
+
+def tensor_table(info: Description) -> TableSpec:
+    sharded = any(t.file for t in info.tensors)
+    notes = any(t.tied_to or t.kind != "tensor" for t in info.tensors)
+    columns = [Column("name"), Column("dtype"), Column("shape"), Column("bytes", "right")]
+    if sharded:
+        columns.append(Column("file"))
+    if notes:
+        columns.append(Column("note"))
+    table = TableSpec(columns, title="tensors")
+    stored = 0
+    for t in info.tensors:
+        cells = [t.name, t.dtype, format_shape(t.shape), f"{t.nbytes:,}"]
+        if sharded:
+            cells.append(t.file or "")
+        if notes:
+            cells.append(f"tied to {t.tied_to}" if t.tied_to else ("pickled object" if t.kind == "pickle" else ("bytes" if t.kind == "bytes" else "")))
+        if t.tied_to is None:
+            stored += 1
+        table.add(*cells)
+    total_bytes = sum(t.nbytes for t in info.tensors if t.tied_to is None)
+    footer = [f"{stored:,} stored" + (f", {len(info.tensors) - stored:,} tied" if len(info.tensors) != stored else ""), "", "", f"{total_bytes:,} ({human_bytes(total_bytes)})"]
+    footer += [""] * (len(columns) - len(footer))
+    table.footer = tuple(footer)
+    return table
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(jsonable(value), separators=(", ", ": "))
