@@ -7,6 +7,7 @@ from typing import Any, Iterable
 
 from .errors import UnsupportedObjectError
 from .format.writer import write_file
+from .gc_pause import gc_paused
 from .loading import add_aliases, decode_tree, materialize, refuse_pickles
 from .reader import Reader
 from .sources import open_source
@@ -52,10 +53,11 @@ def save(
     >>> ms.load(p)["epoch"]
     5
     """
-    fl = flatten(obj, allow_pickle=allow_pickle)
-    metadata_node = encode_metadata(metadata)
-    with atomic_file(path) as f:
-        write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata)
+    with gc_paused():
+        fl = flatten(obj, allow_pickle=allow_pickle)
+        metadata_node = encode_metadata(metadata)
+        with atomic_file(path) as f:
+            write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata)
 
 
 def load(
@@ -79,7 +81,7 @@ def load(
     >>> ms.load(p)
     [array([0, 1, 2]), (1, 2.5)]
     """
-    with open_source(path, storage_options=storage_options) as source:
+    with gc_paused(), open_source(path, storage_options=storage_options) as source:
         refuse_pickles(source, allow_pickle)
         buffers = source.buffers(lazy=False)
         values = materialize(

@@ -20,6 +20,7 @@ __all__ = [
     "UnsupportedObjectError",
     "UnsafeObjectError",
     "UnknownClassError",
+    "MissingRecipeError",
     "IncompatibleStateError",
     "StorageError",
     "FrameworkNotInstalledError",
@@ -87,6 +88,10 @@ class UnsafeObjectError(ModelsafeError):
 
 class UnknownClassError(ModelsafeError):
     """A recipe names a class that is neither registered nor in a trusted module."""
+
+
+class MissingRecipeError(UnknownClassError):
+    """A saved module (or optimizer) has no recipe, so ``ms.load`` cannot rebuild it; use ``ms.load_into``."""
 
 
 class IncompatibleStateError(ModelsafeError, ValueError):

@@ -110,10 +110,20 @@ class Flattener:
         self._names: set[str] = set()
         self._by_identity: dict[Any, str] = {}
         self._active: set[int] = set()
+        self.context: dict = {}  # shared state for object encoders (recipes, cross-references)
+        self.root: Any = None
+        self._deferred: list[Callable[[], None]] = []
 
     # -- entry point -------------------------------------------------------
     def flatten(self, obj: Any) -> Any:
-        return self.encode(obj, ())
+        self.root = self.encode(obj, ())
+        while self._deferred:  # encoders may finish nodes once the whole tree is known
+            self._deferred.pop(0)()
+        return self.root
+
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after the whole tree is encoded (e.g. to refer to objects found later)."""
+        self._deferred.append(fn)
 
     def encode(self, obj: Any, path: tuple) -> Any:
         tp = type(obj)
@@ -506,3 +516,7 @@ def walk_refs(node: Any) -> Iterable[tuple[str, str]]:
                     break
             else:
                 stack.extend(reversed(list(cur.values())))
+
+
+# framework objects (modules, optimizers, schedulers, RNG states, rebuildables) hook in here
+from . import objects as _objects  # noqa: E402,F401

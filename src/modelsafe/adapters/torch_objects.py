@@ -1,0 +1,595 @@
+"""PyTorch framework objects: modules, optimizers, LR schedulers, GradScaler, Generators.
+
+Imported lazily (the first time such an object is saved or loaded, or a ``torch.``
+name is looked up); importing it registers the built-in recipes: every
+``torch.nn`` layer, every ``torch.optim`` optimizer, every scheduler in
+``torch.optim.lr_scheduler`` and ``torch.optim.swa_utils``, and ``torch.amp.GradScaler``.
+
+* A module is stored as its recipe plus ``state_dict(keep_vars=True)``; its tensors
+  are ordinary leaves named ``<path>.<state key>``.  Loading builds the module from
+  the recipe and assigns the loaded tensors (``load_state_dict(assign=True)``), so
+  dtypes, devices and tied weights are those of the file.  Built-in ``torch.nn``
+  layers and containers made without ``ms.build`` get a recipe inferred from their
+  attributes, checked by building a twin on the meta device.
+* An optimizer is stored as class + defaults, its ``state_dict()``, and references
+  to its parameters: the leaf names of the module parameters saved in the same
+  tree (``"model.fc.weight"``).  Parameters no module in the tree owns are stored
+  with the optimizer, so an optimizer saved alone comes back bound to its own
+  loaded parameter tensors.
+* A scheduler is stored as class + constructor arguments inferred from its state,
+  a reference to its optimizer and its ``state_dict()``.  Rebuilding it leaves the
+  optimizer's hyper-parameters exactly as loaded.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, UnsupportedObjectError
+from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe
+from ..recipes import Recipe, qualified_name, recipe_of, register, registered_name
+from ..tree import Flattener, Unflattener, format_path
+
+_MISSING = object()
+PARAM_NAMES = "torch.param_leaves"  # Flattener.context key: id(parameter) -> leaf name
+
+# -- built-in registrations ---------------------------------------------------------------
+
+
+def _register_builtins() -> None:
+    from torch.optim import lr_scheduler, swa_utils
+
+    for name, obj in vars(nn).items():
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and not name.startswith("_"):
+            register(obj, name=f"torch.nn.{name}")
+    for name, obj in vars(torch.optim).items():
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer) and not name.startswith("_"):
+            register(obj, name=f"torch.optim.{name}")
+    for module, prefix in ((lr_scheduler, "torch.optim.lr_scheduler"), (swa_utils, "torch.optim.swa_utils")):
+        for name, obj in vars(module).items():
+            if isinstance(obj, type) and issubclass(obj, lr_scheduler.LRScheduler) and not name.startswith("_"):
+                register(obj, name=f"{prefix}.{name}")
+    register(torch.amp.GradScaler, name="torch.amp.GradScaler")
+
+
+_register_builtins()
+_SCHEDULER_BASE = torch.optim.lr_scheduler.LRScheduler
+
+
+def _class_label(obj: Any) -> str:
+    tp = obj if isinstance(obj, type) else type(obj)
+    return registered_name(tp) or qualified_name(tp)
+
+
+def _no_recipe(un: Unflattener, node: dict, what: str) -> MissingRecipeError:
+    where = node.get("path", "an object")
+    why = node.get("why") or "it was not made with a recipe"
+    return MissingRecipeError(
+        f"{un.source}: {where} is a {node.get('class', what)} saved without a recipe, so ms.load cannot rebuild it "
+        f"({why}). Decorate the class with @ms.rebuildable (or create it with ms.build(cls, ...)) before saving; "
+        "to restore these weights into an object you construct yourself, use ms.load_into(obj, path) "
+        "(ms.open(path) reads single tensors)",
+        path=un.source, key=str(where),
+    )
+
+
+def _need_torch(un: Unflattener, value: Any, where: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise CorruptCheckpointError(
+            f"{un.source}: {where} was loaded as {type(value).__name__}, not a torch tensor; rebuilding torch "
+            "objects needs torch tensors, so load without framework= (or framework='torch')",
+            path=un.source, key=where,
+        )
+
+
+# -- recipes inferred for built-in torch.nn layers ------------------------------------------
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_SKIP_ARGS = {"device", "dtype"}
+# constructor argument -> (attribute, how to turn it into the argument)
+_ATTRIBUTE_ARGS: dict[type, dict[str, Any]] = {
+    nn.MultiheadAttention: {
+        "bias": lambda m: m.in_proj_bias is not None,
+        "add_bias_kv": lambda m: m.bias_k is not None,
+    },
+}
+_STORABLE_SCALARS = (type(None), bool, int, float, str)
+
+
+def _json_like(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(_json_like(v) for v in value)
+    return type(value) in _STORABLE_SCALARS
+
+
+def _init_parameters(cls: type) -> list[inspect.Parameter]:
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if named:
+            if klass is not cls:  # e.g. nn.LSTM(*args, **kwargs) forwards to RNNBase(mode, ...)
+                named = [p for p in named if p.name != "mode"]
+            return named
+    return []
+
+
+def _infer_layer_recipe(module: nn.Module) -> tuple[Recipe | None, str]:
+    cls = type(module)
+    label = f"{cls.__module__}.{cls.__qualname__}"
+    stable = registered_name(cls)
+    if stable is None or not stable.startswith("torch.nn."):
+        return None, f"{label} is neither @ms.rebuildable nor made with ms.build"
+    if cls is nn.Sequential:
+        names = list(module._modules)
+        children = [m for m in module._modules.values()]
+        if names == [str(i) for i in range(len(names))]:
+            return Recipe(cls, tuple(children)), ""
+        return Recipe(cls, (collections.OrderedDict(module._modules),)), ""
+    if cls is nn.ModuleList:
+        return Recipe(cls, (list(module._modules.values()),)), ""
+    if cls is nn.ModuleDict:
+        return Recipe(cls, (dict(module._modules),)), ""
+    kwargs: dict[str, Any] = {}
+    special = _ATTRIBUTE_ARGS.get(cls, {})
+    for p in _init_parameters(cls):
+        if p.name in _SKIP_ARGS:
+            continue
+        if p.name in special:
+            kwargs[p.name] = special[p.name](module)
+            continue
+        value = getattr(module, p.name, _MISSING)
+        if value is _MISSING or isinstance(value, nn.Module):
+            if p.default is p.empty:
+                return None, f"the argument {p.name!r} of {label} cannot be read back from the layer; make it with ms.build"
+            continue
+        if isinstance(value, torch.Tensor) or value is None and isinstance(p.default, bool):
+            if not isinstance(p.default, bool):
+                if p.default is p.empty:
+                    return None, f"the argument {p.name!r} of {label} cannot be read back from the layer"
+                continue
+            value = value is not None
+        if not _json_like(value):
+            if p.default is p.empty:
+                return None, f"the argument {p.name!r} of {label} is not storable"
+            continue
+        kwargs[p.name] = value
+    if not _same_layer(module, cls, kwargs):
+        return None, f"the arguments of {label} could not be inferred from its attributes; make it with ms.build({cls.__name__}, ...)"
+    return Recipe(cls, (), kwargs), ""
+
+
+def _same_layer(module: nn.Module, cls: type, kwargs: dict) -> bool:
+    """Build a twin on the meta device; it must have the same state layout and description."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                twin = cls(**kwargs)
+    except Exception:
+        return False
+    mine, theirs = module.state_dict(), twin.state_dict()
+    if list(mine) != list(theirs):
+        return False
+    for key, value in mine.items():
+        other = theirs[key]
+        if isinstance(value, torch.Tensor) != isinstance(other, torch.Tensor):
+            return False
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(other.shape):
+            return False
+    return module.extra_repr() == twin.extra_repr()
+
+
+def module_recipe(module: nn.Module) -> tuple[Recipe | None, bool, str]:
+    """(recipe, explicit, reason when there is none)."""
+    recipe = recipe_of(module)
+    if recipe is not None:
+        return recipe, True, ""
+    recipe, why = _infer_layer_recipe(module)
+    return recipe, False, why
+
+
+def _dry_run(recipe: Recipe, path: tuple, label: str) -> str:
+    """'' if ``recipe`` encodes; else why not (encoding into a scratch Flattener, so nothing leaks)."""
+    scratch = Flattener()
+    try:
+        encode_recipe(scratch, recipe, path, label)
+    except UnsupportedObjectError as exc:
+        return exc.message
+    return ""
+
+
+# -- modules ------------------------------------------------------------------------------------
+
+
+class ModuleCodec:
+    kinds = ("torch.module",)
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, nn.Module)
+
+    def encode(self, fl: Flattener, module: nn.Module, path: tuple) -> dict:
+        recipe, explicit, why = module_recipe(module)
+        label = _class_label(module)
+        if in_recipe(fl):
+            if recipe is None:
+                raise UnsupportedObjectError(f"the module {label} has no recipe: {why}", key=format_path(path))
+
+            def recipe_only(node: dict) -> None:
+                node["recipe"] = encode_recipe(fl, recipe, path, label)
+
+            return encode_object(fl, module, path, "torch.module", recipe_only, with_state=False)
+        if recipe is not None and not explicit:
+            problem = _dry_run(recipe, path, label)
+            if problem:
+                recipe, why = None, problem
+
+        def body(node: dict) -> None:
+            node["recipe"] = None
+            node["training"] = module.training
+            state = module.state_dict(keep_vars=True)
+            node["state"] = fl.encode(state, path)
+            _note_parameter_leaves(fl, state, node["state"])
+            if recipe is None:
+                node["why"] = why
+            else:
+                node["recipe"] = encode_recipe(fl, recipe, path, label)
+
+        return encode_object(fl, module, path, "torch.module", body)
+
+    def decode(self, un: Unflattener, node: dict) -> nn.Module:
+        if node.get("recipe") is None:
+            raise _no_recipe(un, node, "torch module")
+        module = decode_recipe(un, node["recipe"])
+        if not isinstance(module, nn.Module):
+            raise CorruptCheckpointError(
+                f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} built a "
+                f"{type(module).__name__}, not a torch module",
+                path=un.source,
+            )
+        if "state" in node:
+            state = un.decode(node["state"])
+            load_module_state(un, node, module, state)
+        if isinstance(node.get("training"), bool):
+            module.train(node["training"])
+        return module
+
+
+def _note_parameter_leaves(fl: Flattener, state: dict, state_node: Any) -> None:
+    names = fl.context.setdefault(PARAM_NAMES, {})
+    items = state_node.get("dict") if isinstance(state_node, dict) else None
+    if not isinstance(items, list):
+        return
+    for (key, value), (_, ref) in zip(state.items(), items):
+        if isinstance(value, torch.Tensor) and isinstance(ref, dict) and isinstance(ref.get("tensor"), str):
+            names.setdefault(id(value), ref["tensor"])
+
+
+def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any) -> None:
+    """Assign a decoded state_dict to a freshly built module; mismatches name keys and shapes."""
+    from ..load_into import LoadReport, Mismatch
+
+    if not isinstance(state, dict):
+        raise un.bad(node, "module state must be a dict")
+    own = module.state_dict(keep_vars=True)
+    report = LoadReport()
+    for key, value in own.items():
+        if key not in state:
+            report.missing.append(key)
+        elif isinstance(value, torch.Tensor):
+            saved = state[key]
+            _need_torch(un, saved, f"{node.get('path')}[{key!r}]")
+            if tuple(saved.shape) != tuple(value.shape):
+                report.mismatched.append(Mismatch(key, tuple(saved.shape), _dt(saved), tuple(value.shape), _dt(value)))
+    report.unexpected.extend(k for k in state if k not in own)
+    if report.missing or report.unexpected or report.mismatched:
+        raise IncompatibleStateError(
+            f"{un.source}: {node.get('path')}: the recipe {node['recipe'].get('name')!r} builds a model whose state "
+            f"does not match the file ({report.describe()}). The class's code changed since the file was saved; "
+            "build the model yourself and restore what matches with ms.load_into(model, path, strict=False)",
+            path=un.source, key=str(node.get("path")), report=report,
+        )
+    flags = {k: v.requires_grad for k, v in state.items() if isinstance(v, nn.Parameter)}
+    module.load_state_dict(state, strict=True, assign=True)
+    for key, flag in flags.items():
+        state[key].requires_grad_(flag)
+    devices = {v.device for v in state.values() if isinstance(v, torch.Tensor)}
+    if len(devices) == 1:
+        (device,) = devices
+        if device.type != "cpu":
+            module.to(device)  # non-persistent buffers follow the loaded tensors
+
+
+def _dt(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+# -- optimizers -----------------------------------------------------------------------------------
+
+
+def _constructor_names(cls: type) -> tuple[set[str], set[str]]:
+    """(all keyword names, required names) of ``cls.__init__`` besides params/optimizer."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    required = {p.name for p in params if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names, required
+
+
+class OptimizerCodec:
+    kinds = ("torch.optimizer",)
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, torch.optim.Optimizer)
+
+    def encode(self, fl: Flattener, opt: torch.optim.Optimizer, path: tuple) -> dict:
+        cls = type(opt)
+        names, required = _constructor_names(cls)
+        defaults = {k: v for k, v in opt.defaults.items() if k in names}
+        lacking = sorted(required - set(defaults) - {"params"})
+
+        def body(node: dict) -> None:
+            if lacking:
+                node["recipe"] = None
+                node["why"] = f"its constructor needs {', '.join(lacking)}, which are not among its defaults"
+            else:
+                node["recipe"] = encode_recipe(fl, Recipe(cls, (), defaults), path + ("defaults",), _class_label(cls))
+            node["params"] = None  # filled in once every module in the tree is known
+            node["state"] = fl.encode(opt.state_dict(), path)
+            fl.defer(lambda: node.__setitem__("params", _parameter_refs(fl, opt, path)))
+
+        return encode_object(fl, opt, path, "torch.optimizer", body, with_state=True)
+
+    def decode(self, un: Unflattener, node: dict) -> torch.optim.Optimizer:
+        if node.get("recipe") is None:
+            raise _no_recipe(un, node, "torch optimizer")
+        cls, _, defaults = decode_recipe(un, node["recipe"], build=False)
+        groups = node.get("params")
+        if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+            raise un.bad(node, "optimizer params must be a list of groups")
+        params = [[un.decode(ref) for ref in group] for group in groups]
+        for group in params:
+            for p in group:
+                _need_torch(un, p, f"{node.get('path')} parameter")
+        state = un.decode(node["state"])
+        try:
+            opt = cls([{"params": group} for group in params], **defaults)
+            opt.load_state_dict(state)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CorruptCheckpointError(
+                f"{un.source}: rebuilding the optimizer at {node.get('path')} failed: {exc}. "
+                "Build it yourself and restore its state with ms.load_into(optimizer, path)",
+                path=un.source, key=str(node.get("path")),
+            ) from exc
+        return opt
+
+
+def _parameter_refs(fl: Flattener, opt: torch.optim.Optimizer, path: tuple) -> list:
+    names = fl.context.get(PARAM_NAMES, {})
+    groups = []
+    for i, group in enumerate(opt.param_groups):
+        refs = []
+        for j, p in enumerate(group["params"]):
+            leaf = names.get(id(p))
+            refs.append({"tensor": leaf} if leaf is not None else fl.encode(p, path + ("params", i, j)))
+        groups.append(refs)
+    return groups
+
+
+# -- LR schedulers --------------------------------------------------------------------------------
+
+# constructor argument -> where its value lives, for arguments not stored under their own name
+_SCHEDULER_SOURCES: dict[str, tuple[str, ...]] = {
+    "milestones": ("milestones", "_milestones"),
+    "anneal_strategy": ("_anneal_func_type", "anneal_strategy"),
+    "base_lr": ("base_lrs",),
+    "max_lr": ("max_lrs",),
+    "min_lr": ("min_lrs",),
+    "base_momentum": ("base_momentums",),
+    "max_momentum": ("max_momentums",),
+}
+_GROUP_SOURCES = {"max_lr": "max_lr", "base_momentum": "base_momentum", "max_momentum": "max_momentum", "swa_lr": "swa_lr"}
+
+
+def _callables_of(sched: Any) -> list[tuple[str, Any]]:
+    out = [("lr_lambda", fn) for fn in getattr(sched, "lr_lambdas", ()) or ()]
+    custom = getattr(sched, "_scale_fn_custom", None)
+    if custom is not None:
+        out.append(("scale_fn", custom))
+    return out
+
+
+def _scheduler_kwargs(sched: Any, state: dict, path: tuple) -> dict:
+    cls = type(sched)
+    label = _class_label(cls)
+    for arg, fn in _callables_of(sched):
+        if recipe_of(fn) is None:
+            raise UnsupportedObjectError(
+                f"cannot save {format_path(path)}: the {label} holds {arg}={getattr(fn, '__qualname__', fn)!r}, a Python "
+                "callable, and modelsafe never stores code (loading it would run code from the file). Use a built-in "
+                "scheduler (LinearLR, CosineAnnealingLR, SequentialLR, ...), make the callable an instance of an "
+                "@ms.rebuildable class, or save scheduler.state_dict() and restore it with ms.load_into(scheduler, path)",
+                key=format_path(path),
+            )
+    kwargs: dict[str, Any] = {}
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("optimizer", "last_epoch", "verbose"):
+            continue
+        value: Any = _MISSING
+        if p.name == "schedulers":
+            value = list(getattr(sched, "_schedulers"))
+        elif p.name == "lr_lambda":
+            value = list(sched.lr_lambdas)
+        elif p.name == "scale_fn":
+            value = getattr(sched, "_scale_fn_custom", None)
+        else:
+            for source in _SCHEDULER_SOURCES.get(p.name, ()) + (p.name,):
+                if source in state:
+                    value = state[source]
+                    break
+            if value is _MISSING and p.name in _GROUP_SOURCES:
+                groups = sched.optimizer.param_groups
+                if all(_GROUP_SOURCES[p.name] in g for g in groups):
+                    value = [g[_GROUP_SOURCES[p.name]] for g in groups]
+        if value is _MISSING:
+            if p.default is p.empty:
+                raise UnsupportedObjectError(
+                    f"cannot save {format_path(path)}: the constructor argument {p.name!r} of {label} cannot be "
+                    "recovered from the scheduler; save scheduler.state_dict() and restore it with ms.load_into",
+                    key=format_path(path),
+                )
+            continue
+        if isinstance(value, collections.Counter):
+            value = sorted(value.elements())
+        kwargs[p.name] = value
+    return kwargs
+
+
+def _group_settings(opt: torch.optim.Optimizer) -> list[dict]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def _restore_group_settings(opt: torch.optim.Optimizer, settings: list[dict]) -> None:
+    for group, saved in zip(opt.param_groups, settings):
+        for key in [k for k in group if k != "params" and k not in saved]:
+            del group[key]
+        group.update(saved)
+
+
+class SchedulerCodec:
+    kinds = ("torch.lr_scheduler",)
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, _SCHEDULER_BASE)
+
+    def encode(self, fl: Flattener, sched: Any, path: tuple) -> dict:
+        state = sched.state_dict()
+        kwargs = _scheduler_kwargs(sched, state, path)
+        label = _class_label(sched)
+        with_state = not in_recipe(fl)
+
+        def body(node: dict) -> None:
+            node["optimizer"] = None  # decoded first; filled once the whole tree is known
+            node["recipe"] = encode_recipe(fl, Recipe(type(sched), (), kwargs), path, label)
+            if with_state:
+                node["state"] = fl.encode(state, path)
+
+            def bind() -> None:
+                node["optimizer"] = _encode_outside_recipe(fl, sched.optimizer, path + ("optimizer",))
+
+            fl.defer(bind)
+
+        return encode_object(fl, sched, path, "torch.lr_scheduler", body, with_state=with_state)
+
+    def decode(self, un: Unflattener, node: dict) -> Any:
+        opt = un.decode(node.get("optimizer"))
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise un.bad(node, "a scheduler must refer to an optimizer")
+        settings = _group_settings(opt)
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False)
+        if "optimizer" in inspect.signature(cls.__init__).parameters:
+            kwargs["optimizer"] = opt
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sched = cls(*args, **kwargs)
+                if "state" in node:
+                    sched.load_state_dict(un.decode(node["state"]))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CorruptCheckpointError(
+                f"{un.source}: rebuilding the scheduler at {node.get('path')} failed: {exc}. "
+                "Build it yourself and restore its state with ms.load_into(scheduler, path)",
+                path=un.source, key=str(node.get("path")),
+            ) from exc
+        finally:
+            _restore_group_settings(opt, settings)  # building a scheduler steps it; the file has the truth
+        return sched
+
+
+def _encode_outside_recipe(fl: Flattener, obj: Any, path: tuple) -> Any:
+    from ..objects import _state
+
+    st = _state(fl)
+    depth, st.recipe_depth = st.recipe_depth, 0
+    try:
+        return fl.encode(obj, path)
+    finally:
+        st.recipe_depth = depth
+
+
+# -- GradScaler ---------------------------------------------------------------------------------
+
+
+class GradScalerCodec:
+    kinds = ("torch.grad_scaler",)
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, torch.amp.GradScaler)
+
+    def encode(self, fl: Flattener, scaler: torch.amp.GradScaler, path: tuple) -> dict:
+        kwargs = {
+            "device": scaler._device,
+            "init_scale": float(scaler._init_scale),
+            "growth_factor": float(scaler._growth_factor),
+            "backoff_factor": float(scaler._backoff_factor),
+            "growth_interval": int(scaler._growth_interval),
+            "enabled": bool(scaler._enabled),
+        }
+
+        def body(node: dict) -> None:
+            node["recipe"] = encode_recipe(fl, Recipe(torch.amp.GradScaler, (), kwargs), path, "torch.amp.GradScaler")
+            node["state"] = fl.encode(scaler.state_dict(), path)
+
+        return encode_object(fl, scaler, path, "torch.grad_scaler", body)
+
+    def decode(self, un: Unflattener, node: dict) -> torch.amp.GradScaler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a CUDA scaler loaded where there is no CUDA disables itself
+            scaler = decode_recipe(un, node.get("recipe"))
+        state = un.decode(node.get("state"))
+        if state and scaler.is_enabled():
+            scaler.load_state_dict(state)
+        return scaler
+
+
+# -- torch.Generator ----------------------------------------------------------------------------
+
+
+class GeneratorCodec:
+    kinds = ("torch.generator",)
+
+    def handles(self, tp: type) -> bool:
+        return issubclass(tp, torch.Generator)
+
+    def encode(self, fl: Flattener, gen: torch.Generator, path: tuple) -> dict:
+        def body(node: dict) -> None:
+            node["device"] = str(gen.device)
+            node["state"] = fl.encode(gen.get_state(), path)
+
+        return encode_object(fl, gen, path, "torch.generator", body)
+
+    def decode(self, un: Unflattener, node: dict) -> torch.Generator:
+        device = node.get("device", "cpu")
+        if not isinstance(device, str):
+            raise un.bad(node, "generator device must be a string")
+        state = un.decode(node.get("state"))
+        _need_torch(un, state, f"{node.get('path')} state")
+        try:
+            gen = torch.Generator(device=device)
+        except RuntimeError as exc:
+            raise CorruptCheckpointError(
+                f"{un.source}: {node.get('path')} is a torch.Generator on {device}, which this machine cannot create ({exc})",
+                path=un.source,
+            ) from exc
+        gen.set_state(state.detach().to("cpu", torch.uint8).contiguous())
+        return gen
+
+
+CODECS = [ModuleCodec(), OptimizerCodec(), SchedulerCodec(), GradScalerCodec(), GeneratorCodec()]

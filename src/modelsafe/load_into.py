@@ -1,0 +1,496 @@
+"""``ms.load_into``: restore saved state in place into objects you built yourself.
+
+The target is a module, an optimizer, a scheduler, a GradScaler, an RNG object, a
+tensor, or a dict / list / tuple of them whose shape follows the saved tree
+(``{"model": m, "optimizer": opt}`` for a file saved from the same dict).  Module
+state is matched key by key, using full dotted names (``"model.fc.weight"``; a
+module at the root of the target uses its own keys, ``"fc.weight"``):
+
+* ``select``: a prefix, or a list of keys, of the *file*; only those are considered;
+* ``rename``: ``{old_prefix: new_prefix}`` applied to the selected file keys;
+* ``strict=True`` writes nothing unless every key matches in name, shape and dtype
+  class (bool / integer / floating / complex) — otherwise
+  :class:`~modelsafe.errors.IncompatibleStateError` carrying the :class:`LoadReport`.
+  With ``select``, strict means every *selected* key must load; target keys outside
+  the selection are left alone.
+
+Only the tensors that are restored are read (from a memory map), each verified
+against its checksum.  Dict entries the target does not name are ignored; a plain
+value the target names (``{"epoch": 0}``) is replaced by the saved one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import IncompatibleStateError
+from .loading import add_aliases, materialize
+from .sources import open_source
+from .tree import Unflattener, walk_refs
+
+__all__ = ["LoadReport", "Mismatch", "load_into"]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A key present on both sides whose shape or dtype class differs."""
+
+    key: str
+    saved_shape: Any
+    saved_dtype: str | None
+    target_shape: Any
+    target_dtype: str | None
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key}: file {_shape(self.saved_shape)} {self.saved_dtype or ''}".rstrip()
+            + f" vs target {_shape(self.target_shape)} {self.target_dtype or ''}".rstrip()
+        )
+
+
+def _shape(shape: Any) -> str:
+    return str(tuple(shape)) if isinstance(shape, (list, tuple)) else str(shape)
+
+
+@dataclass
+class LoadReport:
+    """What ``ms.load_into`` found: keys missing from the file, unexpected in it, mismatched, loaded.
+
+    >>> r = LoadReport(missing=["fc.bias"])
+    >>> r.ok, r.describe()
+    (False, 'missing in the file: fc.bias')
+    """
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing, unexpected or mismatched."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 8) -> str:
+        def some(items: list) -> str:
+            shown = ", ".join(str(i) for i in items[:limit])
+            return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"missing in the file: {some(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected in the file: {some(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"mismatched: {some(self.mismatched)}")
+        return "; ".join(parts) or f"all {len(self.loaded)} keys match"
+
+    def __str__(self) -> str:
+        return f"LoadReport({len(self.loaded)} loaded; {self.describe()})"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+_DTYPE_CLASSES = (("bool", "bool"), ("complex", "complex"), ("float", "float"), ("bfloat", "float"), ("int", "int"), ("uint", "int"))
+
+
+def dtype_class(name: str | None) -> str | None:
+    if name is None:
+        return None
+    name = name.replace("torch.", "")
+    for prefix, cls in _DTYPE_CLASSES:
+        if name.startswith(prefix):
+            return cls
+    return name
+
+
+def _tensor_meta(value: Any) -> tuple[tuple, str] | None:
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None or isinstance(value, (int, float, bool)):
+        return None
+    return tuple(int(d) for d in shape), str(dtype).replace("torch.", "")
+
+
+class _Session:
+    """One load_into call: the open source and what is planned."""
+
+    def __init__(self, source: Any, verify: bool, select: Any, rename: dict[str, str] | None) -> None:
+        self.source = source
+        self.verify = verify
+        self.report = LoadReport()
+        self.actions: list[Callable[[], None]] = []
+        self._buffers: Any = None
+        if isinstance(select, str):
+            self.selected: Callable[[str], bool] = lambda k: k.startswith(select)
+        elif select is None:
+            self.selected = lambda k: True
+        else:
+            keys = set(select)
+            self.selected = lambda k: k in keys
+        self.filtering = select is not None
+        self.renames = sorted((rename or {}).items(), key=lambda kv: -len(kv[0]))
+
+    def rename(self, key: str) -> str:
+        for old, new in self.renames:
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
+
+    def unflattener(self, values: dict | None = None) -> Unflattener:
+        return Unflattener(values or {}, source=self.source.path)
+
+    def record(self, name: str) -> Any:
+        return self.source.records.get(self.source.aliases.get(name, name))
+
+    def values(self, names: Iterable[str], framework: str | None) -> dict[str, Any]:
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        if self._buffers is None:
+            self._buffers = self.source.buffers(lazy=True)
+        records = {}
+        for name in names:
+            rec = self.record(name)
+            if rec is not None:
+                records[rec.name] = rec
+        values = materialize(self.source, self._buffers, records.values(), framework=framework, verify=self.verify)
+        return add_aliases(values, {n: self.source.aliases[n] for n in names if n in self.source.aliases})
+
+    def decode(self, node: Any, framework: str | None = None) -> Any:
+        names = [name for _, name in walk_refs(node)]
+        return self.unflattener(self.values(names, framework)).decode(node)
+
+
+def _dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
+    if isinstance(node, dict) and isinstance(node.get("dict"), list):
+        un = session.unflattener()
+        return [(un.decode(k), v) for k, v in node["dict"]]
+    return None
+
+
+def _object_kind(node: Any) -> str | None:
+    return node.get("object") if isinstance(node, dict) and isinstance(node.get("object"), str) else None
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}{key}"
+
+
+# -- planning -----------------------------------------------------------------------------------
+
+class _Planner:
+    def __init__(self, session: _Session) -> None:
+        self.s = session
+        self.targets: dict[str, tuple[Any, str, Any]] = {}   # full key -> (module/tensor owner, rel key, target value)
+        self.file_entries: list[tuple[str, str, Any]] = []   # (full file key, renamed key, value node)
+        self.module_plans: dict[int, tuple[Any, dict]] = {}
+
+    def plan(self, target: Any, node: Any, prefix: str, name: str) -> None:
+        kind = _classify(target)
+        if kind == "module":
+            self.plan_module(target, node, prefix, name)
+        elif kind in ("optimizer", "scheduler", "scaler"):
+            self.plan_stateful(target, node, name, kind)
+        elif kind == "rng":
+            self.plan_rng(target, node, name)
+        elif kind == "tensor":
+            self.plan_tensor_owner(target, node, name)
+        elif isinstance(target, dict):
+            self.plan_dict(target, node, prefix)
+        elif isinstance(target, (list, tuple)):
+            self.plan_sequence(target, node, prefix)
+        else:
+            raise TypeError(
+                f"ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'}; targets are "
+                "modules, optimizers, schedulers, GradScalers, RNG objects, tensors and dicts/lists/tuples of them"
+            )
+
+    # containers
+    def plan_dict(self, target: dict, node: Any, prefix: str) -> None:
+        items = _dict_items(self.s, node)
+        if items is None:
+            self.s.report.missing.extend(_join(prefix, k) for k in target)
+            return
+        saved = dict(items)
+        for key, value in target.items():
+            full = _join(prefix, key)
+            if key not in saved:
+                if self.s.selected(full) or not self.s.filtering:
+                    self.s.report.missing.append(full)
+                continue
+            child = saved[key]
+            if _classify(value) is None and not isinstance(value, (dict, list, tuple)):
+                if self.s.filtering and not self.s.selected(full):
+                    continue
+                self.plan_value(target, key, child, full)
+            else:
+                self.plan(value, child, full + ".", full)
+
+    def plan_sequence(self, target: Any, node: Any, prefix: str) -> None:
+        items = node.get("tuple") if isinstance(node, dict) else node
+        if not isinstance(items, list) or len(items) != len(target):
+            self.s.report.mismatched.append(
+                Mismatch(prefix.rstrip(".") or "<root>", f"{len(items) if isinstance(items, list) else 'no'} items", None, f"{len(target)} items", None)
+            )
+            return
+        for i, (value, child) in enumerate(zip(target, items)):
+            full = _join(prefix, i)
+            if _classify(value) is None and not isinstance(value, (dict, list, tuple)):
+                if isinstance(target, list) and (self.s.selected(full) or not self.s.filtering):
+                    self.plan_value(target, i, child, full)
+            else:
+                self.plan(value, child, full + ".", full)
+
+    def plan_value(self, container: Any, key: Any, node: Any, full: str) -> None:
+        def apply() -> None:
+            container[key] = self.s.decode(node)
+
+        self.s.actions.append(apply)
+        self.s.report.loaded.append(full)
+
+    # modules and tensors
+    def plan_module(self, module: Any, node: Any, prefix: str, name: str) -> None:
+        state = _module_state_node(self.s, node, root=not name)
+        if state is None:
+            self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
+            return
+        for key, value in module.state_dict(keep_vars=True).items():
+            self.targets[_join(prefix, key)] = (module, key, value)
+        for key, child in _dict_items(self.s, state) or []:
+            full = _join(prefix, key)
+            if self.s.selected(full):
+                self.file_entries.append((full, self.s.rename(full), child))
+
+    def plan_tensor_owner(self, tensor: Any, node: Any, name: str) -> None:
+        self.targets[name] = (None, name, tensor)
+        if self.s.selected(name):
+            self.file_entries.append((name, self.s.rename(name), node))
+
+    # whole objects
+    def plan_stateful(self, target: Any, node: Any, name: str, kind: str) -> None:
+        if self.s.filtering and not (self.s.selected(name) or self.s.selected(name + ".")):
+            return
+        label = name or "<root>"
+        expected = {"optimizer": "torch.optimizer", "scheduler": "torch.lr_scheduler", "scaler": "torch.grad_scaler"}[kind]
+        found = _object_kind(node)
+        if found is not None:
+            if found != expected or "state" not in node:
+                self.s.report.mismatched.append(Mismatch(label, found, None, type(target).__name__, None))
+                return
+            state_node = node["state"]
+        elif _dict_items(self.s, node) is not None:
+            state_node = node
+        else:
+            self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
+            return
+        state = self.s.decode(state_node, framework="torch")
+        if kind == "optimizer":
+            problem = _optimizer_problem(target, state)
+            if problem:
+                self.s.report.mismatched.append(Mismatch(label, problem[0], None, problem[1], None))
+                return
+        self.s.actions.append(lambda: target.load_state_dict(state))
+        self.s.report.loaded.append(label)
+
+    def plan_rng(self, target: Any, node: Any, name: str) -> None:
+        if self.s.filtering and not self.s.selected(name):
+            return
+        if _object_kind(node) is None:
+            self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(target).__name__, None))
+            return
+        saved = self.s.decode(node)
+        if type(saved) is not type(target):
+            self.s.report.mismatched.append(Mismatch(name or "<root>", type(saved).__name__, None, type(target).__name__, None))
+            return
+        self.s.actions.append(lambda: _copy_rng(saved, target))
+        self.s.report.loaded.append(name or "<root>")
+
+    # key matching
+    def match(self) -> None:
+        report = self.s.report
+        claimed: set[str] = set()
+        tensors: list[tuple[str, str, Any]] = []
+        for full, renamed, child in self.file_entries:
+            entry = self.targets.get(renamed)
+            if entry is None:
+                report.unexpected.append(renamed)
+                continue
+            claimed.add(renamed)
+            owner, key, value = entry
+            ref = child.get("tensor") if isinstance(child, dict) else None
+            target_meta = _tensor_meta(value)
+            if isinstance(ref, str) and target_meta is not None:
+                rec = self.s.record(ref)
+                if rec is None:
+                    report.unexpected.append(renamed)
+                    continue
+                saved_shape, saved_dtype = tuple(rec.shape), rec.dtype.name
+                if saved_shape != target_meta[0] or dtype_class(saved_dtype) != dtype_class(target_meta[1]):
+                    report.mismatched.append(Mismatch(renamed, saved_shape, saved_dtype, target_meta[0], target_meta[1]))
+                    continue
+                tensors.append((renamed, ref, entry))
+            elif target_meta is not None:
+                report.mismatched.append(Mismatch(renamed, _what(child), None, target_meta[0], target_meta[1]))
+            else:  # non-tensor state (e.g. a module's _extra_state)
+                tensors.append((renamed, "", (owner, key, child)))
+        if not self.s.filtering:
+            report.missing.extend(k for k in self.targets if k not in claimed)
+        self._plan_copies(tensors)
+
+    def _plan_copies(self, entries: list[tuple[str, str, tuple]]) -> None:
+        def apply() -> None:
+            torch_names = [ref for _, ref, (owner, _, _) in entries if ref and owner is not None]
+            other_names = [ref for _, ref, (owner, _, _) in entries if ref and owner is None]
+            values = self.s.values(torch_names, "torch")
+            values.update(self.s.values(other_names, None))
+            per_module: dict[int, tuple[Any, dict]] = {}
+            for full, ref, (owner, key, target_value) in entries:
+                value = values[ref] if ref else self.s.decode(target_value)
+                if owner is None:
+                    _copy_tensor(target_value, value)
+                else:
+                    per_module.setdefault(id(owner), (owner, {}))[1][key] = value
+            for module, state in per_module.values():
+                module.load_state_dict(state, strict=False)
+
+        if entries:
+            self.s.actions.append(apply)
+            self.s.report.loaded.extend(full for full, _, _ in entries)
+
+
+def _classify(target: Any) -> str | None:
+    mod = type(target).__module__.partition(".")[0]
+    if mod == "torch" or any(c.__module__.startswith("torch") for c in type(target).__mro__):
+        import torch
+
+        if isinstance(target, torch.nn.Module):
+            return "module"
+        if isinstance(target, torch.optim.Optimizer):
+            return "optimizer"
+        if isinstance(target, torch.optim.lr_scheduler.LRScheduler):
+            return "scheduler"
+        if isinstance(target, torch.amp.GradScaler):
+            return "scaler"
+        if isinstance(target, torch.Generator):
+            return "rng"
+        if isinstance(target, torch.Tensor):
+            return "tensor"
+    import random
+
+    import numpy as np
+
+    from .rng import RNGState
+
+    if type(target) in (random.Random, np.random.Generator, np.random.RandomState, RNGState):
+        return "rng"
+    if isinstance(target, np.ndarray):
+        return "tensor"
+    return None
+
+
+def _module_state_node(session: _Session, node: Any, *, root: bool) -> Any:
+    kind = _object_kind(node)
+    if kind == "torch.module":
+        return node.get("state")
+    if kind is not None:
+        return None
+    items = _dict_items(session, node)
+    if items is None:
+        return None
+    if root:  # a lone module against a saved training state: use the one saved module in it
+        modules = [v for _, v in items if _object_kind(v) == "torch.module" and "state" in v]
+        if len(modules) == 1 and not any(isinstance(v, dict) and "tensor" in v for _, v in items):
+            return modules[0]["state"]
+    return node
+
+
+def _what(node: Any) -> str:
+    kind = _object_kind(node)
+    if kind:
+        return kind
+    if isinstance(node, dict):
+        return next(iter(node), "value")
+    return type(node).__name__
+
+
+def _optimizer_problem(opt: Any, state: Any) -> tuple[str, str] | None:
+    groups = state.get("param_groups") if isinstance(state, dict) else None
+    if not isinstance(groups, list) or not isinstance(state.get("state"), dict):
+        return "not an optimizer state_dict", type(opt).__name__
+    saved = [len(g.get("params", ())) for g in groups]
+    mine = [len(g["params"]) for g in opt.param_groups]
+    if saved != mine:
+        return f"param groups of sizes {saved}", f"param groups of sizes {mine}"
+    return None
+
+
+def _copy_tensor(target: Any, value: Any) -> None:
+    import numpy as np
+
+    if isinstance(target, np.ndarray):
+        np.copyto(target, np.asarray(value), casting="unsafe")
+        return
+    import torch
+
+    with torch.no_grad():
+        target.copy_(torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value)
+
+
+def _copy_rng(saved: Any, target: Any) -> None:
+    import random
+
+    import numpy as np
+
+    from .rng import RNGState
+
+    if isinstance(target, random.Random):
+        target.setstate(saved.getstate())
+    elif isinstance(target, np.random.Generator):
+        target.bit_generator.state = saved.bit_generator.state
+    elif isinstance(target, np.random.RandomState):
+        target.set_state(saved.get_state())
+    elif isinstance(target, RNGState):
+        target.__dict__.update(saved.__dict__)
+    else:  # torch.Generator
+        target.set_state(saved.get_state())
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+def load_into(
+    target: Any,
+    path: str | os.PathLike,
+    *,
+    strict: bool = True,
+    select: str | Iterable[str] | None = None,
+    rename: dict[str, str] | None = None,
+    verify: bool = True,
+) -> LoadReport:
+    """Restore saved state in place into ``target``; returns a :class:`LoadReport`.
+
+    >>> import torch, tempfile, os, modelsafe as ms
+    >>> p = os.path.join(tempfile.mkdtemp(), "mlp.safetensors")
+    >>> ms.save(torch.nn.Linear(3, 2).state_dict(), p)
+    >>> clone = torch.nn.Linear(3, 2)
+    >>> ms.load_into(clone, p).loaded
+    ['weight', 'bias']
+    >>> ms.load_into(torch.nn.Linear(4, 2), p, strict=False).mismatched[0].key
+    'weight'
+    """
+    with open_source(path) as source:
+        session = _Session(source, verify, select, rename)
+        planner = _Planner(session)
+        planner.plan(target, source.manifest.get("tree"), "", "")
+        planner.match()
+        report = session.report
+        if strict and not report.ok:
+            raise IncompatibleStateError(
+                f"{source.path}: the saved state does not fit the target, so nothing was loaded ({report.describe()}). "
+                "Pass strict=False to load what matches, or select=/rename= to map keys",
+                path=source.path, report=report,
+            )
+        for action in session.actions:
+            action()
+        return report

@@ -1,0 +1,425 @@
+"""Framework objects in the tree: modules, optimizers, schedulers, RNG states, rebuildables.
+
+An object that is more than a container of tensors is stored as one skeleton node::
+
+    {"object": "<kind>", "id": 3, "class": "pkg.mod:Net", "path": "obj[\\"model\\"]",
+     "recipe": {"name": "pkg.Net", "args": [...], "kwargs": [["width", 64]]},
+     "state": <ordinary tree node; its tensors are ordinary, checksummed leaves>}
+
+The codec of each kind lives in a module found lazily by the top-level module of
+the object's type (like tensor adapters), so ``import modelsafe`` imports no
+framework.  An object reached twice in one tree (an optimizer saved beside the
+scheduler that holds it) is stored once; later occurrences are
+``{"object_ref": id}`` and come back as the same object.
+
+Classes named in a file are found only through :mod:`modelsafe.recipes`
+(registry or ``trusted=`` modules); nothing here imports a module a file names.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections import Counter
+from typing import Any, Callable, Iterable, Protocol
+
+from .errors import CorruptCheckpointError, UnsupportedObjectError
+from .recipes import Recipe, attach_recipe, qualified_name, recipe_of, registered_name, resolve
+from .tree import Flattener, Unflattener, format_path, register_decoder, register_encoder
+
+__all__ = [
+    "ObjectCodec",
+    "register_codec_module",
+    "codec_for_type",
+    "encode_object",
+    "encode_recipe",
+    "decode_recipe",
+    "in_recipe",
+]
+
+
+class ObjectCodec(Protocol):
+    """How one kind of framework object becomes a skeleton node and back."""
+
+    kinds: tuple[str, ...]  # the "object" tags this codec decodes
+
+    def handles(self, tp: type) -> bool: ...
+    def encode(self, fl: Flattener, obj: Any, path: tuple) -> dict: ...
+    def decode(self, un: Unflattener, node: dict) -> Any: ...
+
+
+# top-level module of a type -> codec modules (each exposes CODECS)
+_CODEC_MODULES: dict[str, list[str]] = {
+    "torch": ["modelsafe.adapters.torch_objects"],
+    "random": ["modelsafe.rng"],
+    "numpy": ["modelsafe.rng"],
+    "modelsafe": ["modelsafe.rng"],
+}
+# node kind -> codec module; only modelsafe's own modules are ever imported for a file
+_KIND_MODULES: dict[str, str] = {
+    "torch.module": "modelsafe.adapters.torch_objects",
+    "torch.optimizer": "modelsafe.adapters.torch_objects",
+    "torch.lr_scheduler": "modelsafe.adapters.torch_objects",
+    "torch.grad_scaler": "modelsafe.adapters.torch_objects",
+    "torch.generator": "modelsafe.adapters.torch_objects",
+    "python.random": "modelsafe.rng",
+    "numpy.generator": "modelsafe.rng",
+    "numpy.random_state": "modelsafe.rng",
+    "modelsafe.rng_state": "modelsafe.rng",
+}
+_by_type: dict[type, ObjectCodec | None] = {}
+_by_kind: dict[str, ObjectCodec] = {}
+
+
+def register_codec_module(module: str, *, type_roots: Iterable[str] = (), kinds: Iterable[str] = ()) -> None:
+    """Register a module exposing ``CODECS``, imported the first time one of its types or kinds is met."""
+    for root in type_roots:
+        mods = _CODEC_MODULES.setdefault(root, [])
+        if module not in mods:
+            mods.append(module)
+    for kind in kinds:
+        _KIND_MODULES[kind] = module
+    _by_type.clear()
+
+
+def _codecs_of(module: str) -> list[ObjectCodec]:
+    try:
+        return list(importlib.import_module(module).CODECS)
+    except ImportError:
+        return []
+
+
+def codec_for_type(tp: type) -> ObjectCodec | None:
+    """The codec for objects of type ``tp`` (found by the top-level modules of its MRO), or None."""
+    try:
+        return _by_type[tp]
+    except KeyError:
+        pass
+    found: ObjectCodec | None = None
+    seen: set[str] = set()
+    for cls in tp.__mro__:
+        for module in _CODEC_MODULES.get(cls.__module__.partition(".")[0], ()):
+            if module in seen:
+                continue
+            seen.add(module)
+            found = next((c for c in _codecs_of(module) if c.handles(tp)), None)
+            if found is not None:
+                break
+        if found is not None:
+            break
+    if found is None and _is_recipe_type(tp):
+        found = REBUILDABLE
+    _by_type[tp] = found
+    return found
+
+
+def _codec_for_kind(un: Unflattener, node: dict) -> ObjectCodec:
+    kind = node.get("object")
+    codec = _by_kind.get(kind) if isinstance(kind, str) else None
+    if codec is not None:
+        return codec
+    if kind == REBUILDABLE.kinds[0]:
+        return REBUILDABLE
+    module = _KIND_MODULES.get(kind) if isinstance(kind, str) else None
+    if module is None:
+        raise CorruptCheckpointError(
+            f"{un.source}: the file holds an object of kind {kind!r}, which this modelsafe does not know; "
+            "it was written by a newer modelsafe or is damaged (pip install -U modelsafe)",
+            path=un.source,
+        )
+    try:
+        codecs = importlib.import_module(module).CODECS
+    except ImportError as exc:
+        from .errors import FrameworkNotInstalledError
+
+        root = kind.partition(".")[0]
+        raise FrameworkNotInstalledError(
+            f"{un.source}: holds a {kind} object, which needs {root} ({exc}); install it with: pip install 'modelsafe[{root}]'",
+            path=un.source,
+        ) from exc
+    for c in codecs:
+        for k in c.kinds:
+            _by_kind[k] = c
+    return _by_kind[kind]
+
+
+# -- per-save state: ids, de-duplication, recipe mode ---------------------------------
+
+class _SaveState:
+    def __init__(self) -> None:
+        self.next_id = 0
+        self.ids: dict[tuple[int, bool], int] = {}   # (id(obj), with state) -> node id
+        self.keep: list[Any] = []                    # keep encoded objects alive (stable id())
+        self.recipe_depth = 0
+        self.has_refs = False
+        self.finishing = False
+
+
+def _state(fl: Flattener) -> _SaveState:
+    st = fl.context.get("objects")
+    if st is None:
+        st = fl.context["objects"] = _SaveState()
+    return st
+
+
+def in_recipe(fl: Flattener) -> bool:
+    """True while encoding constructor arguments: objects there are stored as recipes only."""
+    return _state(fl).recipe_depth > 0
+
+
+def encode_object(
+    fl: Flattener, obj: Any, path: tuple, kind: str, body: Callable[[dict], None], *, with_state: bool = True
+) -> dict:
+    """A node ``{"object": kind, "id": n, ...}`` filled by ``body``; a repeat becomes ``{"object_ref": n}``."""
+    st = _state(fl)
+    key = (id(obj), with_state)
+    if key in st.ids:
+        st.has_refs = True
+        _schedule_finish(fl)
+        return {"object_ref": st.ids[key]}
+    node_id = st.next_id
+    st.next_id += 1
+    st.ids[key] = node_id
+    st.keep.append(obj)
+    node: dict[str, Any] = {"object": kind, "id": node_id, "class": qualified_name(type(obj)), "path": format_path(path)}
+    fl.encode_container(obj, path, lambda: body(node))
+    return node
+
+
+def _schedule_finish(fl: Flattener) -> None:
+    st = _state(fl)
+    if not st.finishing:
+        st.finishing = True
+        fl.defer(lambda: _finish(fl))
+
+
+def _finish(fl: Flattener) -> None:
+    """Make the first occurrence of each object in tree order hold its full node (decoding is in order)."""
+    if fl._deferred:  # let every other deferred encoder run first
+        fl.defer(lambda: _finish(fl))
+        return
+    full: dict[int, dict] = {}
+    first: dict[int, dict] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, dict):
+            if "object_ref" in node and len(node) == 1:
+                first.setdefault(node["object_ref"], node)
+                return
+            if isinstance(node.get("object"), str) and isinstance(node.get("id"), int):
+                full[node["id"]] = node
+                first.setdefault(node["id"], node)
+            for v in node.values():
+                walk(v)
+
+    walk(fl.root)
+    for node_id, head in first.items():
+        body = full.get(node_id)
+        if body is None or head is body:
+            continue
+        content = dict(body)
+        body.clear()
+        body["object_ref"] = node_id
+        head.clear()
+        head.update(content)
+
+
+def _dec_object_ref(un: Unflattener, node: dict) -> Any:
+    memo = un.context.setdefault("objects", {})
+    try:
+        return memo[node["object_ref"]]
+    except (KeyError, TypeError):
+        raise un.bad(node, "refers to an object the tree does not define before it") from None
+
+
+def _dec_object(un: Unflattener, node: dict) -> Any:
+    memo = un.context.setdefault("objects", {})
+    node_id = node.get("id")
+    if node_id in memo:
+        return memo[node_id]
+    obj = _codec_for_kind(un, node).decode(un, node)
+    if isinstance(node_id, int):
+        memo[node_id] = obj
+    return obj
+
+
+# -- recipes -----------------------------------------------------------------------------
+
+def _arg_names(target: Any, recipe: Recipe) -> list[str]:
+    """Parameter names for each positional argument of ``recipe`` (for error messages)."""
+    names: list[str] = []
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var = next((p.name for p in params if p.kind == p.VAR_POSITIONAL), "args")
+    for i in range(len(recipe.args)):
+        names.append(positional[i].name if i < len(positional) else f"*{var}[{i - len(positional)}]")
+    return names
+
+
+def encode_recipe(fl: Flattener, recipe: Recipe, path: tuple, owner: str) -> dict:
+    """``{"name", "args", "kwargs"}`` for ``recipe``; an argument that cannot be stored is named in the error."""
+    st = _state(fl)
+    names = _arg_names(recipe.target, recipe)
+    base = path + ("__recipe__",)
+
+    def one(value: Any, arg: str, sub: Any) -> Any:
+        try:
+            return fl.encode(value, base + (sub,))
+        except UnsupportedObjectError as exc:
+            raise UnsupportedObjectError(
+                f"cannot save {format_path(path)}: constructor argument {arg!r} of {owner} is "
+                f"{_describe(value)}, which cannot be stored in a recipe ({exc.message}). Recipe arguments may be "
+                "JSON values, tensors, containers of them, @ms.rebuildable objects and registered classes; "
+                "pass such a value instead, or save the weights only (model.state_dict()) and restore them "
+                "with ms.load_into",
+                key=format_path(path),
+            ) from None
+
+    st.recipe_depth += 1
+    try:
+        args = [one(v, names[i], i) for i, v in enumerate(recipe.args)]
+        kwargs = [[k, one(v, k, k)] for k, v in recipe.kwargs.items()]
+    finally:
+        st.recipe_depth -= 1
+    return {"name": recipe.name, "args": args, "kwargs": kwargs}
+
+
+def _describe(value: Any) -> str:
+    tp = type(value)
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({tp.__module__}.{tp.__qualname__})"
+
+
+def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True) -> Any:
+    """Resolve the recipe's target (registry or ``trusted=`` only), decode its arguments, call it.
+
+    The returned object remembers its recipe, so saving it again keeps it rebuildable.
+    """
+    if not (isinstance(rnode, dict) and isinstance(rnode.get("name"), str)):
+        raise un.bad(rnode, "a recipe needs a class name")
+    target = resolve(rnode["name"], un.trusted, source=un.source)  # raises before anything is called
+    raw_args, raw_kwargs = rnode.get("args", []), rnode.get("kwargs", [])
+    if not isinstance(raw_args, list) or not (
+        isinstance(raw_kwargs, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in raw_kwargs)
+    ):
+        raise un.bad(rnode, "recipe args must be a list and kwargs [name, value] pairs")
+    args = tuple(un.decode(a) for a in raw_args)
+    kwargs = {k: un.decode(v) for k, v in raw_kwargs}
+    if not build:
+        return target, args, kwargs
+    try:
+        obj = target(*args, **kwargs)
+    except Exception as exc:
+        raise CorruptCheckpointError(
+            f"{un.source}: rebuilding {rnode['name']} from its recipe failed: {type(exc).__name__}: {exc}. "
+            "Its constructor may have changed since the file was written; build the object yourself and "
+            "restore its state with ms.load_into(obj, path)",
+            path=un.source, key=rnode["name"],
+        ) from exc
+    if recipe_of(obj) is None:
+        try:
+            attach_recipe(obj, Recipe(target, args, kwargs))
+        except TypeError:
+            pass
+    return obj
+
+
+# -- registered classes and functions as values (e.g. activation=nn.GELU) --------------
+
+def _dec_ref(un: Unflattener, node: dict) -> Any:
+    name = node.get("ref")
+    if not isinstance(name, str):
+        raise un.bad(node, "a class reference needs a name")
+    return resolve(name, un.trusted, source=un.source)
+
+
+# -- generic rebuildable objects (decorated classes that are not framework objects) ------
+
+_BUILT_TYPES: set[type] = set()
+
+
+def _is_recipe_type(tp: type) -> bool:
+    return registered_name(tp) is not None or tp in _BUILT_TYPES
+
+
+def note_built_type(tp: type) -> None:
+    """Make instances of ``tp`` (made by ``ms.build``) reach the rebuildable codec."""
+    if tp not in _BUILT_TYPES:
+        _BUILT_TYPES.add(tp)
+        _by_type.pop(tp, None)
+
+
+class RebuildableCodec:
+    """Any object with a recipe: stored as the recipe and rebuilt by calling it (no other state)."""
+
+    kinds = ("rebuildable",)
+
+    def handles(self, tp: type) -> bool:
+        return _is_recipe_type(tp)
+
+    def encode(self, fl: Flattener, obj: Any, path: tuple) -> dict:
+        recipe = recipe_of(obj)
+        if recipe is None:
+            return fl.unsupported(obj, path)
+
+        def body(node: dict) -> None:
+            node["recipe"] = encode_recipe(fl, recipe, path, qualified_name(type(obj)))
+
+        return encode_object(fl, obj, path, "rebuildable", body)
+
+    def decode(self, un: Unflattener, node: dict) -> Any:
+        return decode_recipe(un, node.get("recipe"))
+
+
+REBUILDABLE = RebuildableCodec()
+
+
+# -- wiring into the tree ------------------------------------------------------------------
+
+def _handles(tp: type) -> bool:
+    return codec_for_type(tp) is not None or _is_class_value(tp)
+
+
+def _is_class_value(tp: type) -> bool:
+    return isinstance(tp, type) and (issubclass(tp, type) or tp.__name__ in ("function", "builtin_function_or_method"))
+
+
+def _encode(fl: Flattener, obj: Any, path: tuple) -> Any:
+    if _is_class_value(type(obj)):
+        name = registered_name(obj)
+        if name is None:
+            return fl.unsupported(obj, path)
+        return {"ref": name}
+    codec = codec_for_type(type(obj))
+    if codec is None:
+        return fl.unsupported(obj, path)
+    return codec.encode(fl, obj, path)
+
+
+def _enc_counter(fl: Flattener, obj: Counter, path: tuple) -> Any:
+    from .tree import _dict_items  # the same key rules as dicts
+
+    return fl.encode_container(obj, path, lambda: {"counter": _dict_items(fl, obj, path)})
+
+
+def _dec_counter(un: Unflattener, node: dict) -> Counter:
+    items = node["counter"]
+    if not isinstance(items, list) or not all(isinstance(p, list) and len(p) == 2 for p in items):
+        raise un.bad(node, "counter items must be [key, count] pairs")
+    return Counter({un.decode(k): un.decode(v) for k, v in items})
+
+
+register_encoder(Counter, _enc_counter)
+register_decoder("counter", _dec_counter)
+register_encoder(_handles, _encode)
+register_decoder("object", _dec_object)
+register_decoder("object_ref", _dec_object_ref)
+register_decoder("ref", _dec_ref)
