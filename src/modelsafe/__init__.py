@@ -23,14 +23,19 @@ from .errors import (
     UnsafeObjectError,
     UnsupportedObjectError,
 )
+from .load_into import LoadReport, load_into
 from .reader import Reader
-from .recipes import register
+from .recipes import build, rebuildable, register
 
 __all__ = [
     "__version__",
     "save",
     "load",
     "open",
+    "load_into",
+    "LoadReport",
+    "rebuildable",
+    "build",
     "register",
     "Reader",
     "Checkpoints",
