@@ -112,11 +112,6 @@ class BackgroundWriter:
             if pending in self._unreported:
                 self._unreported.remove(pending)
 
-    def _finished(self, pending: PendingSave) -> None:
-        if pending._future.exception() is not None:
-            with self._lock:
-                self._unreported.append(pending)
-
     def wait(self) -> Any:
         """Wait for the running write; re-raise the first failure not yet reported."""
         current = self._current
@@ -127,7 +122,9 @@ class BackgroundWriter:
             del self._unreported[:1]
         if failed:
             raise failed[0]._future.exception()
-        return current._future.result() if current is not None else None
+        if current is None or current._future.exception() is not None:
+            return None
+        return current._future.result()
 
     def submit(self, name: str, step: int, job: Callable[[], Any]) -> PendingSave:
         """Run ``job`` in the background after the previous one; returns its handle."""
@@ -140,10 +137,11 @@ class BackgroundWriter:
             try:
                 result = job()
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, never swallowed
+                with self._lock:
+                    self._unreported.append(pending)
                 future.set_exception(exc)
             else:
                 future.set_result(result)
-            self._finished(pending)
 
         self._current = pending
         thread = threading.Thread(target=run, name=f"modelsafe-save-{self.label}", daemon=False)

@@ -1,0 +1,156 @@
+"""Async saves: snapshot semantics, errors never swallowed, pending saves finish at exit."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import modelsafe as ms
+from modelsafe import checkpoints as checkpoints_mod
+from modelsafe.async_save import PendingSave, snapshot
+from modelsafe.tree import flatten
+
+torch = pytest.importorskip("torch")
+
+
+def test_save_returns_a_handle_and_wait_gives_the_info(tmp_path):
+    ck = ms.Checkpoints(tmp_path, async_save=True, keep_last=2)
+    handles = [ck.save({"w": torch.full((100,), float(i))}, step=i) for i in range(4)]
+    assert all(isinstance(h, PendingSave) for h in handles)
+    last = ck.wait()
+    assert last.step == 3 and handles[-1].result().step == 3 and handles[0].done()
+    assert [i.step for i in ck.list()] == [2, 3]
+    ck.close()
+
+
+def test_tensors_changed_right_after_save_do_not_leak_in(tmp_path, monkeypatch):
+    gate = threading.Event()
+    real = checkpoints_mod.write_shards
+
+    def slow_write(*args, **kwargs):
+        assert gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints_mod, "write_shards", slow_write)
+    model = torch.nn.Linear(50, 50)
+    numpy_state = np.arange(10, dtype=np.float32)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    pending = ck.save({"model": model.state_dict(), "np": numpy_state}, step=0)
+    with torch.no_grad():  # the training loop goes on before the write even starts
+        model.weight.add_(100.0)
+        model.bias.zero_()
+    numpy_state[:] = -1
+    assert not pending.done()
+    gate.set()
+    pending.result()
+    back = ck.load()
+    assert torch.equal(back["model"]["weight"], expected["weight"])
+    assert torch.equal(back["model"]["bias"], expected["bias"])
+    assert np.array_equal(back["np"], np.arange(10, dtype=np.float32))
+    ck.close()
+
+
+def test_snapshot_copies_keep_dtypes_and_shapes():
+    t = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4).t()  # non-contiguous bfloat16
+    fl = snapshot(flatten({"t": t, "b": b"raw", "n": np.ones((2, 2), np.int16)}))
+    by_name = {leaf.name: leaf for leaf in fl.leaves}
+    assert by_name["t"].info.dtype == "bfloat16" and by_name["t"].info.shape == (4, 3)
+    assert bytes(by_name["t"].host_bytes()) == bytes(t.contiguous().view(torch.int16).numpy().tobytes())
+    assert by_name["t"].adapter.framework == "torch" and bytes(by_name["b"].host_bytes()) == b"raw"
+
+
+def test_a_failing_background_write_surfaces_on_wait(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    ck.save({"w": np.zeros(3)}, step=0).result()
+    monkeypatch.setattr(checkpoints_mod, "write_shards", broken)
+    pending = ck.save({"w": np.ones(3)}, step=1)
+    with pytest.raises(ms.StorageError, match="No space left") as err:
+        ck.wait()
+    assert "step1" in str(err.value)
+    ck.wait()  # reported once
+    assert [i.step for i in ck.list()] == [0]
+    assert not [n for n in os.listdir(tmp_path) if "modelsafe-tmp" in n]
+    assert pending.done() and isinstance(pending.exception(), ms.StorageError)
+    ck.close()
+
+
+def test_a_failing_background_write_surfaces_on_the_next_save(tmp_path, monkeypatch):
+    calls = []
+    real = checkpoints_mod.write_shards
+
+    def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints_mod, "write_shards", fail_once)
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    ck.save({"w": np.zeros(3)}, step=0)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        ck.save({"w": np.zeros(3)}, step=1)
+    ck.save({"w": np.zeros(3)}, step=2)  # the error was reported; saving goes on
+    assert ck.wait().step == 2
+    ck.close()
+
+
+def test_a_failure_seen_through_the_handle_is_not_raised_twice(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints_mod, "write_shards", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    pending = ck.save({"w": np.zeros(3)}, step=0)
+    with pytest.raises(RuntimeError, match="bad"):
+        pending.result()
+    assert ck.wait() is None  # already reported through the handle
+    ck.close()
+
+
+def test_retention_is_applied_after_each_background_commit(tmp_path):
+    ck = ms.Checkpoints(tmp_path, async_save=True, keep_last=1, keep_best=1, monitor="loss")
+    for step, loss in enumerate([0.1, 0.5, 0.4, 0.3]):
+        ck.save({"w": np.full(10, step)}, step=step, metrics={"loss": loss})
+    ck.wait()
+    assert [i.step for i in ck.list()] == [0, 3]
+    ck.close()
+
+
+def test_pending_saves_finish_at_interpreter_exit(tmp_path):
+    code = f"""
+import time, numpy as np, modelsafe as ms
+from modelsafe import checkpoints as c
+real = c.write_shards
+def slow(*a, **k):
+    time.sleep(1.0)
+    return real(*a, **k)
+c.write_shards = slow
+ck = ms.Checkpoints({str(tmp_path)!r}, async_save=True)
+ck.save({{"w": np.arange(5)}}, step=7)
+print("returned", flush=True)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "returned" in proc.stdout
+    ck = ms.Checkpoints(tmp_path)
+    assert ck.latest().step == 7 and list(ck.load()["w"]) == [0, 1, 2, 3, 4]
+
+
+def test_a_failure_at_exit_is_reported_on_stderr(tmp_path):
+    code = f"""
+import numpy as np, modelsafe as ms
+from modelsafe import checkpoints as c
+def broken(*a, **k):
+    raise OSError(28, "No space left on device")
+c.write_shards = broken
+ck = ms.Checkpoints({str(tmp_path)!r}, async_save=True)
+ck.save({{"w": np.arange(5)}}, step=7)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "background checkpoint save failed" in proc.stderr and "No space left" in proc.stderr
