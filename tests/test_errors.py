@@ -54,6 +54,8 @@ def test_hierarchy_and_builtin_bases():
     assert issubclass(ms.IncompatibleStateError, ValueError)
     for name in errors.__all__:
         assert issubclass(getattr(errors, name), ms.ModelsafeError), name
+    for name in ("ModelsafeError", "CorruptCheckpointError", "CheckpointNotFoundError", "UnsupportedObjectError",
+                 "UnsafeObjectError", "UnknownClassError", "IncompatibleStateError"):  # the names DESIGN.md fixes
         assert getattr(ms, name) is getattr(errors, name)
 
 
@@ -153,6 +155,15 @@ def test_reference_cycles_are_a_clear_error(tmp_path, kind):
     with pytest.raises(ms.UnsupportedObjectError) as info:
         ms.save(obj, tmp_path / "c.safetensors")
     assert "cycle" in str(info.value) and info.value.key == where
+
+
+def test_too_deep_nesting_is_a_clear_error(tmp_path):
+    obj = 1
+    for _ in range(5000):
+        obj = [obj]
+    with pytest.raises(ms.UnsupportedObjectError, match="nested too deeply"):
+        ms.save(obj, tmp_path / "deep.safetensors")
+    assert os.listdir(tmp_path) == []
 
 
 def test_shared_subtrees_are_not_cycles(tmp_path):

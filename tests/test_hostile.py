@@ -150,8 +150,11 @@ def test_appended_garbage_is_refused(small_file, tmp_path):
 def test_single_bit_flips_are_all_detected(small_file, tmp_path, soak):
     size = small_file.stat().st_size
     rng = random.Random(20261129)
-    count = 5000 if soak else 1000
-    flips = [(rng.randrange(size), rng.randrange(8)) for _ in range(count)]
+    if soak:  # every bit of the file
+        flips = [(offset, bit) for offset in range(size) for bit in range(8)]
+    else:
+        flips = [(rng.randrange(size), rng.randrange(8)) for _ in range(1000)]
+    count = len(flips)
     scratch = tmp_path / "flipped.safetensors"
     results = run_capped([{"flip": list(f)} for f in flips], base=small_file, scratch=scratch)
     undetected = [flip for flip, result in zip(flips, results) if result.get("ok")]
@@ -334,6 +337,10 @@ HOSTILE_MANIFESTS = {
     "tree_bad_tuple": (_good_manifest(tree={"tuple": 5}), None),
     "tree_bad_namedtuple": (_good_manifest(tree={"namedtuple": "x:Y", "fields": ["a"], "items": []}), None),
     "tree_bad_dataclass": (_good_manifest(tree={"dataclass": "x:Y", "fields": [[1, 2]]}), None),
+    "logical_dtype_disagrees_with_storage": (
+        _good_manifest(tensors={"a": {"xxh3": "0" * 16, "dtype": "float64", "shape": [1]}}), "a"),
+    "logical_shape_disagrees_with_bytes": (
+        _good_manifest(tensors={"a": {"xxh3": "0" * 16, "dtype": "float32", "shape": [3]}}), "a"),
 }
 
 
@@ -346,6 +353,41 @@ def test_hostile_manifests_in_properly_sealed_files(tmp_path):
     results = run_capped([{"path": str(p)} for p in paths.values()])
     for (name, path), result in zip(paths.items(), results):
         assert_corrupt(result, path, key=HOSTILE_MANIFESTS[name][1], what=name)
+
+
+def _nested(depth: int, leaf=1):
+    node = leaf
+    for _ in range(depth):
+        node = [node]
+    return node
+
+
+@pytest.mark.parametrize("depth", [400, 900])
+def test_deeply_nested_manifest_tree_and_metadata(tmp_path, depth):
+    """JSON that parses but is nested deeper than the decoder can recurse: an error, not a RecursionError."""
+    data = np.array([1.0, 2.0], np.float32).tobytes()
+    tree_path = _manifest_file(tmp_path, "deep_tree", _good_manifest(tree=[{"tensor": "a"}, _nested(depth)]),
+                               {"a": _entry()}, data)
+    meta_path = _manifest_file(tmp_path, "deep_meta", _good_manifest(metadata=_nested(depth)), {"a": _entry()}, data)
+    results = run_capped([{"path": str(tree_path)}, {"path": str(meta_path), "mode": "open"}])
+    assert_corrupt(results[0], tree_path, what="deep tree")
+    assert_corrupt(results[1], meta_path, what="deep metadata")
+
+
+def test_framework_names_in_a_file_never_import_modules(tmp_path):
+    src = tmp_path / "src.safetensors"
+    ms.save({"a": np.arange(3.0)}, src)
+    header, data = read_parts(src)
+    original = header["__metadata__"]["modelsafe"]
+    for name in ("os", "subprocess", "modelsafe.adapters.numpy:ADAPTER", "../../etc"):
+        manifest = json.loads(original)
+        manifest["framework"] = name
+        header["__metadata__"]["modelsafe"] = manifest
+        path = _write(tmp_path / "fw.safetensors", sealed_file(header, data))
+        before = set(sys.modules)
+        with pytest.raises(ms.ModelsafeError, match="unknown framework"):
+            ms.load(path)
+        assert set(sys.modules) - before == set()
 
 
 def test_manifest_json_garbage_in_sealed_file(tmp_path):

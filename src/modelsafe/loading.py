@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .adapters import LoadOptions, TensorSpec, adapter_named
-from .errors import UnsafeObjectError
+from .errors import CorruptCheckpointError, UnsafeObjectError
 from .format.manifest import TensorRecord
 from .tree import Unflattener
 
@@ -63,14 +63,27 @@ def add_aliases(values: dict[str, Any], aliases: dict[str, str]) -> dict[str, An
     return values
 
 
-def decode_tree(source: Any, values: dict[str, Any], *, allow_pickle: bool, trusted: Iterable[str] = ()) -> Any:
-    return Unflattener(values, allow_pickle=allow_pickle, trusted=tuple(trusted), source=source.path).decode(
-        source.manifest.get("tree")
+def _too_deep(source: Any, what: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{source.path}: the manifest {what} is nested too deeply to decode; the file is damaged or hostile",
+        path=source.path,
     )
+
+
+def decode_tree(source: Any, values: dict[str, Any], *, allow_pickle: bool, trusted: Iterable[str] = ()) -> Any:
+    try:
+        return Unflattener(values, allow_pickle=allow_pickle, trusted=tuple(trusted), source=source.path).decode(
+            source.manifest.get("tree")
+        )
+    except RecursionError:
+        raise _too_deep(source, "tree") from None
 
 
 def decode_metadata(source: Any) -> Any:
     node = source.manifest.get("metadata")
     if node is None:
         return {}
-    return Unflattener({}, source=source.path).decode(node)
+    try:
+        return Unflattener({}, source=source.path).decode(node)
+    except RecursionError:
+        raise _too_deep(source, "metadata") from None

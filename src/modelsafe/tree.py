@@ -116,7 +116,14 @@ class Flattener:
 
     # -- entry point -------------------------------------------------------
     def flatten(self, obj: Any) -> Any:
-        self.root = self.encode(obj, ())
+        try:
+            self.root = self.encode(obj, ())
+        except RecursionError:
+            raise UnsupportedObjectError(
+                "cannot save obj: it is nested too deeply for Python's recursion limit; flatten the structure "
+                "(or raise sys.setrecursionlimit) before saving",
+                key="obj",
+            ) from None
         while self._deferred:  # encoders may finish nodes once the whole tree is known
             self._deferred.pop(0)()
         return self.root
