@@ -96,7 +96,7 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
             with open(path, "xb", buffering=4 << 20) as f:
                 size = write_file(f, shard)
         except OSError as exc:
-            raise _storage(path, "writing a shard", exc) from exc
+            raise _with_file(exc, path) from exc
         with FileSource(path) as written:
             for record in written.records.values():
                 checksums[record.name] = record.checksum
@@ -105,10 +105,11 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
     return checksums, placement, shards
 
 
-def _storage(path: str, action: str, exc: OSError) -> StorageError:
-    from .storage.local import storage_error
-
-    return storage_error(path, action, exc)
+def _with_file(exc: OSError, path: str) -> OSError:
+    """The same OS error, naming the file it happened to (plain writes do not)."""
+    if exc.filename or isinstance(exc, StorageError):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), path)
 
 
 def hash_file(path: str) -> tuple[int, str]:
@@ -164,7 +165,7 @@ def write_manifest(directory: str, manifest: dict) -> int:
         with open(path, "xb") as f:
             f.write(data)
     except OSError as exc:
-        raise _storage(path, "writing the manifest", exc) from exc
+        raise _with_file(exc, path) from exc
     return len(data)
 
 

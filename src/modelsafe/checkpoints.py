@@ -352,7 +352,9 @@ class Checkpoints:
         except BaseException as exc:
             self._storage.discard(staging)
             if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
-                raise storage_error(os.path.join(self.directory, name), "saving the checkpoint", exc) from exc
+                where = exc.filename if isinstance(exc.filename, str) and exc.filename.startswith(staging) else None
+                action = f"writing {os.path.relpath(where, staging)}" if where else "saving the checkpoint"
+                raise storage_error(self._storage.path(name), action, exc) from exc
             raise
         info = self._info(name)
         if info is None:  # pragma: no cover - we just committed it
