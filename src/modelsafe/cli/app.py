@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "show": "modelsafe.cli.inspect:show",
     "diff": "modelsafe.cli.diff:diff",
     "verify": "modelsafe.cli.verify:verify",
+    "convert": "modelsafe.cli.convert:convert",
     "prune": "modelsafe.cli.runs:prune",
     "plot": "modelsafe.cli.plot:plot",
     "fork": "modelsafe.cli.runs:fork",

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 from .output import jsonable
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRow:
     name: str
     dtype: str
@@ -67,7 +67,8 @@ class Description:
         return sum(t.nbytes for t in self.tensors if t.tied_to is None)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        """Plain JSON values only (non-finite floats as strings), ready for json.dumps."""
+        document = jsonable({
             "path": self.path,
             "modelsafe": self.is_modelsafe,
             "format_version": self.format_version,
@@ -76,12 +77,18 @@ class Description:
             "versions": self.versions,
             "file_size": self.file_size,
             "checkpoint": self.checkpoint or None,
-            "metadata": jsonable(self.metadata),
+            "metadata": self.metadata,
             "recipes": [r.as_dict() for r in self.recipes],
             "pickled": self.pickled,
-            "tensors": [t.as_dict() for t in self.tensors],
             "totals": {"tensors": sum(1 for t in self.tensors if t.tied_to is None), "names": len(self.tensors), "bytes": self.total_bytes},
-        }
+        })
+        default = self.framework
+        document["tensors"] = [  # str, int and lists of int only
+            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "kind": t.kind}
+            if t.tied_to is None and t.file is None and t.framework == default else t.as_dict()
+            for t in self.tensors
+        ]
+        return document
 
 
 CHECKPOINT_KEYS = ("name", "step", "time", "metrics", "lineage")
@@ -106,18 +113,14 @@ def describe(reader: Any) -> Description:
     aliases: dict[str, str] = manifest.get("aliases") or {}
     is_modelsafe = bool(manifest.get("writer"))
     version = manifest.get("format_version")
-    rows: list[TensorRow] = []
-    listed: set[str] = set()
-    for name in reader.keys():
-        target = aliases.get(name)
-        record = records.get(target or name)
-        if record is None:
-            continue
-        rows.append(_row(name, record, tied_to=target))
-        listed.add(name)
-    for name, record in records.items():  # bytes and pickled payloads come last
-        if name not in listed:
-            rows.append(_row(name, record))
+    order = tensor_order(reader)
+    if aliases:
+        rows = [_row(name, records[aliases.get(name, name)], aliases.get(name)) for name in order]
+    else:
+        rows = [_row(name, records[name]) for name in order]
+    if len(order) != len(records) + len(aliases):  # bytes and pickled payloads come last
+        listed = set(order)
+        rows.extend(_row(name, record) for name, record in records.items() if name not in listed)
     return Description(
         path=reader.path,
         is_modelsafe=is_modelsafe,
@@ -134,17 +137,31 @@ def describe(reader: Any) -> Description:
     )
 
 
+def tensor_order(reader: Any) -> list[str]:
+    """Tensor names in the order of the saved tree (as ``reader.keys()``).
+
+    A flat state_dict (the common case, and the one with 100,000 entries) is read
+    straight from its ``{"dict": [[key, {"tensor": name}], ...]}`` node.
+    """
+    tree = reader.manifest.get("tree")
+    items = tree.get("dict") if isinstance(tree, dict) and len(tree) == 1 else None
+    if isinstance(items, list):
+        try:
+            names = [value["tensor"] for _key, value in items]
+        except (KeyError, TypeError, ValueError):
+            names = None
+        if names is not None and len(set(names)) == len(names):
+            records, aliases = reader.records, reader.manifest.get("aliases") or {}
+            if all(isinstance(n, str) and (n in records or n in aliases) for n in names):
+                return names
+    return reader.keys()
+
+
 def _row(name: str, record: Any, tied_to: str | None = None) -> TensorRow:
-    return TensorRow(
-        name=name,
-        dtype=record.dtype.name if record.kind == "tensor" else record.kind,
-        shape=tuple(record.shape),
-        nbytes=record.nbytes,
-        kind=record.kind,
-        tied_to=tied_to,
-        file=record.file,
-        framework=record.framework if record.kind == "tensor" else None,
-    )
+    kind = record.kind
+    if kind == "tensor":
+        return TensorRow(name, record.dtype.name, record.shape, record.end - record.begin, kind, tied_to, record.file, record.framework)
+    return TensorRow(name, kind, record.shape, record.end - record.begin, kind, tied_to, record.file, None)
 
 
 def _size(path: str) -> int | None:
@@ -164,11 +181,30 @@ def _size(path: str) -> int | None:
 def find_recipes(tree: Any) -> Iterator[RecipeRow]:
     """Every framework-object node (``{"object": kind, ...}``) and every node with a
     ``"recipe"`` in the manifest tree, with its tree path, in tree order."""
+    if not _has_objects(tree):
+        return
     for path, node in _walk(tree, "obj"):
         if "object" in node or "recipe" in node:
             kind = node.get("object")
             recipe = node.get("recipe", {k: v for k, v in node.items() if k != "object"})
             yield RecipeRow(path, str(kind) if kind is not None else "recipe", summarize_recipe(recipe), recipe)
+
+
+def _has_objects(tree: Any) -> bool:
+    """True if any node of ``tree`` is an object or carries a recipe (no paths built)."""
+    stack = [tree]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        cur = pop()
+        if type(cur) is dict:
+            if "tensor" in cur:
+                continue
+            if "object" in cur or "recipe" in cur:
+                return True
+            push(cur.values())
+        elif type(cur) is list:
+            push(cur)
+    return False
 
 
 def _walk(node: Any, path: str) -> Iterator[tuple[str, dict]]:

@@ -1,0 +1,39 @@
+"""``modelsafe convert SRC DST``: bring in torch/safetensors/npz/Keras/MXNet files, running no code from them."""
+
+from __future__ import annotations
+
+import click
+
+from .output import emit_json, escape, human_bytes, json_option, say
+
+
+@click.command("convert")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+@click.option("--to", "target", type=click.Choice(["modelsafe", "safetensors"]), default="modelsafe", show_default=True,
+              help="modelsafe: the whole tree (optimizer state, epoch, ...); safetensors: plain tensors for other tools.")
+@click.option("--framework", type=click.Choice(["torch", "numpy"]), default=None,
+              help="Tensor type recorded in DST (default: torch for torch files when torch is installed).")
+@click.option("-f", "--force", is_flag=True, help="Replace DST if it exists.")
+@json_option
+def convert(src: str, dst: str, target: str, framework: str | None, force: bool, as_json: bool) -> None:
+    """Convert SRC into a modelsafe file (or plain safetensors) at DST.
+
+    SRC: torch .pt/.pth/.bin (zip or legacy format, read by an allowlist unpickler that
+    never runs code; TorchScript is refused), .safetensors or a sharded *.index.json,
+    numpy .npz, Keras .weights.h5, MXNet .params (no MXNet needed).  The format is told
+    by the file's first bytes, then by its extension.
+    """
+    from ..convert import convert as run_convert
+
+    summary = run_convert(src, dst, to=target, framework=framework, overwrite=force)
+    if as_json:
+        emit_json(summary.to_dict())
+        return
+    say(
+        f"converted [bold]{escape(src)}[/bold] ({summary.source_format}) -> [bold]{escape(dst)}[/bold] ({summary.target}): "
+        f"{summary.tensors:,} tensors, {human_bytes(summary.tensor_bytes)} of tensor data, "
+        f"{human_bytes(summary.file_bytes)} file, {summary.seconds:.2f} s"
+    )
+    for note in summary.notes:
+        say(f"  note: {escape(note)}")
