@@ -446,3 +446,73 @@ def test_metadata_refuses_tensors(tmp_path):
 def test_empty_and_tensorless_trees(tmp_path):
     for obj in ({}, [], (), None, 5, "text", {"only": [1, 2.5, None]}):
         assert_same(obj, roundtrip(obj, tmp_path / "e.safetensors"))
+
+
+def test_non_string_dict_keys_keep_their_types(tmp_path):
+    obj = {True: "bool", 2.5: "float", None: "none", (1, "a", (2,)): "tuple", frozenset({3}): "fs", -7: "int",
+           float("inf"): "inf"}
+    back = roundtrip(obj, tmp_path / "keys.safetensors")
+    assert back == obj
+    assert [type(k) for k in back] == [type(k) for k in obj]
+
+
+# -- ms.open agrees with ms.load; ties survive any tree -------------------------------------
+
+@st.composite
+def trees_with_shared_tensors(draw):
+    """Trees whose tensors are drawn from a small pool, so the same object often appears twice."""
+    pool = draw(st.lists(raw_tensors() | numpy_arrays(), min_size=1, max_size=3))
+    return draw(trees(json_scalars | st.sampled_from(pool)))
+
+
+def _leaves(obj, out):
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _leaves(v, out)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            _leaves(getattr(obj, f.name), out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _leaves(v, out)
+    return out
+
+
+def _nonempty(t) -> bool:
+    """Tensors that can be tied (empty tensors and numpy scalars have no storage to share)."""
+    if isinstance(t, np.generic):
+        return False
+    return bool(t.numel() if isinstance(t, torch.Tensor) else t.size)
+
+
+@given(obj=trees_with_shared_tensors())
+def test_shared_tensors_come_back_shared(scratch, obj):
+    back = roundtrip(obj, scratch)
+    assert_same(obj, back)
+    saved, loaded = _leaves(obj, []), _leaves(back, [])
+    assert len(saved) == len(loaded)
+    for i in range(len(saved)):
+        for j in range(i + 1, len(saved)):
+            if saved[i] is saved[j] and _nonempty(saved[i]):
+                assert loaded[i] is loaded[j], "a tensor saved twice came back as two objects"
+
+
+@given(obj=trees(json_scalars | raw_tensors() | numpy_arrays()))
+def test_open_reads_every_tensor_as_load_does(scratch, obj):
+    from modelsafe.tree import walk_refs
+
+    ms.save(obj, scratch)
+    loaded = ms.load(scratch)
+    with ms.open(scratch) as reader:
+        keys = reader.keys()
+        assert len(keys) == len(set(keys)) == len(reader)
+        assert all(key in reader for key in keys)
+        assert_same(loaded, reader.load())
+        names = [name for tag, name in walk_refs(reader.manifest["tree"]) if tag == "tensor"]
+        leaves = _leaves(loaded, [])
+        assert len(names) == len(leaves)
+        assert [n for n in keys if n in names] == list(dict.fromkeys(names))  # keys() in tree order
+        for name, leaf in zip(names, leaves):
+            assert_same(leaf, reader[name], name)
