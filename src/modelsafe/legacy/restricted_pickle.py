@@ -95,8 +95,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         source: str,
         persistent_load: Callable[[Any], Any] | None = None,
         unsupported: Mapping[str, str] | None = None,
+        hint: Callable[[str], str] | None = None,
     ) -> None:
         super().__init__(file, fix_imports=False, encoding="utf-8", errors="strict")
+        self._hint = hint
         self._allowed = allowed
         self._unsupported = unsupported or {}
         self._source = source
@@ -114,10 +116,13 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"{self._source}: holds {full} ({self._unsupported[full]}); modelsafe cannot convert it",
                 path=self._source, key=full,
             )
+        advice = (self._hint(full) if self._hint else "") or (
+            "If you trust the file and need that object, load it with its own tool in a sandbox and save the "
+            "plain tensors"
+        )
         raise UnsafeObjectError(
             f"{self._source}: refuses to load global {full}: it is not on modelsafe's allowlist of tensor and "
-            "container types, and loading it could run code. Nothing from the file was executed. If you trust "
-            "the file and need that object, load it with its own tool in a sandbox and save the plain tensors",
+            f"container types, and loading it could run code. Nothing from the file was executed. {advice}",
             path=self._source, key=full,
         )
 
@@ -142,6 +147,7 @@ def restricted_loads(
     source: str,
     persistent_load: Callable[[Any], Any] | None = None,
     unsupported: Mapping[str, str] | None = None,
+    hint: Callable[[str], str] | None = None,
 ) -> Any:
     """Unpickle ``data`` through the allowlist.
 
@@ -151,7 +157,7 @@ def restricted_loads(
     if len(data) > MAX_PICKLE_BYTES:
         raise CorruptCheckpointError(f"{source}: pickle of {len(data)} bytes exceeds the 2 GiB limit", path=source)
     scan_opcodes(data, source)
-    unpickler = RestrictedUnpickler(io.BytesIO(data), allowed, source=source, persistent_load=persistent_load, unsupported=unsupported)
+    unpickler = RestrictedUnpickler(io.BytesIO(data), allowed, source=source, persistent_load=persistent_load, unsupported=unsupported, hint=hint)
     try:
         return unpickler.load()
     except ModelsafeError:

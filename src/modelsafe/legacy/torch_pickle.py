@@ -381,8 +381,16 @@ class StorageTable:
         return ref
 
 
+def _hint(name: str) -> str:
+    if name.startswith(("torch.nn.", "torch.optim.")) or name.startswith("__main__."):
+        return ("The file pickles whole Python objects (torch.save(model) or similar); save model.state_dict() "
+                "/ optimizer.state_dict() with torch.save and convert that, or load it with torch in a sandbox")
+    return ""
+
+
 def _load_objects(data: bytes, source: str, storages: StorageTable | None) -> Any:
-    return restricted_loads(data, ALLOWED_GLOBALS, source=source, persistent_load=storages, unsupported=UNSUPPORTED_GLOBALS)
+    return restricted_loads(data, ALLOWED_GLOBALS, source=source, persistent_load=storages,
+                            unsupported=UNSUPPORTED_GLOBALS, hint=_hint)
 
 
 # -- containers ----------------------------------------------------------------------------
