@@ -341,3 +341,14 @@ def test_re_saving_a_name_swaps_atomically(tmp_path):
     assert ck.load(0) == {"v": 2}
     assert sorted(os.listdir(tmp_path)) == [".modelsafe-run.json", ".modelsafe.lock", "step0"]
     ck.close()
+
+
+def test_delete_one_checkpoint(tmp_path):
+    ck = ms.Checkpoints(tmp_path)
+    for i in range(3):
+        ck.save({"i": i}, step=i)
+    assert ck.delete(1).name == "step1"
+    assert [i.step for i in ck.list()] == [0, 2]
+    with pytest.raises(ms.CheckpointNotFoundError):
+        ck.delete(1)
+    ck.close()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno as errno_mod
-import importlib
 import json
 import math
 import operator
@@ -372,6 +371,13 @@ class Checkpoints:
             self._storage.delete(candidate.name)
         return [c.name for c in doomed]
 
+    def delete(self, which: Any) -> CheckpointInfo:
+        """Delete one committed checkpoint of this run (as its writer); returns what it was."""
+        self._become_writer()
+        info = self._resolve(which)
+        self._storage.delete(info.name)
+        return info
+
     def wait(self) -> CheckpointInfo | None:
         """Wait for a background save; re-raise it if it failed.  Returns the last info (or None)."""
         if self._writer is None:
@@ -466,7 +472,9 @@ class Checkpoints:
         info = self._resolve(which)
         report = None
         if state is not None:
-            report = _load_into(state, info.path, strict=strict, verify=verify)
+            from .load_into import load_into as ms_load_into
+
+            report = ms_load_into(state, info.path, strict=strict, verify=verify)
         self._call_bound_load(info, verify)
         return dataclasses.replace(info, report=report)
 
@@ -612,56 +620,6 @@ def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
     return SimpleNamespace(
         skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
     )
-
-
-def _load_into(state: Any, path: str, *, strict: bool, verify: bool) -> Any:
-    """``ms.load_into`` when available; until then restore state_dicts and containers in place."""
-    ms = importlib.import_module("modelsafe")
-    load_into = getattr(ms, "load_into", None)
-    if load_into is not None:
-        return load_into(state, path, strict=strict, verify=verify)
-    from .api import load as ms_load
-
-    saved = ms_load(path, verify=verify)
-    _restore(state, saved, "state", strict)
-    return None
-
-
-def _restore(target: Any, saved: Any, where: str, strict: bool) -> Any:
-    from .errors import IncompatibleStateError
-
-    if hasattr(target, "load_state_dict") and callable(target.load_state_dict):
-        target.load_state_dict(saved.state_dict() if hasattr(saved, "state_dict") else saved)
-        return target
-    if isinstance(target, dict) and isinstance(saved, dict):
-        missing = [k for k in target if k not in saved]
-        if strict and missing:
-            raise IncompatibleStateError(f"{where}: the checkpoint has no {missing[0]!r}", key=f"{where}[{missing[0]!r}]")
-        for k in target:
-            if k in saved:
-                target[k] = _restore(target[k], saved[k], f"{where}[{k!r}]", strict)
-        return target
-    if isinstance(target, list) and isinstance(saved, list) and len(target) == len(saved):
-        target[:] = [_restore(t, s, f"{where}[{i}]", strict) for i, (t, s) in enumerate(zip(target, saved))]
-        return target
-    if hasattr(target, "copy_") and hasattr(target, "shape"):
-        with _no_grad():
-            target.copy_(saved)
-        return target
-    if hasattr(target, "shape") and hasattr(target, "dtype") and hasattr(target, "__array__"):
-        import numpy as np
-
-        np.copyto(target, saved)
-        return target
-    return saved
-
-
-def _no_grad() -> Any:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return torch.no_grad()
 
 
 def checkpoint_path(address: str | os.PathLike) -> str:
