@@ -118,6 +118,38 @@ def read_foreign(path: str | os.PathLike, *, framework: str | None = None) -> Fo
     return module.read(path, ReadOptions(framework=framework))
 
 
+def arrays_as(tree: Any, framework: str | None) -> Any:
+    """``tree`` (a dict or list of numpy arrays) with every array converted to ``framework``'s tensors.
+
+    None and "numpy" keep numpy arrays; "torch" gives torch tensors of the same dtype (bfloat16 included).
+    """
+    if framework in (None, "numpy"):
+        return tree
+    if framework != "torch":
+        from ..errors import FrameworkNotInstalledError
+
+        raise FrameworkNotInstalledError(f"this format converts to numpy or torch tensors, not {framework!r}")
+    import numpy as np
+
+    from ..adapters import adapter_named
+    from ..adapters.torch import torch_dtype
+    from ..format import dtypes
+
+    adapter_named("torch")  # raises FrameworkNotInstalledError with an install hint
+    import torch
+
+    def convert(value: Any) -> Any:
+        if not isinstance(value, np.ndarray):
+            return value
+        dt = dtypes.from_numpy(value.dtype)
+        flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+        return torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+
+    if isinstance(tree, dict):
+        return {k: convert(v) for k, v in tree.items()}
+    return [convert(v) for v in tree]
+
+
 # -- signatures -------------------------------------------------------------------
 
 def _is_zip(head: bytes) -> bool:

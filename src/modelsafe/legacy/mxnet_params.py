@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsupportedObjectError
 from ..format import dtypes
-from . import ForeignFile, ReadOptions
+from . import ForeignFile, ReadOptions, arrays_as
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -149,9 +149,4 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     if any(a is None for a in arrays):
         notes.append("empty (shape-less) arrays are stored as None")
     tree: Any = dict(zip(names, arrays)) if names else arrays
-    if options is not None and options.framework == "torch":
-        import torch
-
-        convert = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
-        tree = {k: convert(v) for k, v in tree.items()} if names else [convert(a) for a in tree]
-    return ForeignFile(path, "mxnet", tree, notes)
+    return ForeignFile(path, "mxnet", arrays_as(tree, options.framework if options else None), notes)

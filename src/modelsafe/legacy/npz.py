@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsafeObjectError
-from . import ForeignFile, ReadOptions
+from . import ForeignFile, ReadOptions, arrays_as
 
 
 def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> int:
@@ -66,8 +66,4 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
         raise CorruptCheckpointError(f"{path}: a member could not be read ({exc})", path=path) from None
-    if options is not None and options.framework == "torch":
-        import torch
-
-        tree = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tree.items()}
-    return ForeignFile(path, "npz", tree, [])
+    return ForeignFile(path, "npz", arrays_as(tree, options.framework if options else None), [])
