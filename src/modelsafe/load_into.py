@@ -285,7 +285,7 @@ class _Planner:
         else:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
             return
-        state = self.s.decode(state_node, framework="torch")
+        state = _own_memory(self.s.decode(state_node, framework="torch"))
         if kind == "optimizer":
             problem = _optimizer_problem(target, state)
             if problem:
@@ -424,6 +424,20 @@ def _optimizer_problem(opt: Any, state: Any) -> tuple[str, str] | None:
     if saved != mine:
         return f"param groups of sizes {saved}", f"param groups of sizes {mine}"
     return None
+
+
+def _own_memory(value: Any) -> Any:
+    """Tensors in ``value`` copied out of the mapped file (optimizer state must not alias the file, and
+    must be 64-byte aligned like fresh torch memory so that resumed runs compute bit-identically)."""
+    if isinstance(value, dict):
+        return {k: _own_memory(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_own_memory(v) for v in value]
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_own_memory(v) for v in value)
+    if hasattr(value, "detach") and hasattr(value, "clone"):
+        return value.detach().clone()
+    return value
 
 
 def _copy_tensor(target: Any, value: Any) -> None:

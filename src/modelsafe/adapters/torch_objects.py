@@ -79,6 +79,35 @@ def _no_recipe(un: Unflattener, node: dict, what: str) -> MissingRecipeError:
     )
 
 
+ALIGNMENT = 64
+
+
+def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
+    copy = t.detach().clone(memory_format=torch.contiguous_format)
+    if isinstance(t, nn.Parameter):
+        return nn.Parameter(copy, requires_grad=t.requires_grad)
+    return copy.requires_grad_(t.requires_grad)
+
+
+def align_loaded_tensors(un: Unflattener) -> None:
+    """Give every loaded torch tensor that is not 64-byte aligned its own aligned memory, once per load.
+
+    Tensors in a file are only naturally aligned, and torch's reductions (dot, sum,
+    matmul) can round differently at other alignments: without this a resumed run
+    would drift from an uninterrupted one.  Tied tensors stay one object.
+    """
+    if un.context.get("torch.aligned"):
+        return
+    un.context["torch.aligned"] = True
+    copies: dict[int, torch.Tensor] = {}
+    for name, value in un.values.items():
+        if isinstance(value, torch.Tensor) and value.numel() and value.data_ptr() % ALIGNMENT:
+            new = copies.get(id(value))
+            if new is None:
+                new = copies[id(value)] = _aligned_copy(value)
+            un.values[name] = new
+
+
 def _need_torch(un: Unflattener, value: Any, where: str) -> None:
     if not isinstance(value, torch.Tensor):
         raise CorruptCheckpointError(
@@ -161,6 +190,8 @@ def _infer_layer_recipe(module: nn.Module) -> tuple[Recipe | None, str]:
             if p.default is p.empty:
                 return None, f"the argument {p.name!r} of {label} is not storable"
             continue
+        if p.default is not p.empty and type(value) is type(p.default) and value == p.default:
+            continue  # defaults stay implicit (some layers refuse arguments they do not use)
         kwargs[p.name] = value
     if not _same_layer(module, cls, kwargs):
         return None, f"the arguments of {label} could not be inferred from its attributes; make it with ms.build({cls.__name__}, ...)"
@@ -248,6 +279,7 @@ class ModuleCodec:
     def decode(self, un: Unflattener, node: dict) -> nn.Module:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch module")
+        align_loaded_tensors(un)
         module = decode_recipe(un, node["recipe"])
         if not isinstance(module, nn.Module):
             raise CorruptCheckpointError(
@@ -350,6 +382,7 @@ class OptimizerCodec:
     def decode(self, un: Unflattener, node: dict) -> torch.optim.Optimizer:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch optimizer")
+        align_loaded_tensors(un)
         cls, _, defaults = decode_recipe(un, node["recipe"], build=False)
         groups = node.get("params")
         if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
@@ -489,6 +522,7 @@ class SchedulerCodec:
         return encode_object(fl, sched, path, "torch.lr_scheduler", body, with_state=with_state)
 
     def decode(self, un: Unflattener, node: dict) -> Any:
+        align_loaded_tensors(un)
         opt = un.decode(node.get("optimizer"))
         if not isinstance(opt, torch.optim.Optimizer):
             raise un.bad(node, "a scheduler must refer to an optimizer")
