@@ -226,3 +226,32 @@ def test_the_probe_would_see_torch_if_it_were_imported():
         """
     )
     assert loaded == ["torch"]
+
+
+def test_tensors_outlive_their_reader(saved):
+    path, obj = saved
+    with ms.open(path) as reader:
+        weight = reader["encoder.weight"]
+        head = reader["head"]
+    # the reader is closed; what it returned still holds valid memory
+    assert weight.tolist() == obj["encoder"]["weight"].tolist()
+    assert head.sum() == 6
+
+
+def test_reader_sees_a_consistent_file_while_it_is_replaced(tmp_path):
+    path = tmp_path / "live.safetensors"
+    ms.save({"a": np.full(1000, 1.0), "b": np.full(1000, 2.0)}, path)
+    with ms.open(path) as reader:
+        a = reader["a"]
+        ms.save({"a": np.full(1000, 10.0), "b": np.full(1000, 20.0)}, path)  # atomic replace under the reader
+        assert a[0] == 1.0 and reader["b"][0] == 2.0  # still the file that was opened
+    assert ms.load(path)["b"][0] == 20.0
+
+
+def test_reading_after_close_is_an_error_not_a_crash(saved):
+    path, _ = saved
+    reader = ms.open(path)
+    reader.close()
+    with pytest.raises(ms.ModelsafeError, match="closed") as info:
+        reader["head"]
+    assert info.value.path == str(path)

@@ -125,3 +125,17 @@ def test_resave_of_a_safetensors_file_round_trips(tmp_path):
     ms.save(ms.load(src), dst)
     a, b = pt_load_file(str(src)), pt_load_file(str(dst))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unusual_tensor_names_survive_both_ways(tmp_path):
+    sd = {"层.weight": torch.ones(2), "a/b:c": torch.zeros(1), "with space": torch.arange(3),
+          "__metadata__x": torch.ones(1)}
+    path = tmp_path / "names.safetensors"
+    ms.save(sd, path)
+    with safe_open(str(path), framework="pt") as f:
+        assert set(f.keys()) == set(sd)
+    back = ms.load(path)
+    assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    other = tmp_path / "st.safetensors"
+    pt_save_file(sd, str(other))
+    assert set(ms.load(other)) == set(sd)

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import CorruptCheckpointError
+from .errors import CorruptCheckpointError, ModelsafeError
 from .format.manifest import TensorRecord
 from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles
 from .tree import walk_refs
@@ -27,6 +27,7 @@ class Reader:
         self._buffers: dict[str | None, np.ndarray] | None = None
         self._verified: set[str] = set()
         self._keys: list[str] | None = None
+        self._closed = False
 
     # -- description ---------------------------------------------------------------
     @property
@@ -83,6 +84,8 @@ class Reader:
 
     # -- data ------------------------------------------------------------------------
     def _mapped(self) -> dict[str | None, np.ndarray]:
+        if self._closed:
+            raise ModelsafeError(f"{self.path}: this reader is closed; open the file again with ms.open", path=self.path)
         if self._buffers is None:
             self._buffers = self._source.buffers(lazy=True)
         return self._buffers
@@ -114,6 +117,7 @@ class Reader:
         return decode_tree(self._source, values, allow_pickle=allow_pickle, trusted=trusted)
 
     def close(self) -> None:
+        self._closed = True
         self._buffers = None
         self._source.close()
 
