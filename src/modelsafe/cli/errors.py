@@ -50,8 +50,10 @@ class CommandError(click.ClickException):
     def as_dict(self) -> dict[str, Any]:
         return {"error": self.kind, "message": self.message, "path": self.path, "key": self.key, "exit_code": self.exit_code}
 
+    as_json: bool | None = None  # set by ModelsafeGroup from the command's --json flag
+
     def show(self, file: Any = None) -> None:
-        if json_mode():
+        if self.as_json if self.as_json is not None else json_mode():
             click.echo(json.dumps(self.as_dict()), err=True)
         else:
             click.echo(f"error: {self.message}", err=True)
@@ -124,12 +126,16 @@ class ModelsafeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except CommandError as exc:
+            exc.as_json = json_mode(ctx)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, BrokenPipeError):
             raise
         except Exception as exc:
             translated = translate(exc)
             if translated is None:
                 raise
+            translated.as_json = json_mode(ctx)
             raise translated from exc
 
 

@@ -143,9 +143,9 @@ def _verify_checkpoint_dir(path: str, report: TargetReport, advance: Callable[[i
 
 
 def _finding(path: str, exc: BaseException, tensor: str | None) -> Finding:
+    """A finding about file ``path`` (the file being checked) from the error ``exc``."""
     key = getattr(exc, "key", None)
-    where = getattr(exc, "path", None) or getattr(exc, "filename", None) or path
-    return Finding(os.fspath(where), tensor if tensor is not None else key, str(exc), type(exc).__name__)
+    return Finding(os.fspath(path), tensor if tensor is not None else key, str(exc), type(exc).__name__)
 
 
 def _total_bytes(path: str) -> int:
