@@ -382,10 +382,11 @@ class StorageTable:
 
 
 def _hint(name: str) -> str:
-    if name.startswith(("torch.nn.", "torch.optim.")) or name.startswith("__main__."):
+    if name.startswith(("torch.nn.", "torch.optim.")):
         return ("The file pickles whole Python objects (torch.save(model) or similar); save model.state_dict() "
                 "/ optimizer.state_dict() with torch.save and convert that, or load it with torch in a sandbox")
-    return ""
+    return ("If the file is a whole pickled model or other Python object (torch.save(model)) and you trust it, "
+            "load it with torch in a sandbox, torch.save its state_dict(), and convert that")
 
 
 def _load_objects(data: bytes, source: str, storages: StorageTable | None) -> Any:

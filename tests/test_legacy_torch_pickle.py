@@ -1,0 +1,417 @@
+"""The allowlist torch reader against torch.load itself (the oracle, used only here in tests).
+
+Every object torch.save writes for tensors, state_dicts and checkpoints — zip and legacy
+layouts, pickle protocols 2/4/5 — must read back equal to ``torch.load(weights_only=True)``
+(bit for bit, same types, same storage sharing), without running code from the file.
+Hostile shapes of otherwise valid files (memory bombs, out-of-bounds views, cycles,
+reference bombs, TorchScript, whole pickled modules) are refused with our errors.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from legacy_craft import G, assemble, call, persid, tensor_expr, torch_legacy, torch_zip, tup
+from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError, UnsupportedObjectError
+from modelsafe.legacy import read_foreign
+from modelsafe.legacy.torch_pickle import load_torch_file
+
+PY = sys.executable
+
+
+# -- what torch.save writes ---------------------------------------------------------------
+
+class Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.head = torch.nn.Linear(12, 4)
+
+    def forward(self, x):
+        return self.head(self.norm(self.conv(x)).flatten(1))
+
+
+class Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.out = torch.nn.Linear(4, 10, bias=False)
+        self.out.weight = self.embed.weight
+
+
+def _checkpoint() -> dict:
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(5, 2, 4, 4)).square().mean().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 7, "loss": 0.4210}
+
+
+def _views() -> dict:
+    x = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    return {"x": x, "row": x[1], "col": x[:, 2], "t": x.t(), "flat": x.view(-1), "strided": x[::2, 1::3]}
+
+
+def _dtypes() -> dict:
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 5, generator=g)
+    out = {str(dt): base.to(dt) for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                           torch.complex64, torch.complex128)}
+    out.update({str(dt): (base * 50).to(dt) for dt in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)})
+    out["torch.bool"] = base > 0
+    return out
+
+
+def _edges() -> dict:
+    x = torch.randn(4, 6)
+    leaf = torch.randn(3).requires_grad_(True)
+    return {"scalar": torch.tensor(3.5), "empty": torch.empty(0, 3), "noncontig": x[:, ::2], "grad": leaf,
+            "int_scalar": torch.tensor(7), "nested": [(x[0], {"k": [torch.ones(2)]}), {1: "one", 2: None}],
+            "text": "hello", "blob": b"\x00\x01\xff", "flag": True, "nothing": None}
+
+
+CASES = {
+    "tensor": lambda: torch.randn(3, 4),
+    "state_dict": lambda: Net().state_dict(),
+    "checkpoint": _checkpoint,
+    "parameter": lambda: torch.nn.Parameter(torch.randn(3)),
+    "parameter_frozen": lambda: torch.nn.Parameter(torch.randn(3), requires_grad=False),
+    "views": _views,
+    "tied": lambda: Tied().state_dict(),
+    "dtypes": _dtypes,
+    "edges": _edges,
+}
+# layout name -> torch.save keyword arguments, and whether torch.load(weights_only=True) reads it
+LAYOUTS = {
+    "zip": ({}, True),
+    "legacy": ({"_use_new_zipfile_serialization": False}, True),
+    "zip-p4": ({"pickle_protocol": 4}, False),
+    "legacy-p5": ({"_use_new_zipfile_serialization": False, "pickle_protocol": 5}, False),
+}
+
+
+def saved(tmp_path, case: str, layout: str):
+    torch.manual_seed(0)
+    obj = CASES[case]()
+    kwargs, weights_only = LAYOUTS[layout]
+    path = tmp_path / f"{case}-{layout}.pt"
+    torch.save(obj, path, **kwargs)
+    return path, torch.load(path, weights_only=weights_only)  # the oracle: our own trusted file
+
+
+# -- comparing trees ------------------------------------------------------------------------
+
+def tensors_of(obj, out=None) -> list:
+    out = [] if out is None else out
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            tensors_of(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            tensors_of(v, out)
+    return out
+
+
+def assert_same(ours, oracle, where="obj"):
+    assert type(ours) is type(oracle), f"{where}: {type(ours)} != {type(oracle)}"
+    if isinstance(oracle, torch.Tensor):
+        assert ours.dtype == oracle.dtype and ours.shape == oracle.shape, where
+        assert ours.stride() == oracle.stride() and ours.storage_offset() == oracle.storage_offset(), where
+        assert ours.requires_grad == oracle.requires_grad, where
+        a, b = ours.detach(), oracle.detach()
+        assert torch.equal(a.reshape(-1).contiguous().view(torch.uint8) if a.numel() else a,
+                           b.reshape(-1).contiguous().view(torch.uint8) if b.numel() else b), f"{where}: values differ"
+    elif isinstance(oracle, dict):
+        assert list(ours) == list(oracle), where
+        for k in oracle:
+            assert_same(ours[k], oracle[k], f"{where}[{k!r}]")
+        assert getattr(ours, "_metadata", None) == getattr(oracle, "_metadata", None), f"{where}._metadata"
+    elif isinstance(oracle, (list, tuple)):
+        assert len(ours) == len(oracle), where
+        for i, (a, b) in enumerate(zip(ours, oracle)):
+            assert_same(a, b, f"{where}[{i}]")
+    else:
+        assert ours == oracle, where
+
+
+def sharing(tensors) -> set:
+    """Pairs (i, j) of tensors over the same storage."""
+    ptrs = [t.untyped_storage().data_ptr() if t.numel() else None for t in tensors]
+    return {(i, j) for i in range(len(ptrs)) for j in range(i + 1, len(ptrs)) if ptrs[i] is not None and ptrs[i] == ptrs[j]}
+
+
+# -- equality with torch.load -----------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_reads_what_torch_load_reads(tmp_path, case, layout):
+    path, oracle = saved(tmp_path, case, layout)
+    ours = load_torch_file(path)
+    assert_same(ours, oracle)
+    assert sharing(tensors_of(ours)) == sharing(tensors_of(oracle))
+
+
+def test_tied_weights_share_one_storage(tmp_path):
+    path, _ = saved(tmp_path, "tied", "zip")
+    sd = load_torch_file(path)
+    assert sd["embed.weight"].data_ptr() == sd["out.weight"].data_ptr()
+    sd["embed.weight"][0, 0] = 123.0
+    assert sd["out.weight"][0, 0] == 123.0
+
+
+def test_views_share_their_base(tmp_path):
+    path, _ = saved(tmp_path, "views", "legacy")
+    views = load_torch_file(path)
+    views["x"][1, 2] = -1.0
+    assert views["row"][2] == -1.0 and views["col"][1] == -1.0 and views["t"][2, 1] == -1.0
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_numpy_output_without_torch_tensors(tmp_path, layout):
+    path, oracle = saved(tmp_path, "dtypes", layout)
+    ours = load_torch_file(path, framework="numpy")
+    for name, t in oracle.items():
+        arr = ours[name]
+        assert isinstance(arr, np.ndarray), name
+        assert arr.shape == tuple(t.shape)
+        expected = t.view(torch.int16).numpy().view(arr.dtype) if t.dtype == torch.bfloat16 else t.numpy()
+        assert np.array_equal(arr, expected), name
+
+
+def test_unsigned_dtypes_of_the_zip_layout(tmp_path):
+    obj = {str(dt): torch.arange(5).to(dt) for dt in (torch.uint16, torch.uint32, torch.uint64)}
+    path = tmp_path / "u.pt"
+    torch.save(obj, path)
+    assert_same(load_torch_file(path), torch.load(path, weights_only=True))
+
+
+def test_non_tensor_values_torch_allows(tmp_path):
+    obj = {"size": torch.Size([2, 3]), "dtype": torch.bfloat16, "device": torch.device("cpu"), "set": {1, 2},
+           "frozen": frozenset({"a"}), "slice": slice(1, 9, 2), "complex": 1 + 2j, "od": collections.OrderedDict(a=1),
+           "ba": bytearray(b"xy")}
+    for kwargs in ({}, {"_use_new_zipfile_serialization": False}, {"pickle_protocol": 4}):
+        path = tmp_path / "misc.pt"
+        torch.save(obj, path, **kwargs)
+        ours = load_torch_file(path)
+        assert ours == obj and type(ours["size"]) is torch.Size and type(ours["od"]) is collections.OrderedDict
+
+
+def test_big_endian_zip_files_are_swapped(tmp_path):
+    obj = {"f": torch.randn(3, 2), "h": torch.randn(4).half(), "c": torch.randn(2, dtype=torch.complex64),
+           "i": torch.arange(5), "b": torch.tensor([True, False])}
+    little = tmp_path / "little.pt"
+    torch.save(obj, little)
+    big = tmp_path / "big.pt"
+    with zipfile.ZipFile(little) as src, zipfile.ZipFile(big, "w") as dst:
+        dtypes_by_key = {}
+        pkl = next(n for n in src.namelist() if n.endswith("data.pkl"))
+        ours = load_torch_file(little)
+        for name, t in ours.items():  # which record holds which dtype: match by bytes
+            for n in src.namelist():
+                if "/data/" in n and src.read(n) == t.numpy().tobytes():
+                    dtypes_by_key[n] = t.numpy().dtype
+        for n in src.namelist():
+            data = src.read(n)
+            if n.endswith("byteorder"):
+                data = b"big"
+            elif n in dtypes_by_key:
+                dt = dtypes_by_key[n]
+                data = np.frombuffer(data, dt).astype(dt.newbyteorder(">")).tobytes()
+            dst.writestr(n, data)
+        assert pkl
+    found = read_foreign(big)
+    assert any("big-endian" in note for note in found.notes)
+    assert_same(found.tree, obj)
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+def test_torchscript_archives_are_refused(tmp_path):
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    with pytest.raises(UnsafeObjectError, match="TorchScript") as exc:
+        load_torch_file(path)
+    assert str(path) in str(exc.value)
+
+
+def test_whole_pickled_modules_are_refused_with_advice(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(Net(), path)
+    with pytest.raises(UnsafeObjectError, match=r"test_legacy_torch_pickle\.Net|torch\.nn") as exc:
+        load_torch_file(path)
+    assert "state_dict" in str(exc.value)
+
+
+def test_plain_pickles_of_plain_values_read(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"lr": 0.1, "steps": [1, 2], "name": "x"}, protocol=2))
+    assert load_torch_file(path) == {"lr": 0.1, "steps": [1, 2], "name": "x"}
+
+
+FLOATS = np.arange(4, dtype=np.float32).tobytes()
+
+
+def _zip_with(tmp_path, expr, records=None, protocol=2):
+    data, _ = assemble(expr, protocol)
+    path = tmp_path / "crafted.pt"
+    torch_zip(path, data, {"0": FLOATS} if records is None else records)
+    return path
+
+
+@pytest.mark.parametrize(
+    "expr, match",
+    [
+        ({"w": tensor_expr("0", 4, shape=(5,))}, "reaches element"),                       # view past the end
+        ({"w": tensor_expr("0", 4, shape=(2, 2), stride=(3, 1))}, "reaches element"),
+        ({"w": tensor_expr("0", 4, offset=1)}, "reaches element"),
+        ({"w": tensor_expr("0", 4, shape=(-1,))}, "negative"),
+        ({"w": tensor_expr("1", 4)}, "missing"),                                            # no such record
+        ({"w": tensor_expr("0", 5)}, "declares 5 x float32"),                               # record too small
+        ({"w": tensor_expr("../0", 4)}, "not valid"),
+        ({"w": tensor_expr("0", 4, storage="DoubleStorage")}, "declares 4 x float64"),
+        ({"w": call(G("torch._utils", "_rebuild_tensor_v2"), persid(tup("storage", "notatype", "0", "cpu", 4)), 0,
+                    tup(4), tup(1), False, call(G("collections", "OrderedDict")))}, "not a storage type"),
+        ({"w": call(G("torch._utils", "_rebuild_tensor_v2"), persid(tup("weird", 1)), 0, tup(4), tup(1), False,
+                    None)}, "unknown persistent id"),
+        ({"w": call(G("torch._utils", "_rebuild_tensor_v2"), "notastorage", 0, tup(4), tup(1), False, None)},
+         "not a storage"),
+        ({"b": call(G("_codecs", "encode"), "x", "rot13")}, "latin-1 bytes only"),
+        ({"s": call(G("builtins", "set"), 5)}, "set needs a list"),
+    ],
+)
+def test_hostile_but_allowlisted_constructs_are_refused(tmp_path, expr, match):
+    path = _zip_with(tmp_path, expr)
+    with pytest.raises(CorruptCheckpointError, match=match) as exc:
+        load_torch_file(path)
+    assert str(path) in str(exc.value)
+
+
+def test_unsupported_tensor_kinds_say_what_to_do(tmp_path):
+    path = tmp_path / "sparse.pt"
+    torch.save({"s": torch.eye(3).to_sparse()}, path)
+    with pytest.raises(UnsupportedObjectError, match="sparse"):
+        load_torch_file(path)
+    path = tmp_path / "q.pt"
+    torch.save({"q": torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)}, path)
+    with pytest.raises(UnsupportedObjectError, match="quantized"):
+        load_torch_file(path)
+
+
+def test_extension_opcodes_are_refused_before_unpickling(tmp_path):
+    path = tmp_path / "ext.pkl"
+    path.write_bytes(b"\x80\x02\x82\x01.")  # EXT1 code 1
+    with pytest.raises(UnsafeObjectError, match="EXT1"):
+        load_torch_file(path)
+
+
+def test_reference_cycles_and_reference_bombs_are_refused(tmp_path):
+    path = tmp_path / "cycle.pkl"
+    path.write_bytes(b"\x80\x02]q\x00h\x00a.")  # l = []; l.append(l)
+    with pytest.raises(CorruptCheckpointError, match="cycle"):
+        load_torch_file(path)
+    # t_i = (t_{i-1}, t_{i-1}), 64 levels: 129 objects in memory, 2**65 nodes once expanded
+    bomb = bytearray(b"\x80\x02]q\x000")
+    for i in range(1, 65):
+        bomb += b"h" + bytes([i - 1]) + b"h" + bytes([i - 1]) + b"\x86q" + bytes([i]) + b"0"
+    bomb += b"h" + bytes([64]) + b"."
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(bytes(bomb))
+    with pytest.raises(CorruptCheckpointError, match="expand to"):
+        load_torch_file(path)
+
+
+def test_broadcast_views_cannot_expand_into_a_memory_bomb(tmp_path):
+    expr = {"w": tensor_expr("0", 1, storage="FloatStorage", shape=(1 << 20, 1 << 20), stride=(0, 0))}
+    path = _zip_with(tmp_path, expr, records={"0": FLOATS[:4]})
+    with pytest.raises(CorruptCheckpointError, match="memory bomb"):
+        load_torch_file(path)
+    small = _zip_with(tmp_path, {"w": tensor_expr("0", 1, shape=(3, 2), stride=(0, 0))}, records={"0": FLOATS[:4]})
+    assert torch.equal(load_torch_file(small)["w"], torch.zeros(3, 2))  # a modest expand() still reads
+
+
+_BOMB_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys, json
+    import numpy as np, torch
+    from modelsafe.legacy.torch_pickle import load_torch_file
+    from modelsafe.errors import ModelsafeError
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize"))
+    limit = vm + (512 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    try:
+        np.empty(8 << 30, np.uint8)      # the limit is real: 8 GiB cannot be had
+        control = "allocated"
+    except MemoryError:
+        control = "refused"
+    out = {"control": control}
+    for path in sys.argv[1:]:
+        try:
+            load_torch_file(path)
+            out[path] = "loaded"
+        except ModelsafeError as exc:
+            out[path] = type(exc).__name__ + ": " + str(exc)
+        except MemoryError:
+            out[path] = "MemoryError"
+    print(json.dumps(out))
+    """
+)
+
+
+def test_memory_bombs_are_refused_before_allocating(tmp_path):
+    """Tiny files declaring gigabytes, in both layouts, under RLIMIT_AS in a subprocess."""
+    huge = 4 << 30  # elements: 16 GiB of float32
+    zip_bomb = tmp_path / "zipbomb.pt"
+    data, _ = assemble({"w": tensor_expr("0", huge)}, 2)
+    torch_zip(zip_bomb, data, {"0": FLOATS})
+    legacy_bomb = tmp_path / "legacybomb.pt"
+    data, _ = assemble({"w": tensor_expr("0", huge, legacy=True)}, 2)
+    torch_legacy(legacy_bomb, data, [("0", huge, FLOATS)])
+    legacy_count_bomb = tmp_path / "legacycount.pt"  # pickle and count agree, the bytes are not there
+    data, _ = assemble({"w": tensor_expr("0", 1 << 31, storage="ByteStorage", legacy=True)}, 2)
+    torch_legacy(legacy_count_bomb, data, [("0", 1 << 31, b"\0" * 16)])
+    for p in (zip_bomb, legacy_bomb, legacy_count_bomb):
+        assert os.path.getsize(p) < 2048
+    script = tmp_path / "bomb.py"
+    script.write_text(_BOMB_SCRIPT)
+    proc = subprocess.run([PY, str(script), str(zip_bomb), str(legacy_bomb), str(legacy_count_bomb)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["control"] == "refused"
+    for p in (zip_bomb, legacy_bomb, legacy_count_bomb):
+        assert out[str(p)].startswith("CorruptCheckpointError") and "before allocating" in out[str(p)], out[str(p)]
+
+
+def test_damaged_files_are_corrupt_not_crashes(tmp_path):
+    path, _ = saved(tmp_path, "checkpoint", "legacy")
+    blob = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for cut in sorted(set(rng.integers(1, len(blob), 40).tolist())):
+        damaged = tmp_path / "cut.pt"
+        damaged.write_bytes(blob[:cut])
+        with pytest.raises((CorruptCheckpointError, UnsafeObjectError)):
+            load_torch_file(damaged)
+    zpath, _ = saved(tmp_path, "state_dict", "zip")
+    zblob = zpath.read_bytes()
+    for cut in sorted(set(rng.integers(1, len(zblob), 20).tolist())):
+        damaged = tmp_path / "zcut.pt"
+        damaged.write_bytes(zblob[:cut])
+        with pytest.raises(CorruptCheckpointError):
+            load_torch_file(damaged)
