@@ -54,7 +54,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 def demo(directory: str | None) -> None:
-    """A short tour: save and load the everyday objects, then catch a corrupted file."""
+    """The main job in seconds: train with checkpoints, get killed mid-save, resume, list, export the best."""
     from .demo import run_demo
 
     run_demo(directory)
