@@ -54,6 +54,8 @@ _CHILD = textwrap.dedent(
                 ms.load(path)
             elif mode == "load_noverify":
                 ms.load(path, verify=False)
+            elif mode == "allocate":  # self-test of the cap
+                np.ones(case["bytes"], np.uint8)
             else:
                 with ms.open(path) as reader:
                     for key in reader.keys():
@@ -109,6 +111,14 @@ def assert_corrupt(result: dict, path, key=None, what: str = "") -> None:
     if key is not None:
         assert result["key"] == key, f"{what}: error key {result['key']!r}, expected {key!r}: {result['msg']}"
         assert repr(key) in result["msg"] or key in result["msg"]
+
+
+def test_the_address_space_cap_is_real():
+    """A hostile load that allocated what its header declares would fail here, not swap the machine."""
+    ok, capped = run_capped([{"path": "", "mode": "allocate", "bytes": 64 << 20},
+                             {"path": "", "mode": "allocate", "bytes": 2 * HEADROOM}])
+    assert ok == {"ok": True}
+    assert capped["type"] == "MemoryError"
 
 
 @pytest.fixture(scope="module")
