@@ -30,6 +30,13 @@ def test_demo_runs_the_main_job(tmp_path):
     assert not [n for n in os.listdir(tmp_path / "run") if n.startswith(".") and "modelsafe-" in n and "tmp" in n]
     best = ck.best()
     assert f"exported {best.name}" in out
+    with pytest.raises(ms.UnknownClassError, match="modelsafe.demo.Regressor"):
+        ms.load(tmp_path / "best-model.safetensors")  # nothing runs unless the class is registered
+    import torch
+
+    from modelsafe.cli.demo import _define_model
+
+    _define_model(torch)  # what `import` of the user's model module does
     model = ms.load(tmp_path / "best-model.safetensors")
     assert type(model).__name__ == "Regressor"
     with ms.open(tmp_path / "best-model.safetensors") as r:
