@@ -101,7 +101,8 @@ def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
         for key in ("keep_last", "keep_best"):
             if settings.get(key) is not None:
                 facts.append(f"{key}={settings[key]}")
-        checkpoint_table(infos, best=best, latest=latest, title=f"{path}  ({', '.join(facts)})").render()
+        say(f"[bold]{escape(path)}[/bold]  {escape(', '.join(facts))}")
+        checkpoint_table(infos, best=best, latest=latest).render()
     for parent in settings.get("lineage") or []:
         if isinstance(parent, dict):
             say(f"forked from {escape(parent.get('run'))}@{escape(parent.get('checkpoint'))} (step {escape(parent.get('step'))})")
