@@ -43,6 +43,7 @@ class ConvertSummary:
     file_bytes: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # values plain safetensors could not hold (dotted names)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -122,10 +123,9 @@ def _lower_tree(obj: Any, notes: list[str]) -> Any:
 
 # -- plain safetensors -------------------------------------------------------------------------
 
-def _flat_tensors(obj: Any, notes: list[str]) -> dict[str, Any]:
+def _flat_tensors(obj: Any, notes: list[str], dropped: list[str]) -> dict[str, Any]:
     """name -> tensor with dotted names (``model.0.weight``), as state_dict keys are spelled."""
     out: dict[str, Any] = {}
-    dropped: list[str] = []
 
     def walk(value: Any, prefix: str) -> None:
         if adapter_for_type(type(value)) is not None:
@@ -186,7 +186,8 @@ def _count_tensors(obj: Any) -> tuple[int, int]:
         fl.flatten(obj)
     except UnsupportedObjectError:
         return 0, 0
-    return len(fl.leaves), sum(leaf.nbytes for leaf in fl.leaves)
+    tensors = [leaf for leaf in fl.leaves if leaf.kind == "tensor"]
+    return len(tensors), sum(leaf.nbytes for leaf in tensors)
 
 
 def convert(
@@ -225,6 +226,7 @@ def convert(
     started = time.perf_counter()
     found = read_foreign(src, framework=framework)
     notes = list(found.notes)
+    left_out: list[str] = []
     if to == "modelsafe":
         tree = _lower_tree(found.tree, notes)
         from .api import save
@@ -234,11 +236,12 @@ def convert(
         save(tree, dst, metadata=meta)
         count, nbytes = _count_tensors(tree)
     else:
-        tensors = _flat_tensors(found.tree, notes)
+        tensors = _flat_tensors(found.tree, notes, left_out)
         count = len(tensors)
         nbytes, _ = _write_safetensors(tensors, dst, notes)
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
         file_bytes=os.path.getsize(dst), seconds=round(time.perf_counter() - started, 6), notes=notes,
+        left_out=left_out,
     )
 
