@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +27,7 @@ import xxhash
 from . import sources
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 from .format import checksum, manifest as manifest_mod
+from .format.container import MANIFEST_KEY
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
 from .format.writer import write_file
@@ -97,12 +99,19 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
                 size = write_file(f, shard)
         except OSError as exc:
             raise _with_file(exc, path) from exc
-        with FileSource(path) as written:
-            for record in written.records.values():
-                checksums[record.name] = record.checksum
-                placement[record.name] = name
+        checksums.update(_written_checksums(path))
+        placement.update((leaf.name, name) for leaf in group)
         shards.append({"file": name, "size": size})
     return checksums, placement, shards
+
+
+def _written_checksums(path: str) -> dict[str, str]:
+    """name -> xxh3 from the header of a shard we just wrote (its manifest; no re-validation)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    tensors = json.loads(header["__metadata__"][MANIFEST_KEY])["tensors"]
+    return {name: entry["xxh3"] for name, entry in tensors.items()}
 
 
 def _with_file(exc: OSError, path: str) -> OSError:

@@ -161,7 +161,8 @@ class Checkpoints:
         return f"<modelsafe.Checkpoints {self.directory!r} keep_last={self.keep_last} keep_best={self.keep_best}>"
 
     # -- listing -----------------------------------------------------------------------
-    def _info(self, name: str) -> CheckpointInfo | None:
+    def _info(self, name: str, manifest: dict | None = None) -> CheckpointInfo | None:
+        """Info of committed checkpoint ``name`` from its manifest (cached; ``manifest`` if just written)."""
         path = os.path.join(self._storage.checkpoint_path(name), MANIFEST)
         try:
             st = os.stat(path)
@@ -171,6 +172,10 @@ class Checkpoints:
         cached = self._cache.get(name)
         if cached is not None and cached[0] == signature:
             return cached[1]
+        if manifest is not None:
+            info = _info_from_manifest(manifest, name, os.path.dirname(path), st.st_size)
+            self._cache[name] = (signature, info)
+            return info
         data = self._storage.read_manifest(name)
         info = None
         if data is not None:
@@ -355,7 +360,8 @@ class Checkpoints:
                 action = f"writing {os.path.relpath(where, staging)}" if where else "saving the checkpoint"
                 raise storage_error(self._storage.path(name), action, exc) from exc
             raise
-        info = self._info(name)
+        with self._scan_lock:
+            info = self._info(name, manifest)
         if info is None:  # pragma: no cover - we just committed it
             raise ModelsafeError(f"{path}: internal error: the committed checkpoint cannot be read back", path=path)
         self._prune()
