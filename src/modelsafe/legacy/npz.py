@@ -58,12 +58,20 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 _declared_nbytes(z, info, path)
+        notes: list[str] = []
+        tree: dict[str, Any] = {}
         with np.load(path, allow_pickle=False) as archive:
-            tree: dict[str, Any] = {name: archive[name] for name in archive.files}
+            for name in archive.files:
+                arr = archive[name]
+                if arr.dtype.kind not in "biufc":
+                    notes.append(f"{name}: {arr.dtype} array is not a tensor (numpy writes bfloat16/float8 arrays "
+                                 "as raw void records, losing their type); left out")
+                    continue
+                tree[name] = arr
     except zipfile.BadZipFile as exc:
         raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({exc})", path=path) from None
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
         raise CorruptCheckpointError(f"{path}: a member could not be read ({exc})", path=path) from None
-    return ForeignFile(path, "npz", arrays_as(tree, options.framework if options else None), [])
+    return ForeignFile(path, "npz", arrays_as(tree, options.framework if options else None), notes)
