@@ -48,32 +48,43 @@ class TorchAdapter:
         return issubclass(tp, torch.Tensor)
 
     def describe(self, obj: torch.Tensor) -> TensorInfo:
+        if obj.layout is not torch.strided or obj.is_quantized or obj.is_meta:
+            self._refuse(obj)
+        name = _NAMES.get(obj.dtype)
+        if name is None:
+            raise UnsupportedObjectError(f"torch dtype {obj.dtype} is not supported by the format")
+        attrs: dict[str, Any] = {}
+        tp = type(obj)
+        if tp is not torch.Tensor and isinstance(obj, torch.nn.Parameter):
+            attrs["parameter"] = True
+            if not obj.requires_grad:
+                attrs["requires_grad"] = False
+        elif obj.requires_grad:
+            attrs["requires_grad"] = True
+        if not obj.is_cpu:
+            attrs["device"] = str(obj.device)
+        shape = tuple(obj.shape)
+        identity = None
+        if obj.numel():
+            identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device)
+        return TensorInfo(name, shape, identity, attrs)
+
+    @staticmethod
+    def _refuse(obj: torch.Tensor) -> None:
         if obj.layout != torch.strided:
             raise UnsupportedObjectError(
                 f"torch tensors with layout {obj.layout} are not stored; convert with .to_dense() first"
             )
         if obj.is_quantized:
             raise UnsupportedObjectError("quantized torch tensors are not stored; dequantize() first or use allow_pickle=True")
-        if obj.device.type == "meta":
-            raise UnsupportedObjectError("meta tensors hold no data; materialize the tensor before saving")
-        name = _NAMES.get(obj.dtype)
-        if name is None:
-            raise UnsupportedObjectError(f"torch dtype {obj.dtype} is not supported by the format")
-        attrs: dict[str, Any] = {}
-        if isinstance(obj, torch.nn.Parameter):
-            attrs["parameter"] = True
-            if not obj.requires_grad:
-                attrs["requires_grad"] = False
-        elif obj.requires_grad:
-            attrs["requires_grad"] = True
-        if obj.device.type != "cpu":
-            attrs["device"] = str(obj.device)
-        identity = None
-        if obj.numel():
-            identity = ("torch", obj.data_ptr(), obj.dtype, tuple(obj.shape), obj.stride(), obj.device)
-        return TensorInfo(name, tuple(obj.shape), identity, attrs)
+        raise UnsupportedObjectError("meta tensors hold no data; materialize the tensor before saving")
 
     def host_bytes(self, obj: torch.Tensor) -> memoryview:
+        if (  # the common case, checked cheaply: a dense CPU tensor numpy can view without a copy
+            obj.is_cpu and not obj.requires_grad and obj.dtype in _NUMPY_COMPATIBLE and obj.is_contiguous()
+            and obj.dim() and obj.numel() and not obj.is_conj() and not obj.is_neg()
+        ):
+            return memoryview(obj.numpy()).cast("B")
         t = obj.detach()
         if t.device.type != "cpu":
             t = t.to("cpu")

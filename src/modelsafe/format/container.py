@@ -72,6 +72,11 @@ def build_header(entries: list[tuple[str, str, list[int], int, int]], metadata: 
     return blob
 
 
+def reseal(blob: bytes) -> bytes:
+    """``blob``, a header that build_header sealed, with its seal recomputed after an edit in place."""
+    return _seal(blob)
+
+
 def _seal(blob: bytes) -> bytes:
     match = _HEADER_CHECKSUM_RE.search(blob)
     assert match is not None

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import mmap
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,16 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageErr
 from . import checksum, manifest as manifest_mod
 from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
 from .manifest import TensorRecord
+
+
+# Whole-file loads map the file instead of reading it where a mapped file can still be
+# replaced (POSIX): no copy, memory shared with the page cache, and since every save
+# renames a new file into place, the bytes of a mapped file never change under it.
+# On Windows a mapped file cannot be replaced by a later save, so loads read there.
+MAP_WHOLE_LOADS = os.name == "posix"
+_MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None
+# Python 3.13+ can map without keeping a duplicate descriptor open per mapping
+_MMAP_OPTIONS = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def default_foreign_framework() -> str:
@@ -87,15 +98,24 @@ class FileSource:
             done += n
         return buf
 
-    def map_data(self) -> np.ndarray:
-        """The data section as a private copy-on-write memory map (zero-copy, lazy)."""
+    def map_data(self, *, will_need: bool = False) -> np.ndarray:
+        """The data section as a private copy-on-write memory map (zero-copy, lazy).
+
+        ``will_need`` asks the kernel to start reading the whole file ahead (for loads
+        that touch every byte).  Writes to the returned memory never reach the file.
+        """
         if self.file_size == self.data_start:
             return np.empty(0, dtype=np.uint8)
-        mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY)
+        mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY, **_MMAP_OPTIONS)
+        if will_need and _MADV_WILLNEED is not None:
+            mm.madvise(_MADV_WILLNEED)
         return np.frombuffer(mm, dtype=np.uint8, offset=self.data_start)
 
     def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]:
-        return {None: self.map_data() if lazy else self.read_data()}
+        """The data section: mapped (lazy, or whole loads where mapping is safe), else read."""
+        if lazy or MAP_WHOLE_LOADS:
+            return {None: self.map_data(will_need=not lazy)}
+        return {None: self.read_data()}
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         if record.checksum is None:

@@ -1,34 +1,53 @@
 """Write one flattened tree as a single safetensors-compatible file, streaming.
 
 Tensors are laid out by falling element size so each one is naturally aligned
-(zero-copy views on load), written straight from the tensor's memory (no
-whole-file copy), hashed as they go, and the header — fixed-width checksums
-included — is rewritten in place once every checksum is known.
+(zero-copy views on load) and written straight from the tensor's memory (no
+whole-file copy).  Large payloads are hashed on a second thread while they are
+written (xxhash and file writes both release the GIL); small ones inline.
+
+The header is built once, with a random 16-hex-digit token in place of each
+checksum, and written first.  Once every payload is written its checksums are
+patched over the tokens (checksums are fixed-width, so no offset moves), the header
+seal is recomputed and the header is rewritten in place.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from ..errors import ModelsafeError, UnsupportedObjectError
+from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
-from .container import HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_header
+from .container import HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_header, reseal
 from .dtypes import BY_NAME
 
 _FORMAT_TAGS = {"torch": "pt", "numpy": "np", "tensorflow": "tf", "jax": "flax", "mxnet": "mx"}
+_ITEMSIZE = {name: dt.itemsize for name, dt in BY_NAME.items()}
+
+HASH_BESIDE_WRITE_BYTES = 1 << 20  # payloads this large are hashed on a second thread while written
+MAX_PENDING_HASHES = 2             # large payloads kept alive only until their hash is done
+# how a checksum token is preceded inside the header: the manifest is a JSON string there
+_TOKEN_CONTEXT = b'\\"xxh3\\":\\"'
+
+
+def payload_size(leaf: Any) -> int:
+    return _ITEMSIZE[leaf.info.dtype] * math.prod(leaf.info.shape)
 
 
 def plan_layout(leaves: list) -> list[tuple[Any, int, int]]:
     """(leaf, begin, end) in file order: larger element sizes first, so every offset is aligned."""
-    ordered = sorted(leaves, key=lambda leaf: -BY_NAME[leaf.info.dtype].itemsize)
+    ordered = sorted(leaves, key=lambda leaf: -_ITEMSIZE[leaf.info.dtype])
     position = 0
     layout = []
     for leaf in ordered:
-        size = leaf.nbytes
-        layout.append((leaf, position, position + size))
-        position += size
+        end = position + payload_size(leaf)
+        layout.append((leaf, position, end))
+        position = end
     return layout
 
 
@@ -56,28 +75,86 @@ def _header(layout, fl, metadata_node, user_metadata, checksums) -> bytes:
     return build_header(entries, _header_metadata(manifest, user_metadata))
 
 
+def _placeholder_tokens(count: int) -> list[str]:
+    """Distinct random 16-hex-digit stand-ins for checksums, one per payload."""
+    while True:
+        text = os.urandom(8 * count).hex()
+        tokens = [text[i : i + 16] for i in range(0, 16 * count, 16)]
+        if len(set(tokens)) == count:
+            return tokens
+
+
+def _patch_checksums(header: bytes, tokens: list[str], checksums: list[str]) -> bytes | None:
+    """``header`` with each token replaced by its checksum and the seal recomputed; None if a token is not found.
+
+    Tokens appear in the manifest in payload order, each right after ``"xxh3":"``.
+    """
+    out = bytearray(header)
+    position = 0
+    for token, value in zip(tokens, checksums):
+        position = header.find(token.encode("ascii"), position)
+        if position < 0 or header[position - len(_TOKEN_CONTEXT) : position] != _TOKEN_CONTEXT:
+            return None
+        out[position : position + 16] = value.encode("ascii")
+        position += 16
+    return reseal(bytes(out))
+
+
+def _payload(leaf: Any, size: int) -> memoryview:
+    try:
+        data = leaf.host_bytes()
+    except ModelsafeError:
+        raise
+    except Exception as exc:
+        raise UnsupportedObjectError(f"cannot read the bytes of {leaf.path}: {exc}", key=leaf.path) from exc
+    if data.nbytes != size:
+        raise UnsupportedObjectError(
+            f"{leaf.path} changed size while it was being saved ({size} bytes expected, {data.nbytes} found); "
+            "do not modify tensors during ms.save",
+            key=leaf.path,
+        )
+    return data
+
+
+def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str]:
+    """Write every payload in layout order; return their checksums in the same order."""
+    checksums: list[Any] = [None] * len(layout)
+    pending: deque[tuple[int, Future]] = deque()
+    executor: ThreadPoolExecutor | None = None
+    try:
+        for index, (leaf, begin, end) in enumerate(layout):
+            data = _payload(leaf, end - begin)
+            if end - begin >= HASH_BESIDE_WRITE_BYTES:
+                if executor is None:
+                    executor = ThreadPoolExecutor(1, thread_name_prefix="modelsafe-hash")
+                pending.append((index, executor.submit(checksum.digest, data)))
+                f.write(data)
+                while len(pending) > MAX_PENDING_HASHES:
+                    done, future = pending.popleft()
+                    checksums[done] = future.result()
+            else:
+                checksums[index] = checksum.digest(data)
+                f.write(data)
+        for done, future in pending:
+            checksums[done] = future.result()
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True)
+    return checksums
+
+
 def write_file(f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None) -> int:
     """Write flattened tree ``fl`` to the open binary file ``f`` (at offset 0); returns bytes written."""
-    layout = plan_layout(fl.leaves)
-    header = _header(layout, fl, metadata_node, user_metadata, {})
+    with gc_paused():
+        layout = plan_layout(fl.leaves)
+        tokens = _placeholder_tokens(len(layout))
+        header = _header(layout, fl, metadata_node, user_metadata, {leaf.name: t for (leaf, _, _), t in zip(layout, tokens)})
     f.write(header)
-    checksums: dict[str, str] = {}
-    for leaf, begin, end in layout:
-        try:
-            data = leaf.host_bytes()
-        except ModelsafeError:
-            raise
-        except Exception as exc:
-            raise UnsupportedObjectError(f"cannot read the bytes of {leaf.path}: {exc}", key=leaf.path) from exc
-        if data.nbytes != end - begin:
-            raise UnsupportedObjectError(
-                f"{leaf.path} changed size while it was being saved ({end - begin} bytes expected, {data.nbytes} found); "
-                "do not modify tensors during ms.save",
-                key=leaf.path,
-            )
-        checksums[leaf.name] = checksum.digest(data)
-        f.write(data)
-    final = _header(layout, fl, metadata_node, user_metadata, checksums)
+    checksums = _write_payloads(f, layout)
+    with gc_paused():
+        final = _patch_checksums(header, tokens, checksums)
+        if final is None:  # pragma: no cover - random tokens are always found; rebuild to be safe
+            final = _header(layout, fl, metadata_node, user_metadata, {leaf.name: c for (leaf, _, _), c in zip(layout, checksums)})
     if len(final) != len(header):  # pragma: no cover - fixed-width checksums make this impossible
         raise ModelsafeError("internal error: header length changed while writing")
     f.flush()

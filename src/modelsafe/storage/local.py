@@ -14,6 +14,7 @@ import secrets
 from typing import BinaryIO, Iterator
 
 from ..errors import ModelsafeError, StorageError
+from .writeback import WritebackFile
 
 TMP_MARK = ".modelsafe-tmp-"
 WRITE_BUFFER = 4 << 20
@@ -99,7 +100,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
         raise storage_error(path, "creating a temporary file", exc) from exc
-    f = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
+    f = WritebackFile(fd, buffering=WRITE_BUFFER)  # the disk starts while the file is being written
     try:
         yield f
         f.flush()
