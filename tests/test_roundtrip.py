@@ -317,6 +317,21 @@ def test_same_tensor_twice_and_views_of_one_storage(tmp_path):
     assert_same(obj, back)
 
 
+def test_views_with_other_values_or_types_are_not_tied(tmp_path):
+    """Same memory but different values (conj/neg views) or types (Parameter vs tensor) are not ties."""
+    z = torch.tensor([1 + 2j, 3 - 1j])
+    x = torch.tensor([1.0, -2.0])
+    p = torch.nn.Parameter(torch.ones(2))
+    obj = {"z": z, "zc": z.conj(), "x": x, "xn": x._neg_view(), "p": p, "p_again": p, "p_data": p.data,
+           "p_detached": p.detach()}
+    back = roundtrip(obj, tmp_path / "views.safetensors")
+    assert back["zc"].tolist() == [1 - 2j, 3 + 1j] and back["z"].tolist() == [1 + 2j, 3 - 1j]
+    assert back["xn"].tolist() == [-1.0, 2.0] and back["x"].tolist() == [1.0, -2.0]
+    assert back["p_again"] is back["p"] and type(back["p"]) is torch.nn.Parameter
+    assert type(back["p_data"]) is torch.Tensor and type(back["p_detached"]) is torch.Tensor
+    assert not back["p_data"].requires_grad
+
+
 def test_parameters_and_requires_grad_are_preserved(tmp_path):
     obj = {
         "param": torch.nn.Parameter(torch.ones(2)),

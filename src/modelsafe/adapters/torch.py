@@ -66,7 +66,10 @@ class TorchAdapter:
         shape = tuple(obj.shape)
         identity = None
         if obj.numel():
-            identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device)
+            # conj/neg views read the same memory with different values; a Parameter and a plain
+            # tensor over the same memory come back as different types: none of these are ties
+            identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device, obj.is_conj(),
+                        obj.is_neg(), type(obj), obj.requires_grad)
         return TensorInfo(name, shape, identity, attrs)
 
     @staticmethod
