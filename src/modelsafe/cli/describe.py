@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from .output import jsonable
 
 
-@dataclass(slots=True)
-class TensorRow:
+class TensorRow(NamedTuple):
+    """One row of the tensor table (a tuple: cheap to make 100,000 of)."""
+
     name: str
     dtype: str
     shape: tuple[int, ...]
@@ -26,7 +27,7 @@ class TensorRow:
     framework: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "bytes": self.nbytes, "kind": self.kind}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": self.shape, "bytes": self.nbytes, "kind": self.kind}
         if self.tied_to is not None:
             out["tied_to"] = self.tied_to
         if self.file is not None:
@@ -83,10 +84,11 @@ class Description:
             "totals": {"tensors": sum(1 for t in self.tensors if t.tied_to is None), "names": len(self.tensors), "bytes": self.total_bytes},
         })
         default = self.framework
-        document["tensors"] = [  # str, int and lists of int only
-            {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "bytes": t.nbytes, "kind": t.kind}
-            if t.tied_to is None and t.file is None and t.framework == default else t.as_dict()
+        document["tensors"] = [  # str, int and tuples of int only (json writes tuples as arrays)
+            {"name": name, "dtype": dtype, "shape": shape, "bytes": nbytes, "kind": kind}
+            if tied_to is None and file is None and framework == default else t.as_dict()
             for t in self.tensors
+            for name, dtype, shape, nbytes, kind, tied_to, file, framework in (t,)
         ]
         return document
 
@@ -117,7 +119,12 @@ def describe(reader: Any) -> Description:
     if aliases:
         rows = [_row(name, records[aliases.get(name, name)], aliases.get(name)) for name in order]
     else:
-        rows = [_row(name, records[name]) for name in order]
+        rows = [
+            TensorRow(name, r.dtype.name, r.shape, r.end - r.begin, "tensor", None, r.file, r.framework)
+            if r.kind == "tensor" else _row(name, r)
+            for name in order
+            for r in (records[name],)
+        ]
     if len(order) != len(records) + len(aliases):  # bytes and pickled payloads come last
         listed = set(order)
         rows.extend(_row(name, record) for name, record in records.items() if name not in listed)
