@@ -144,7 +144,7 @@ class _Session:
     def record(self, name: str) -> Any:
         return self.source.records.get(self.source.aliases.get(name, name))
 
-    def values(self, names: Iterable[str], framework: str | None) -> dict[str, Any]:
+    def values(self, names: Iterable[str], framework: str | None, *, copy: bool = False) -> dict[str, Any]:
         names = list(dict.fromkeys(names))
         if not names:
             return {}
@@ -155,12 +155,15 @@ class _Session:
             rec = self.record(name)
             if rec is not None:
                 records[rec.name] = rec
-        values = materialize(self.source, self._buffers, records.values(), framework=framework, verify=self.verify)
+        values = materialize(
+            self.source, self._buffers, records.values(), framework=framework, verify=self.verify, copy=copy
+        )
         return add_aliases(values, {n: self.source.aliases[n] for n in names if n in self.source.aliases})
 
     def decode(self, node: Any, framework: str | None = None) -> Any:
+        """The object a subtree holds; its tensors own their memory (the mapped file closes on return)."""
         names = [name for _, name in walk_refs(node)]
-        return self.unflattener(self.values(names, framework)).decode(node)
+        return self.unflattener(self.values(names, framework, copy=True)).decode(node)
 
 
 def _dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
@@ -285,7 +288,7 @@ class _Planner:
         else:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
             return
-        state = _own_memory(self.s.decode(state_node, framework="torch"))
+        state = self.s.decode(state_node, framework="torch")
         if kind == "optimizer":
             problem = _optimizer_problem(target, state)
             if problem:
@@ -424,20 +427,6 @@ def _optimizer_problem(opt: Any, state: Any) -> tuple[str, str] | None:
     if saved != mine:
         return f"param groups of sizes {saved}", f"param groups of sizes {mine}"
     return None
-
-
-def _own_memory(value: Any) -> Any:
-    """Tensors in ``value`` copied out of the mapped file (optimizer state must not alias the file, and
-    must be 64-byte aligned like fresh torch memory so that resumed runs compute bit-identically)."""
-    if isinstance(value, dict):
-        return {k: _own_memory(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_own_memory(v) for v in value]
-    if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_own_memory(v) for v in value)
-    if hasattr(value, "detach") and hasattr(value, "clone"):
-        return value.detach().clone()
-    return value
 
 
 def _copy_tensor(target: Any, value: Any) -> None:
