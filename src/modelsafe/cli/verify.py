@@ -67,8 +67,10 @@ def verify_path(path: str, advance: Callable[[int], None] = lambda n: None) -> T
 
 
 def _verify_file(path: str, shown: str, report: TargetReport, advance: Callable[[int], None],
-                 expected: dict[str, Any] | None = None, shard: str | None = None) -> set[str]:
-    """Check one safetensors file (header seal, then every tensor); returns the tensor names seen.
+                 expected: dict[str, Any] | None = None, shard: str | None = None) -> set[str] | None:
+    """Check one safetensors file (header seal, then every tensor).
+
+    Returns the names of the tensors it holds, or None when the file cannot be read at all.
 
     ``expected`` is a checkpoint manifest's ``tensors`` table, cross-checked when given.
     """
@@ -76,7 +78,7 @@ def _verify_file(path: str, shown: str, report: TargetReport, advance: Callable[
         source = FileSource(path)
     except (ModelsafeError, OSError) as exc:
         report.findings.append(_finding(shown, exc, None))
-        return set()
+        return None
     with source:
         base = source.map_data()
         for record in source.records.values():
@@ -116,7 +118,7 @@ def _verify_checkpoint_dir(path: str, report: TargetReport, advance: Callable[[i
             report.findings.append(Finding(shard_path, None, f"shard {name} is missing", "CorruptCheckpointError"))
             continue
         seen = _verify_file(shard_path, shard_path, report, advance, expected=tensors, shard=name)
-        if not seen and report.findings and report.findings[-1].file == shard_path:
+        if seen is None:
             continue  # the shard itself is unreadable; already reported
         for tensor, spec in tensors.items():
             if isinstance(spec, dict) and spec.get("file") == name and tensor not in seen:
