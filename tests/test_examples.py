@@ -1,0 +1,32 @@
+"""Every script in examples/ runs, in its own interpreter, and shows what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXPECTED = {
+    "01_clone_parameters.py": ["loaded 4 tensors", "outputs equal: True"],
+    "02_whole_model.py": ["rebuilt TextClassifier: embed=(100, 16), dropout=0.2", "outputs equal: True"],
+    "03_train_and_resume.py": ["resumed at epoch 3", "{'run': 'example-3'}", "epoch 5: loss"],
+    "04_transfer_layers.py": ["copied: encoder.0.weight, encoder.0.bias, encoder.2.weight, encoder.2.bias", "unexpected in the file"],
+}
+
+
+def test_every_example_is_listed():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(tmp_path, name):
+    out = subprocess.run([sys.executable, str(EXAMPLES / name), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for line in EXPECTED[name]:
+        assert line in out.stdout, out.stdout
+    assert list(tmp_path.glob("*.safetensors")), "the example writes its files into the directory it is given"
