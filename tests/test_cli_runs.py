@@ -106,9 +106,11 @@ def test_prune_never_deletes_the_newest(run):
     assert [i.name for i in ms.Checkpoints(run).list()] == [NAMES[1], NAMES[5]]
 
 
-def test_prune_with_another_monitor(run):
+def test_prune_with_another_monitor_keeps_the_run_settings(run):
+    before = (run / ".modelsafe-run.json").read_text()
     assert invoke("prune", run, "--keep-last", "1", "--keep-best", "1", "--monitor", "acc", "--mode", "max").code == 0
     assert [i.name for i in ms.Checkpoints(run).list()] == [NAMES[1], NAMES[5]]
+    assert (run / ".modelsafe-run.json").read_text() == before
 
 
 def test_prune_usage_errors(run, tmp_path):

@@ -139,7 +139,7 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
     by_name = {i.name: i for i in infos}
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
     if not dry_run and doomed:
-        delete_checkpoints(checkpoints, [i.name for i in doomed])
+        delete_checkpoints(path, [i.name for i in doomed])
     kept = [i for i in infos if i.name not in {d.name for d in doomed}]
     if as_json:
         emit_json({
@@ -162,20 +162,18 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         say(f"[yellow]unreadable (left alone):[/yellow] {escape(problem)}")
 
 
-def delete_checkpoints(checkpoints: Any, names: Iterable[str]) -> None:
-    """Delete committed checkpoints by name as the run's writer (lock held, atomic removal)."""
-    delete = getattr(checkpoints, "delete", None)
-    if callable(delete):  # the manager's own verb, when it has one
-        for name in names:
-            delete(name)
-        return
-    storage = checkpoints._storage  # the manager's storage: lock, then atomic rename-and-remove
-    storage.lock()
+def delete_checkpoints(run_path: str, names: Iterable[str]) -> None:
+    """Delete committed checkpoints by name through ``Checkpoints.delete`` (writer lock held).
+
+    The deleting manager is opened with the run's recorded settings only, so a prune with
+    ``--monitor``/``--mode`` leaves the run's own settings as they were.
+    """
+    writer = open_run(run_path)
     try:
         for name in names:
-            storage.delete(name)
+            writer.delete(name)
     finally:
-        storage.unlock()
+        writer.close()
 
 
 # -- fork -------------------------------------------------------------------------------------
