@@ -154,6 +154,8 @@ def test_fork_by_address_or_option(run, tmp_path):
     assert invoke("fork", run, tmp_path / "b", "--from", "latest").code == 0
     assert [i.step for i in ms.Checkpoints(tmp_path / "b").list()] == [5]
     assert invoke("fork", f"{run}@3", tmp_path / "c", "--from", "best").code == 2
+    assert invoke("fork", run / NAMES[2], tmp_path / "d").code == 0  # a checkpoint directory
+    assert [i.step for i in ms.Checkpoints(tmp_path / "d").list()] == [2]
 
 
 def test_fork_into_a_run_with_checkpoints_fails(run, tmp_path):

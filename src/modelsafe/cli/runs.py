@@ -192,9 +192,9 @@ def fork(src: str, dst: str, which: str | None, as_json: bool) -> None:
     address = parse_address(src)
     if address.selector is not None and which is not None:
         raise UsageProblem(f"give the checkpoint once: either {src!r} or --from {which}")
-    run_path = resolve_run(address.path)
-    checkpoints = open_run(run_path)
-    info = select(checkpoints, run_path, address.selector or which or _default_which(checkpoints))
+    source = _checkpoint_in_run(address.path, address.selector or which, "fork")
+    checkpoints, info = source.run, source.info
+    run_path = checkpoints.directory
     try:
         new_run = checkpoints.fork(dst, which=info)
     except ValueError as exc:
@@ -231,7 +231,7 @@ def export(source: str, out: str, which: str | None, key: str, as_json: bool) ->
     address = parse_address(source)
     if address.selector is not None and which is not None:
         raise UsageProblem(f"give the checkpoint once: either {source!r} or --from {which}")
-    target = _export_target(address.path, address.selector or which)
+    target = _checkpoint_in_run(address.path, address.selector or which, "export")
     try:
         info = target.run.export(out, which=target.info, key=key)
     except ValueError as exc:
@@ -243,7 +243,8 @@ def export(source: str, out: str, which: str | None, key: str, as_json: bool) ->
     say(f"exported {escape(info.name)} (step {info.step}) -> {escape(out)} ({human_bytes(size)})")
 
 
-def _export_target(path: str, which: str | None) -> Resolved:
+def _checkpoint_in_run(path: str, which: str | None, command: str) -> Resolved:
+    """The run and checkpoint ``path`` (a run or a checkpoint directory) and ``which`` name."""
     if is_checkpoint_dir(path):  # a checkpoint directory: its run is the parent directory
         if which is not None:
             raise UsageProblem(f"{path!r} is one checkpoint; --from picks a checkpoint of a run")
@@ -251,8 +252,8 @@ def _export_target(path: str, which: str | None) -> Resolved:
         return _in_run(run_path, os.path.basename(os.path.abspath(path)))
     if os.path.isfile(path):
         raise UsageProblem(
-            f"{path!r} is a single file; export takes a run or a checkpoint directory "
-            "(a single file already is a safetensors file: use `modelsafe convert` to rewrite it)"
+            f"{path!r} is a single file; {command} takes a run or a checkpoint directory"
+            + (" (a single file already is a safetensors file: use `modelsafe convert` to rewrite it)" if command == "export" else "")
         )
     run_path = resolve_run(path)
     checkpoints = open_run(run_path)
