@@ -334,6 +334,19 @@ def test_reference_cycles_and_reference_bombs_are_refused(tmp_path):
         load_torch_file(path)
 
 
+def test_deep_nesting_is_refused_cleanly(tmp_path):
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".")  # 100,000 nested lists
+    with pytest.raises(CorruptCheckpointError, match="nest"):
+        load_torch_file(path)
+    shallow = tmp_path / "shallow.pkl"
+    shallow.write_bytes(b"\x80\x02" + b"]" * 100 + b"a" * 99 + b".")
+    value = load_torch_file(shallow)
+    for _ in range(99):
+        value = value[0]
+    assert value == []
+
+
 def test_broadcast_views_cannot_expand_into_a_memory_bomb(tmp_path):
     expr = {"w": tensor_expr("0", 1, storage="FloatStorage", shape=(1 << 20, 1 << 20), stride=(0, 0))}
     path = _zip_with(tmp_path, expr, records={"0": FLOATS[:4]})
@@ -384,18 +397,20 @@ def test_memory_bombs_are_refused_before_allocating(tmp_path):
     legacy_count_bomb = tmp_path / "legacycount.pt"  # pickle and count agree, the bytes are not there
     data, _ = assemble({"w": tensor_expr("0", 1 << 31, storage="ByteStorage", legacy=True)}, 2)
     torch_legacy(legacy_count_bomb, data, [("0", 1 << 31, b"\0" * 16)])
-    for p in (zip_bomb, legacy_bomb, legacy_count_bomb):
+    memo_bomb = tmp_path / "memo.pkl"  # CPython's unpickler would zero a 16 GiB memo table for this slot
+    memo_bomb.write_bytes(b"\x80\x02Nr\xff\xff\xff\x7f.")
+    bombs = (zip_bomb, legacy_bomb, legacy_count_bomb, memo_bomb)
+    for p in bombs:
         assert os.path.getsize(p) < 2048
     script = tmp_path / "bomb.py"
     script.write_text(_BOMB_SCRIPT)
-    proc = subprocess.run([PY, str(script), str(zip_bomb), str(legacy_bomb), str(legacy_count_bomb)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([PY, str(script), *map(str, bombs)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["control"] == "refused"
-    for p in (zip_bomb, legacy_bomb, legacy_count_bomb):
+    for p in bombs:
         assert out[str(p)].startswith("CorruptCheckpointError") and "before allocating" in out[str(p)], out[str(p)]
 
 

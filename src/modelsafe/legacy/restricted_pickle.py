@@ -23,13 +23,14 @@ from typing import Any, Callable, Mapping
 
 from ..errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
 
-__all__ = ["RestrictedUnpickler", "restricted_loads", "read_pickle_segment", "scan_opcodes", "Refused"]
+__all__ = ["RestrictedUnpickler", "restricted_loads", "scan_opcodes", "Refused"]
 
 # Python 2 spellings a protocol 0-2 pickle may use for builtins.
 _MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 # Opcodes that resolve objects outside find_class (copyreg's extension cache) or need
 # out-of-band buffers the caller never supplies.
 _REFUSED_OPCODES = {"EXT1", "EXT2", "EXT4", "NEXT_BUFFER", "READONLY_BUFFER"}
+_MEMO_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
 MAX_PICKLE_BYTES = 1 << 31
 
 
@@ -45,38 +46,95 @@ def global_name(module: str, name: str) -> str:
     return f"{_MODULE_ALIASES.get(module, module)}.{name}"
 
 
-def scan_opcodes(data: bytes, source: str) -> None:
-    """Walk every opcode once (no objects built) and refuse the ones that bypass the allowlist."""
-    try:
-        for opcode, arg, pos in pickletools.genops(data):
-            if opcode.name in _REFUSED_OPCODES:
-                raise UnsafeObjectError(
-                    f"{source}: the pickle uses opcode {opcode.name} at byte {pos}, which resolves objects outside "
-                    "the allowlist; refused (nothing was executed)",
-                    path=source,
-                )
-    except ModelsafeError:
-        raise
-    except Exception as exc:  # ValueError, struct errors, ... from a damaged stream
-        raise CorruptCheckpointError(f"{source}: the pickle stream is damaged ({exc})", path=source) from None
+# How each opcode's argument is laid out, derived from pickletools' own opcode table so the
+# scan splits a stream exactly where CPython's unpickler does:
+#   ("fixed", name, n)                 n bytes
+#   ("prefixed", name, n, signed)      an n-byte little-endian length, then that many bytes
+#   ("lines", name, k)                 k newline-terminated lines
+#   ("none", name)                     no argument
+def _opcode_table() -> list:
+    table: list = [None] * 256
+    for op in pickletools.opcodes:
+        code = ord(op.code)
+        if op.arg is None:
+            table[code] = ("none", op.name)
+        elif op.arg.n >= 0:
+            table[code] = ("fixed", op.name, op.arg.n)
+        elif op.arg.n == pickletools.UP_TO_NEWLINE:
+            table[code] = ("lines", op.name, 2 if op.arg.name == "stringnl_noescape_pair" else 1)
+        else:
+            size = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGUMENT4: 4,
+                    pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}[op.arg.n]
+            table[code] = ("prefixed", op.name, size, op.arg.n == pickletools.TAKEN_FROM_ARGUMENT4)
+    return table
 
 
-def read_pickle_segment(f: Any, source: str) -> bytes:
-    """The bytes of the next pickle in binary file ``f`` (up to and including STOP); ``f`` ends after it."""
-    start = f.tell()
-    try:
-        for _opcode, _arg, _pos in pickletools.genops(f):
-            pass
-    except Exception as exc:
-        raise CorruptCheckpointError(f"{source}: the pickle stream at byte {start} is damaged ({exc})", path=source) from None
-    end = f.tell()
-    if end - start > MAX_PICKLE_BYTES:
-        raise CorruptCheckpointError(f"{source}: pickle of {end - start} bytes exceeds the 2 GiB limit", path=source)
-    f.seek(start)
-    data = f.read(end - start)
-    if len(data) != end - start:
-        raise CorruptCheckpointError(f"{source}: file ended inside a pickle", path=source)
-    return data
+_OPCODES = _opcode_table()
+
+
+def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
+    """Walk the opcodes of the pickle at ``data[start:]`` (no objects built); returns the offset after STOP.
+
+    Refused: opcodes that bypass the allowlist (extension registry, out-of-band buffers),
+    and memo indices beyond the pickle's size.  A pickler numbers memo entries 0, 1, 2, ...,
+    one per PUT, so an index larger than the byte count is never legitimate, while
+    CPython's unpickler would allocate (and zero) a memo table of that many slots first.
+    """
+    n = len(data)
+    i = start
+    table = _OPCODES
+    while i < n:
+        pos = i
+        entry = table[data[i]]
+        i += 1
+        if entry is None:
+            raise CorruptCheckpointError(
+                f"{source}: the pickle stream is damaged (unknown opcode {data[pos]:#04x} at byte {pos})", path=source
+            )
+        kind, name = entry[0], entry[1]
+        if name in _REFUSED_OPCODES:
+            raise UnsafeObjectError(
+                f"{source}: the pickle uses opcode {name} at byte {pos}, which resolves objects outside "
+                "the allowlist; refused (nothing was executed)",
+                path=source,
+            )
+        memo: Any = None
+        if kind == "none":
+            if name == "STOP":
+                return i
+            continue
+        if kind == "fixed":
+            end = i + entry[2]
+            if name in _MEMO_OPCODES:
+                memo = int.from_bytes(data[i:end], "little")
+            i = end
+        elif kind == "prefixed":
+            size = entry[2]
+            length = int.from_bytes(data[i : i + size], "little", signed=entry[3])
+            if length < 0:
+                raise CorruptCheckpointError(f"{source}: the pickle stream is damaged (negative length at byte {pos})", path=source)
+            i += size + length
+        else:
+            for _ in range(entry[2]):
+                j = data.find(b"\n", i)
+                if j < 0:
+                    i = n + 1
+                    break
+                if name in _MEMO_OPCODES:
+                    try:
+                        memo = int(bytes(data[i:j]))
+                    except ValueError:
+                        raise CorruptCheckpointError(f"{source}: bad memo index at byte {pos}", path=source) from None
+                i = j + 1
+        if i > n:
+            break
+        if memo is not None and not 0 <= memo <= pos - start:
+            raise CorruptCheckpointError(
+                f"{source}: the pickle uses memo slot {memo} at byte {pos - start}; refused before allocating a memo "
+                "table that large (damaged or hostile file)",
+                path=source,
+            )
+    raise CorruptCheckpointError(f"{source}: the pickle stream at byte {start} is truncated (no STOP opcode)", path=source)
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -148,15 +206,17 @@ def restricted_loads(
     persistent_load: Callable[[Any], Any] | None = None,
     unsupported: Mapping[str, str] | None = None,
     hint: Callable[[str], str] | None = None,
+    scanned: bool = False,
 ) -> Any:
-    """Unpickle ``data`` through the allowlist.
+    """Unpickle ``data`` through the allowlist (``scanned``: the caller already ran scan_opcodes on it).
 
     Every failure is a ModelsafeError naming ``source``: UnsafeObjectError for a
     refused global, CorruptCheckpointError for a damaged or hostile stream.
     """
     if len(data) > MAX_PICKLE_BYTES:
         raise CorruptCheckpointError(f"{source}: pickle of {len(data)} bytes exceeds the 2 GiB limit", path=source)
-    scan_opcodes(data, source)
+    if not scanned:
+        scan_opcodes(data, source)
     unpickler = RestrictedUnpickler(io.BytesIO(data), allowed, source=source, persistent_load=persistent_load, unsupported=unsupported, hint=hint)
     try:
         return unpickler.load()

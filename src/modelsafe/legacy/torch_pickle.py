@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, UnsafeObjectError, UnsupportedObjectError
 from ..format import dtypes
 from . import ForeignFile, ReadOptions
-from .restricted_pickle import Refused, read_pickle_segment, restricted_loads
+from .restricted_pickle import Refused, restricted_loads, scan_opcodes
 
 __all__ = ["read", "load_torch_file", "LEGACY_MAGIC", "LEGACY_MAGIC_PICKLE", "TensorRef", "StorageRef"]
 
@@ -257,6 +257,11 @@ def _bytearray(*args):
     return bytearray(*args)
 
 
+def _bytes(*args):
+    _require(not args or (len(args) == 1 and isinstance(args[0], (bytes, bytearray))), "bytes takes bytes only")
+    return bytes(*args)
+
+
 def _torch_size(dims=()):
     return TorchSize(_dims(dims, "size"))
 
@@ -274,6 +279,7 @@ def _allowed_globals() -> dict[str, Any]:
         "builtins.slice": _slice,
         "builtins.complex": _complex,
         "builtins.bytearray": _bytearray,
+        "builtins.bytes": _bytes,  # b"" below protocol 3
         "_codecs.encode": _encode,
         "torch.Size": _torch_size,
         "torch.device": _torch_device,
@@ -480,55 +486,74 @@ def _load_zip(path: str, source: str) -> Loaded:
     return Loaded(tree, storage_bytes, byteorder == "big", [])
 
 
+class _PickleStream:
+    """Consecutive pickles in one buffer: each is scanned, cut out and unpickled through the allowlist."""
+
+    def __init__(self, buf: Any, source: str) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.source = source
+
+    def load(self, storages: StorageTable | None = None) -> Any:
+        end = scan_opcodes(self.buf, self.source, self.pos)
+        data = bytes(self.buf[self.pos : end])
+        self.pos = end
+        return restricted_loads(data, ALLOWED_GLOBALS, source=self.source, persistent_load=storages,
+                                unsupported=UNSUPPORTED_GLOBALS, hint=_hint, scanned=True)
+
+    def take(self, n: int) -> np.ndarray:
+        out = np.frombuffer(self.buf[self.pos : self.pos + n], np.uint8).copy() if n else np.empty(0, np.uint8)
+        self.pos += n
+        return out
+
+    def left(self) -> int:
+        return len(self.buf) - self.pos
+
+
 def _load_stream(path: str, source: str) -> Loaded:
     """Legacy (non-zip) torch files, and plain pickles that hold no tensors."""
-    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
-        head = f.read(512)
-        if len(head) >= 262 and head[257:262] == b"ustar":
-            raise UnsupportedObjectError(
-                f"{source}: is a tar-format torch file (torch < 0.4); load it with an old torch in a sandbox and "
-                "re-save its state_dict", path=source,
+        size = os.fstat(f.fileno()).st_size
+        blob: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+    if len(blob) >= 262 and blob[257:262] == b"ustar":
+        raise UnsupportedObjectError(
+            f"{source}: is a tar-format torch file (torch < 0.4); load it with an old torch in a sandbox and "
+            "re-save its state_dict", path=source,
+        )
+    stream = _PickleStream(blob, source)
+    first = stream.load()
+    if type(first) is not int or first != LEGACY_MAGIC:
+        if stream.left():
+            raise _corrupt(source, "is neither a torch zip file nor a legacy torch file (wrong magic number)")
+        return Loaded(first, {}, False, ["read as a plain pickle (no torch storages)"])
+    version = stream.load()
+    if version != LEGACY_PROTOCOL_VERSION:
+        raise _corrupt(source, f"legacy torch protocol version {version!r:.40} is not {LEGACY_PROTOCOL_VERSION}")
+    sys_info = stream.load()
+    if not isinstance(sys_info, dict):
+        raise _corrupt(source, "legacy torch sys_info is not a dict")
+    big_endian = sys_info.get("little_endian", True) is False
+    table = StorageTable(source, lambda key: len(blob), legacy=True)
+    tree = stream.load(table)
+    keys = stream.load()
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)) or len(set(keys)) != len(keys):
+        raise _corrupt(source, "legacy torch storage key list is malformed")
+    if set(keys) != set(table.storages):
+        raise _corrupt(source, "legacy torch storage key list does not match the storages the objects use")
+    storage_bytes: dict[str, np.ndarray] = {}
+    for key in keys:
+        ref = table.storages[key]
+        if stream.left() < 8:
+            raise _corrupt(source, f"file ends before storage {key}")
+        (count,) = struct.unpack("<q", stream.take(8).tobytes())
+        if count != ref.numel:
+            raise _corrupt(source, f"storage {key} holds {count} elements but the objects declare {ref.numel}")
+        if ref.nbytes > stream.left():
+            raise CorruptCheckpointError(
+                f"{source}: storage {key} declares {ref.nbytes:,} bytes but only {stream.left():,} remain in the file; "
+                "refused before allocating (damaged or hostile file)", path=source, key=key,
             )
-        f.seek(0)
-        first = _load_objects(read_pickle_segment(f, source), source, None)
-        if first != LEGACY_MAGIC or type(first) is not int:
-            if f.read(1):
-                raise _corrupt(source, "is neither a torch zip file nor a legacy torch file (wrong magic number)")
-            return Loaded(first, {}, False, ["read as a plain pickle (no torch storages)"])
-        version = _load_objects(read_pickle_segment(f, source), source, None)
-        if version != LEGACY_PROTOCOL_VERSION:
-            raise _corrupt(source, f"legacy torch protocol version {version!r:.40} is not {LEGACY_PROTOCOL_VERSION}")
-        sys_info = _load_objects(read_pickle_segment(f, source), source, None)
-        if not isinstance(sys_info, dict):
-            raise _corrupt(source, "legacy torch sys_info is not a dict")
-        big_endian = sys_info.get("little_endian", True) is False
-        table = StorageTable(source, lambda key: file_size, legacy=True)
-        tree = _load_objects(read_pickle_segment(f, source), source, table)
-        keys = _load_objects(read_pickle_segment(f, source), source, None)
-        if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)) or len(set(keys)) != len(keys):
-            raise _corrupt(source, "legacy torch storage key list is malformed")
-        if set(keys) != set(table.storages):
-            raise _corrupt(source, "legacy torch storage key list does not match the storages the objects use")
-        storage_bytes: dict[str, np.ndarray] = {}
-        for key in keys:
-            ref = table.storages[key]
-            prefix = f.read(8)
-            if len(prefix) != 8:
-                raise _corrupt(source, f"file ends before storage {key}")
-            (count,) = struct.unpack("<q", prefix)
-            if count != ref.numel:
-                raise _corrupt(source, f"storage {key} holds {count} elements but the objects declare {ref.numel}")
-            left = file_size - f.tell()
-            if ref.nbytes > left:
-                raise CorruptCheckpointError(
-                    f"{source}: storage {key} declares {ref.nbytes:,} bytes but only {left:,} remain in the file; "
-                    "refused before allocating (damaged or hostile file)", path=source, key=key,
-                )
-            buf = np.empty(ref.nbytes, np.uint8)
-            if ref.nbytes and f.readinto(memoryview(buf)) != ref.nbytes:
-                raise _corrupt(source, f"file ends inside storage {key}")
-            storage_bytes[key] = buf
+        storage_bytes[key] = stream.take(ref.nbytes)  # a copy: legacy records are not aligned
     return Loaded(tree, storage_bytes, big_endian, [])
 
 
