@@ -132,7 +132,7 @@ def test_help_lists_every_command():
 
 def test_human_bytes_and_numbers():
     assert [human_bytes(n) for n in (0, 1023, 1536, 3 << 30)] == ["0 B", "1023 B", "1.5 KiB", "3.0 GiB"]
-    assert [format_number(v) for v in (0.421, 12, 1e-9, float("nan"), 0.0)] == ["0.421", "12", "1.000e-09", "nan", "0"]
+    assert [format_number(v) for v in (0.421, 12, 1e-9, float("nan"), 0.0)] == ["0.421", "12", "1e-09", "nan", "0"]
 
 
 def test_jsonable_replaces_non_finite_floats():

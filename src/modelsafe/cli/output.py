@@ -140,7 +140,7 @@ def human_bytes(n: int | None) -> str:
 
 
 def format_number(value: Any) -> str:
-    """Compact rendering of a metric or difference: 0.4210, 1.2e-07, nan, 12."""
+    """Compact rendering of a metric or difference (4 significant digits): 0.421, 1.2e-07, nan, 12."""
     if isinstance(value, bool) or value is None:
         return str(value)
     if isinstance(value, int):
@@ -148,11 +148,7 @@ def format_number(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        if value == 0:
-            return "0"
-        if 1e-3 <= abs(value) < 1e6:
-            return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1 else f"{value:.4g}"
-        return f"{value:.3e}"
+        return f"{value:.4g}"
     return str(value)
 
 
