@@ -168,3 +168,54 @@ def test_subprocess_exit_codes(model_file):
     assert json.loads(result.out)["ok"] is False
     assert json.loads(result.err)["error"] == "corrupt"
     assert run_process("verify", "--no-such-option").code == 2
+
+
+class _OtherLayout:
+    """A directory layout other than Checkpoints': manifest.json names one data file."""
+
+    def __init__(self, path):
+        import dataclasses
+
+        from modelsafe.format.reader import FileSource
+
+        self.path = str(path)
+        self.manifest = json.loads(open(os.path.join(self.path, "manifest.json")).read())
+        self._file = FileSource(os.path.join(self.path, self.manifest["data"]))
+        self.records = {n: dataclasses.replace(r, file=self.manifest["data"]) for n, r in self._file.records.items()}
+        self.aliases = {}
+
+    def buffers(self, *, lazy=False):
+        return {self.manifest["data"]: self._file.map_data()}
+
+    def verify_record(self, record, base):
+        self._file.verify_record(record, base)
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_other_directory_layouts_are_verified_through_their_source(tmp_path, monkeypatch):
+    from modelsafe import sources
+
+    directory = tmp_path / "other"
+    directory.mkdir()
+    ms.save({"a": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}, directory / "data.safetensors")
+    (directory / "manifest.json").write_text(json.dumps({"layout": "other", "data": "data.safetensors"}))
+
+    def is_other(path):
+        return os.path.isfile(os.path.join(path, "manifest.json")) and "layout" in open(os.path.join(path, "manifest.json")).read()
+
+    monkeypatch.setattr(sources, "_DIRECTORY_OPENERS", [(is_other, _OtherLayout), *sources._DIRECTORY_OPENERS])
+    assert invoke("verify", directory).code == 0
+    begin, _ = tensor_span(directory / "data.safetensors", "b")
+    flip_byte(directory / "data.safetensors", begin)
+    result = invoke("verify", directory, "--json")
+    assert result.code == 1
+    findings = result.json()["results"][0]["findings"]
+    assert [(f["file"], f["tensor"]) for f in findings] == [(str(directory / "data.safetensors"), "b")]

@@ -7,6 +7,7 @@ tensor.  Exit code 1 when anything is corrupt.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,6 +17,7 @@ import click
 from ..checkpoint_dir import MANIFEST, hash_file, load_manifest
 from ..errors import CorruptCheckpointError, ModelsafeError
 from ..format.reader import FileSource
+from ..sources import open_source
 from .address import is_checkpoint_dir, is_run_dir, listing, open_run, parse_address, resolve
 from .errors import ProblemFound
 from .output import emit_json, escape, human_bytes, json_option, progress, say
@@ -59,11 +61,59 @@ class TargetReport:
 def verify_path(path: str, advance: Callable[[int], None] = lambda n: None) -> TargetReport:
     """Verify one file or checkpoint directory, collecting every failure."""
     report = TargetReport(path)
-    if os.path.isdir(path):
+    if not os.path.isdir(path):
+        _verify_file(path, path, report, advance)
+    elif _is_checkpoints_layout(path):
         _verify_checkpoint_dir(path, report, advance)
     else:
-        _verify_file(path, path, report, advance)
+        _verify_any_source(path, report, advance)
     return report
+
+
+def _is_checkpoints_layout(path: str) -> bool:
+    """True unless manifest.json is readable JSON of another directory layout.
+
+    A damaged manifest counts as ``Checkpoints`` layout, so its damage is reported.
+    """
+    try:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return True
+    return not isinstance(manifest, dict) or "checkpoint" in manifest or "shards" in manifest
+
+
+def _verify_any_source(path: str, report: TargetReport, advance: Callable[[int], None]) -> None:
+    """Any other directory layout with a registered opener: check each record through its Source."""
+    try:
+        source = open_source(path)
+    except (ModelsafeError, OSError) as exc:
+        report.findings.append(_finding(path, exc, None))
+        return
+    with source:
+        try:
+            buffers = source.buffers(lazy=True)
+        except (ModelsafeError, OSError) as exc:
+            report.findings.append(_finding(path, exc, None))
+            return
+        for record in source.records.values():
+            shown = os.path.join(path, record.file) if record.file else path
+            if record.checksum is None:
+                report.unchecked += 1
+                continue
+            report.tensors += 1
+            report.bytes += record.nbytes
+            try:
+                source.verify_record(record, buffers[record.file])
+            except (ModelsafeError, OSError, KeyError) as exc:
+                report.findings.append(_finding(shown, exc, record.name))
+            advance(record.nbytes)
+        verify_files = getattr(source, "verify_files", None)
+        if callable(verify_files):
+            try:
+                verify_files()
+            except (ModelsafeError, OSError) as exc:
+                report.findings.append(_finding(getattr(exc, "path", None) or path, exc, None))
 
 
 def _verify_file(path: str, shown: str, report: TargetReport, advance: Callable[[int], None],
