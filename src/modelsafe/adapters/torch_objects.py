@@ -248,6 +248,9 @@ class ModuleCodec:
         return issubclass(tp, nn.Module)
 
     def encode(self, fl: Flattener, module: nn.Module, path: tuple) -> dict:
+        # torch.compile wraps the module; the file holds the module itself (its keys, its recipe)
+        while type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
+            module = module._orig_mod
         recipe, explicit, why = module_recipe(module)
         label = _class_label(module)
         if in_recipe(fl):
