@@ -103,3 +103,10 @@ def test_addresses_work_in_a_subprocess(run):
     document = result.json()
     assert document["checkpoint"]["step"] == 1
     assert document["address"] == f"{run}@best"
+
+
+def test_selector_on_a_file_is_a_usage_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    ms.save({"w": np.ones(2)}, path)
+    result = invoke("show", f"{path}@best")
+    assert result.code == 2 and "is a file, not a run" in result.err

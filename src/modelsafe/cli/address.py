@@ -91,6 +91,8 @@ def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) 
 
     Opening for reading takes no lock and writes nothing.
     """
+    if os.path.isfile(path):
+        raise UsageProblem(f"{path!r} is a file, not a run directory; '@' addresses a checkpoint of a run")
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(f"{path}: no such run directory; check the path", path=path)
     from ..checkpoints import Checkpoints
