@@ -426,3 +426,12 @@ def test_missing_or_doubled_header_seal(tmp_path, small_file):
     header["__metadata__"]["x"] = '"modelsafe.header_xxh3":"0000000000000000"'
     results = run_capped([{"path": str(unsealed)}])
     assert_corrupt(results[0], unsealed, what="manifest without its header seal")
+
+
+def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    results = run_capped([{"path": str(fifo)}, {"path": str(fifo), "mode": "open"}, {"path": "/dev/zero"}], timeout=60)
+    assert_corrupt(results[0], fifo, what="a FIFO")
+    assert_corrupt(results[1], fifo, what="a FIFO (open)")
+    assert_corrupt(results[2], "/dev/zero", what="a character device")

@@ -8,11 +8,12 @@ Directory layouts register an opener with :func:`register_directory_opener`.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
 
@@ -50,4 +51,8 @@ def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
         )
     if not os.path.exists(path):
         raise CheckpointNotFoundError(f"{path}: no such file or checkpoint; check the path", path=path)
+    if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would block forever
+        raise CorruptCheckpointError(
+            f"{path}: is not a regular file (a pipe, socket or device); give a file saved with ms.save", path=path
+        )
     return FileSource(path)
