@@ -2,7 +2,7 @@
 
 :func:`snapshot` copies every payload of a flattened state to host memory, so the
 caller may change its tensors as soon as ``save`` returns.  :class:`BackgroundWriter`
-runs one write at a time in a (non-daemon) thread and hands back a :class:`PendingSave`.
+runs one write at a time in a worker thread and hands back a :class:`PendingSave`.
 A failed write is re-raised by ``PendingSave.result()``, by ``wait()`` and by the next
 ``submit()``; writes still running at interpreter exit are finished first.
 """
@@ -10,16 +10,20 @@ A failed write is re-raised by ``PendingSave.result()``, by ``wait()`` and by th
 from __future__ import annotations
 
 import atexit
+import collections
+import copy as copy_module
 import sys
 import threading
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["snapshot", "PendingSave", "BackgroundWriter"]
+from .gc_pause import gc_paused
+
+__all__ = ["snapshot", "copy_plain_tree", "PendingSave", "BackgroundWriter"]
 
 
 class _FrozenAdapter:
@@ -40,6 +44,113 @@ def frozen_adapter(framework: str) -> _FrozenAdapter:
     if adapter is None:
         adapter = _frozen[framework] = _FrozenAdapter(framework)
     return adapter
+
+
+class _NotPlain(Exception):
+    """The tree holds something the fast copy does not handle (then flatten + snapshot)."""
+
+
+def _copy_torch(t: Any, memo: dict) -> Any:
+    torch = sys.modules["torch"]  # a torch tensor exists, so torch is imported
+    if not t.is_cpu or t.layout is not torch.strided or t.dtype in _UNPLAIN_DTYPES:
+        raise _NotPlain
+    key = (t.data_ptr(), t.dtype, t.shape, t.stride())
+    copy = memo.get(key)
+    if copy is None:  # tied views stay tied: one copy per distinct view, as the flattener sees them
+        copy = t.detach().clone() if t.requires_grad else t.clone()
+        if type(t) is not torch.Tensor:
+            if type(t) is not torch.nn.Parameter:
+                raise _NotPlain
+            copy = torch.nn.Parameter(copy, requires_grad=t.requires_grad)
+        elif t.requires_grad:
+            copy.requires_grad_(True)
+        memo[key] = copy
+    return copy
+
+
+class _UnplainDtypes:
+    """Quantized and complex torch dtypes (conj/neg views): copied by the general path."""
+
+    def __init__(self) -> None:
+        self._known: dict[Any, bool] = {}
+
+    def __contains__(self, dtype: Any) -> bool:
+        answer = self._known.get(dtype)
+        if answer is None:
+            name = str(dtype)
+            answer = self._known[dtype] = dtype.is_complex or name.startswith("torch.q")
+        return answer
+
+
+_UNPLAIN_DTYPES = _UnplainDtypes()
+
+
+def _copy_numpy(a: Any, memo: dict) -> Any:
+    if a.dtype.hasobject:
+        raise _NotPlain
+    key = (a.__array_interface__["data"][0], a.dtype.str, a.shape, a.strides) if a.size else id(a)
+    copy = memo.get(key)
+    if copy is None:
+        copy = memo[key] = a.copy()
+    return copy
+
+
+def _same(obj: Any, memo: dict) -> Any:
+    return obj
+
+
+def _copy_dict(obj: dict, memo: dict) -> dict:
+    out = type(obj)()
+    for k, v in obj.items():
+        if type(k) is not str and type(k) is not int:
+            raise _NotPlain
+        tp = type(v)
+        out[k] = (_COPIERS.get(tp) or _copier(tp))(v, memo)
+    meta = getattr(obj, "_metadata", None)  # torch state_dict version info
+    if meta is not None:
+        out._metadata = copy_module.deepcopy(meta)
+    return out
+
+
+def _copy_list(obj: list, memo: dict) -> list:
+    return [(_COPIERS.get(type(v)) or _copier(type(v)))(v, memo) for v in obj]
+
+
+def _copy_tuple(obj: tuple, memo: dict) -> tuple:
+    return tuple(_copy_list(list(obj), memo))
+
+
+def _not_plain(obj: Any, memo: dict) -> Any:
+    raise _NotPlain
+
+
+# exact type -> copier; tensor types are added on first sight (no framework imported here)
+_COPIERS: dict[type, Callable[[Any, dict], Any]] = {
+    **{tp: _same for tp in (type(None), bool, int, float, str, bytes)},
+    dict: _copy_dict, collections.OrderedDict: _copy_dict, list: _copy_list, tuple: _copy_tuple,
+}
+_TENSOR_TYPES = {("torch", "Tensor"): _copy_torch, ("torch", "Parameter"): _copy_torch, ("numpy", "ndarray"): _copy_numpy}
+
+
+def _copier(tp: type) -> Callable[[Any, dict], Any]:
+    found = _TENSOR_TYPES.get((tp.__module__.partition(".")[0], tp.__name__), _not_plain)
+    _COPIERS[tp] = found
+    return found
+
+
+def copy_plain_tree(obj: Any) -> Any | None:
+    """A private copy of a tree of dicts, lists, tuples, scalars and CPU tensors; None otherwise.
+
+    The cheap snapshot for the common checkpoint (``{"model": model.state_dict(),
+    "optimizer": opt.state_dict(), "epoch": 3}``): one copy per tensor and nothing else,
+    so flattening can happen in the background.  Trees with other objects (modules,
+    optimizers, GPU tensors, ...) return None: flatten them, then :func:`snapshot`.
+    """
+    try:
+        with gc_paused():
+            return (_COPIERS.get(type(obj)) or _copier(type(obj)))(obj, {})
+    except (_NotPlain, RecursionError):
+        return None
 
 
 def snapshot(fl: Any) -> Any:
@@ -105,6 +216,7 @@ class BackgroundWriter:
         self._current: PendingSave | None = None
         self._unreported: list[PendingSave] = []
         self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
         _live.add(self)
 
     def _reported(self, pending: PendingSave) -> None:
@@ -143,10 +255,19 @@ class BackgroundWriter:
             else:
                 future.set_result(result)
 
+        if self._executor is None:
+            # one long-lived worker (no thread start per save); concurrent.futures joins it
+            # at interpreter exit after it has run everything queued
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"modelsafe-save-{self.label}")
         self._current = pending
-        thread = threading.Thread(target=run, name=f"modelsafe-save-{self.label}", daemon=False)
-        thread.start()
+        self._executor.submit(run)
         return pending
+
+    def shutdown(self) -> None:
+        """Finish queued work and stop the worker thread."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
 
     @property
     def busy(self) -> bool:

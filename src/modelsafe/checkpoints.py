@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
-from .async_save import BackgroundWriter, PendingSave, frozen_adapter, snapshot
+from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, frozen_adapter, snapshot
 from .checkpoint_dir import (
     FILES_DIR,
     MANIFEST,
@@ -316,7 +316,10 @@ class Checkpoints:
                 f"{self.directory}: saving step {step} after step {infos[-1].step}; retention orders checkpoints by step, "
                 "so this one counts as older", stacklevel=2,
             )
-        fl = flatten(state)
+        # async: copy plain trees of tensors as they are and flatten in the background
+        # (the cheapest snapshot); anything else is flattened here and its payloads copied
+        plain = copy_plain_tree(state) if self._writer is not None else None
+        fl = flatten(state) if plain is None else None
         metadata_node = encode_metadata(metadata)
         checkpoint = {
             "name": name,
@@ -332,14 +335,15 @@ class Checkpoints:
                 files = os.path.join(staging, FILES_DIR)
                 os.mkdir(files)
                 self._binding.save(files, **self._binding.kwargs)
-            if self._writer is not None:
+            if fl is not None and self._writer is not None:
                 fl = snapshot(fl)
         except BaseException:
             self._storage.discard(staging)
             raise
 
         def job() -> CheckpointInfo:
-            return self._write_and_commit(staging, fl, metadata_node, checkpoint)
+            flat = fl if fl is not None else _flatten_or_discard(plain, staging, self._storage)
+            return self._write_and_commit(staging, flat, metadata_node, checkpoint)
 
         if self._writer is not None:
             return self._writer.submit(name, step, job)
@@ -395,6 +399,8 @@ class Checkpoints:
         try:
             self.wait()
         finally:
+            if self._writer is not None:
+                self._writer.shutdown()
             self._storage.unlock()
             self._run = None
 
@@ -554,6 +560,14 @@ class Checkpoints:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> Any:
+    try:
+        return flatten(tree)
+    except BaseException:
+        storage.discard(staging)
+        raise
+
 
 def _info_from_manifest(manifest: dict, name: str, path: str, manifest_size: int) -> CheckpointInfo:
     block = manifest["checkpoint"]
