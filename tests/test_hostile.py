@@ -276,6 +276,7 @@ BAD_TEXT_HEADERS = {
     "deep_nesting": b"[" * 200000 + b"]" * 200000,
     "nul_bytes": b"\0" * 64,
     "duplicate_then_bad": b'{"a": 1, "a": {"dtype": "F32"}}',
+    "integer_of_5000_digits": b'{"a": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b'], "data_offsets": [0, 4]}}',
 }
 
 
@@ -413,8 +414,10 @@ def test_framework_names_in_a_file_never_import_modules(tmp_path):
         assert set(sys.modules) - before == set()
 
 
-def test_manifest_json_garbage_in_sealed_file(tmp_path):
-    header = {"a": _entry(), "__metadata__": {"modelsafe": "{not json"}}
+@pytest.mark.parametrize("text", ["{not json", '{"format_version": [1' + "0" * 5000 + ', 0]}', "[" * 100000],
+                         ids=["garbage", "huge_integer", "deep"])
+def test_manifest_json_garbage_in_sealed_file(tmp_path, text):
+    header = {"a": _entry(), "__metadata__": {"modelsafe": text}}
     path = _write(tmp_path / "garbage.safetensors", sealed_file(header, bytes(8)))
     assert_corrupt(run_capped([{"path": str(path)}])[0], path)
 

@@ -118,7 +118,7 @@ def parse_header(raw: bytes, file_size: int, path: Any) -> Header:
         raise _corrupt(path, f"header is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or an integer past int_max_str_digits
         raise _corrupt(path, f"header is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise _corrupt(path, "header is not a JSON object")

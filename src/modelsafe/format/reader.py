@@ -72,7 +72,7 @@ class FileSource:
             verify_header_checksum(prefix + raw, self.path)
             try:
                 manifest = json.loads(meta[MANIFEST_KEY])
-            except (json.JSONDecodeError, RecursionError) as exc:
+            except (ValueError, RecursionError) as exc:  # bad JSON, or an integer past int_max_str_digits
                 raise CorruptCheckpointError(f"{self.path}: the modelsafe manifest is not valid JSON ({exc})", path=self.path) from None
             manifest_mod.check_version(manifest, self.path)
             self.records = manifest_mod.records(manifest, header.entries, self.path)
