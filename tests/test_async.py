@@ -154,3 +154,68 @@ ck.save({{"w": np.arange(5)}}, step=7)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "background checkpoint save failed" in proc.stderr and "No space left" in proc.stderr
+
+
+def test_plain_tree_copy_keeps_types_ties_and_metadata():
+    from collections import OrderedDict
+
+    from modelsafe.async_save import copy_plain_tree
+
+    model = torch.nn.Linear(3, 3)
+    sd = model.state_dict()
+    weight = torch.randn(4, 4)
+    param = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+    grad = torch.zeros(2, requires_grad=True)
+    tree = {"sd": sd, "tied": [weight, weight, weight.t()], "p": param, "g": grad, "n": np.arange(3),
+            "t": (1, "x", None, b"raw"), 3: [2.5], "empty": torch.empty(0)}
+    before = weight.clone()
+    copy = copy_plain_tree(tree)
+    assert type(copy["sd"]) is OrderedDict and copy["sd"]._metadata == sd._metadata
+    assert copy["sd"]._metadata is not sd._metadata
+    assert copy["tied"][0] is copy["tied"][1] and copy["tied"][0] is not weight  # one copy per view
+    assert copy["tied"][2].data_ptr() != copy["tied"][0].data_ptr()  # a different view: its own copy
+    assert type(copy["p"]) is torch.nn.Parameter and copy["p"].requires_grad is False
+    assert copy["g"].requires_grad and copy["t"] == (1, "x", None, b"raw") and copy[3] == [2.5]
+    weight.add_(1)
+    assert torch.equal(copy["tied"][0], before)
+    copy["n"][0] = 99
+    assert tree["n"][0] == 0
+
+
+def test_trees_with_other_objects_take_the_flatten_and_snapshot_path(tmp_path, monkeypatch):
+    from modelsafe.async_save import copy_plain_tree
+
+    model = torch.nn.Linear(2, 2)
+    assert copy_plain_tree({"model": model}) is None
+    assert copy_plain_tree({"c": torch.ones(2, dtype=torch.complex64).conj()}) is None
+    assert copy_plain_tree({("tuple", "key"): torch.ones(1)}) is None
+    gate = threading.Event()
+    real = checkpoints_mod.write_shards
+
+    def slow_write(*args, **kwargs):
+        assert gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints_mod, "write_shards", slow_write)
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    layer = torch.nn.Linear(3, 3)
+    expected = layer.weight.detach().clone()
+    nested = {"layer": layer, "scale": torch.ones(2)}
+    pending = ck.save({"state": nested, "extra": np.ones(2)}, step=0)
+    with torch.no_grad():
+        layer.weight.mul_(5)
+        nested["scale"].add_(1)
+    gate.set()
+    pending.result()
+    back = ck.load()
+    assert float(back["state"]["scale"][0]) == 1.0
+    assert isinstance(back["state"]["layer"], torch.nn.Linear) and torch.equal(back["state"]["layer"].weight, expected)
+    ck.close()
+
+
+def test_a_state_nothing_can_store_fails_on_wait_and_leaves_nothing(tmp_path):
+    ck = ms.Checkpoints(tmp_path, async_save=True)
+    with pytest.raises(ms.UnsupportedObjectError):
+        ck.save({"x": object()}, step=0)  # not a plain tree: flattened (and refused) in the caller
+    assert ck.list() == [] and not [n for n in os.listdir(tmp_path) if "modelsafe-tmp" in n]
+    ck.close()
