@@ -136,6 +136,17 @@ def test_select_a_list_of_keys(tmp_path):
     assert torch.equal(target[0].weight, src[0].weight) and not torch.equal(target[0].bias, src[0].bias)
 
 
+def test_select_that_finds_nothing_is_missing(tmp_path):
+    p = tmp_path / "m.safetensors"
+    ms.save(mlp().state_dict(), p)
+    with pytest.raises(ms.IncompatibleStateError) as info:
+        ms.load_into(mlp(), p, select="encoder.")
+    assert info.value.report.missing == ["encoder.*"]
+    with pytest.raises(ms.IncompatibleStateError) as info:
+        ms.load_into(mlp(), p, select=["0.weight", "9.weight"])
+    assert info.value.report.missing == ["9.weight"]
+
+
 def test_selected_key_that_does_not_fit_fails_strictly(tmp_path):
     p = tmp_path / "m.safetensors"
     ms.save(Encoder(hidden=8), p)

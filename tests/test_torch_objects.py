@@ -425,5 +425,85 @@ def test_torch_generator_round_trips(tmp_path):
 def test_loading_as_numpy_cannot_rebuild_torch_objects_and_says_so(tmp_path):
     p = tmp_path / "m.safetensors"
     ms.save(TinyNet(3), p)
-    with pytest.raises(ms.CorruptCheckpointError, match="framework"):
+    with pytest.raises(ms.UnsupportedObjectError, match="framework"):
         ms.load(p, framework="numpy")
+
+
+# -- more module shapes ------------------------------------------------------------------------------
+
+@ms.rebuildable(name="tests.torch_objects.WithExtra")
+class WithExtra(nn.Module):
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.counter = 0
+        self.tag = tag
+
+    def get_extra_state(self):
+        return {"counter": self.counter}
+
+    def set_extra_state(self, state):
+        self.counter = state["counter"]
+
+
+def test_extra_state_round_trips(tmp_path):
+    m = WithExtra("a")
+    m.counter = 41
+    back = _roundtrip(m, tmp_path)
+    assert back.counter == 41 and back.tag == "a"
+
+
+def test_a_module_twice_in_the_tree_is_one_object(tmp_path):
+    m = TinyNet(3)
+    back = _roundtrip({"a": m, "b": [m]}, tmp_path)
+    assert back["a"] is back["b"][0]
+
+
+def test_a_module_at_the_root_has_state_dict_keys_in_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    m = TinyNet(3)
+    p = tmp_path / "m.safetensors"
+    ms.save(m, p)
+    with safe_open(str(p), "pt") as f:
+        assert sorted(f.keys()) == sorted(m.state_dict())
+        assert torch.equal(f.get_tensor("inp.weight"), m.inp.weight)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's own imports warn
+def test_compiled_module_is_stored_as_the_module(tmp_path):
+    m = TinyNet(3)
+    back = _roundtrip({"m": torch.compile(m)}, tmp_path)["m"]
+    assert type(back) is TinyNet
+    assert torch.equal(back.inp.weight, m.inp.weight)
+
+
+def test_slots_only_classes_cannot_be_decorated():
+    class Slotted:
+        __slots__ = ("a",)
+
+    with pytest.raises(TypeError, match="__slots__"):
+        ms.rebuildable(Slotted)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    bias=st.lists(st.booleans(), min_size=4, max_size=4),
+    act=st.sampled_from([nn.ReLU, nn.Tanh, nn.Identity, nn.GELU]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_random_sequentials_round_trip(tmp_path_factory, widths, bias, act, dtype):
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(a, b, bias=bias[i]), act()]
+    m = nn.Sequential(*layers).to(dtype)
+    p = tmp_path_factory.mktemp("s") / "m.safetensors"
+    ms.save(m, p)
+    back = ms.load(p)
+    x = torch.randn(2, widths[0], dtype=dtype)
+    assert repr(back) == repr(m) and torch.equal(back(x), m(x))

@@ -130,6 +130,7 @@ class _Session:
             keys = set(select)
             self.selected = lambda k: k in keys
         self.filtering = select is not None
+        self.select = select if isinstance(select, str) or select is None else list(select)
         self.renames = sorted((rename or {}).items(), key=lambda kv: -len(kv[0]))
 
     def rename(self, key: str) -> str:
@@ -340,6 +341,13 @@ class _Planner:
                 tensors.append((renamed, "", (owner, key, child)))
         if not self.s.filtering:
             report.missing.extend(k for k in self.targets if k not in claimed)
+        else:  # what select asked for must exist in the file
+            seen = {full for full, _, _ in self.file_entries} | set(report.loaded) | {m.key for m in report.mismatched}
+            if isinstance(self.s.select, str):
+                if not any(k.startswith(self.s.select) for k in seen):
+                    report.missing.append(f"{self.s.select}*")
+            else:
+                report.missing.extend(k for k in self.s.select if k not in seen and k not in report.missing)
         self._plan_copies(tensors)
 
     def _plan_copies(self, entries: list[tuple[str, str, tuple]]) -> None:

@@ -131,6 +131,11 @@ def rebuildable(cls: type | None = None, *, name: str | None = None, aliases: It
         return lambda target: rebuildable(target, name=name, aliases=aliases)
     if not isinstance(cls, type):
         raise TypeError(f"@rebuildable decorates classes; for a factory function use ms.register({cls!r}) and ms.build")
+    if getattr(cls, "__dictoffset__", 1) == 0:
+        raise TypeError(
+            f"@rebuildable cannot record recipes on {cls.__qualname__}: its instances have __slots__ and no __dict__; "
+            "add '__dict__' to __slots__, or register it with ms.register and make instances with ms.build"
+        )
     register(cls, name=name, aliases=aliases)
     if "__init__" in cls.__dict__ and getattr(cls.__dict__["__init__"], "__modelsafe_wraps__", None) is cls:
         return cls
@@ -203,8 +208,12 @@ def registered_name(cls_or_factory: Any) -> str | None:
 def lookup(name: str) -> Any | None:
     """The registered class or factory called ``name`` (or aliased so), or None."""
     found = _REGISTRY.get(name)
-    if found is None and isinstance(name, str) and _load_provider(name):
-        found = _REGISTRY.get(name)
+    if found is None and isinstance(name, str):
+        try:
+            if _load_provider(name):
+                found = _REGISTRY.get(name)
+        except FrameworkNotInstalledError:
+            return None  # resolve() says which framework is missing
     return found
 
 
@@ -252,6 +261,8 @@ def resolve(name: str, trusted: Iterable[str] = (), *, source: Any = None) -> An
             obj = _attr_path(mod, qualname)
             if obj is not None:
                 return obj
+    if isinstance(name, str):
+        _load_provider(name)  # a built-in name whose framework is missing: FrameworkNotInstalledError says so
     raise UnknownClassError(
         f"{source}: the file names class {name!r}, which is not registered. Nothing was imported or called. "
         "Decorate the class with @ms.rebuildable (add aliases=(...) if it moved), call ms.register(cls), "

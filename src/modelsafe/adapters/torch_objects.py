@@ -110,7 +110,7 @@ def align_loaded_tensors(un: Unflattener) -> None:
 
 def _need_torch(un: Unflattener, value: Any, where: str) -> None:
     if not isinstance(value, torch.Tensor):
-        raise CorruptCheckpointError(
+        raise UnsupportedObjectError(
             f"{un.source}: {where} was loaded as {type(value).__name__}, not a torch tensor; rebuilding torch "
             "objects needs torch tensors, so load without framework= (or framework='torch')",
             path=un.source, key=where,
