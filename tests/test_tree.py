@@ -117,6 +117,10 @@ def test_decode_inverts_encode():
         {"namedtuple": "x:Y", "fields": ["a", "b"], "items": [1]},
         {"dataclass": "x:Y", "fields": [["a"]]},
         {"dataclass": "x:Y", "fields": [[1, 2]]},
+        {"dataclass": "x:Y", "fields": [["a b", 1]]},
+        {"dataclass": "x:Y", "fields": [["class", 1]]},
+        {"dataclass": "x:Y", "fields": [["__class__", 1]]},
+        {"dataclass": "x:Y", "fields": [["__dict__", 1]]},
         {"tensor": "missing"},
         {"tensor": ["not", "a", "name"]},
         {"bytes": "missing"},
@@ -138,6 +142,13 @@ def test_pickle_node_refused_without_allow_pickle():
         decode(node, {"p": pickle.dumps(1j)})
     assert info.value.key == "p" and "allow_pickle=True" in str(info.value)
     assert decode(node, {"p": pickle.dumps(1j)}, allow_pickle=True) == 1j
+
+
+def test_stand_in_records_tolerate_odd_type_and_field_names():
+    nt = decode({"namedtuple": "m:class", "fields": ["a b", "def", "_x", "ok"], "items": [1, 2, 3, 4]})
+    assert tuple(nt) == (1, 2, 3, 4) and nt.ok == 4 and type(nt).__name__ == "Record"
+    dc = decode({"dataclass": "m:__init__", "fields": [["ok", 1]]})
+    assert dc.ok == 1 and type(dc).__name__ == "Record"
 
 
 def test_unknown_record_types_decode_as_plain_records_without_importing():

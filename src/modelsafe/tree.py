@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import keyword
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -474,9 +475,14 @@ def _dec_namedtuple(un: Unflattener, node: dict) -> tuple:
     values = [un.decode(v) for v in items]
     cls = find_data_class(node["namedtuple"], un.trusted, kind="namedtuple")
     if cls is None or list(getattr(cls, "_fields", ())) != fields:
-        typename = str(node["namedtuple"]).rpartition(":")[2].rpartition(".")[2] or "Record"
-        cls = collections.namedtuple(typename if typename.isidentifier() else "Record", fields, rename=True)
+        typename = str(node["namedtuple"]).rpartition(":")[2].rpartition(".")[2]
+        cls = collections.namedtuple(typename if _plain_name(typename) else "Record", fields, rename=True)
     return tuple.__new__(cls, values)
+
+
+def _plain_name(name: str) -> bool:
+    """A name a stand-in record class can use: an identifier, not a keyword, not __dunder__."""
+    return name.isidentifier() and not keyword.iskeyword(name) and not (name.startswith("__") and name.endswith("__"))
 
 
 def _dec_dataclass(un: Unflattener, node: dict) -> Any:
@@ -488,8 +494,10 @@ def _dec_dataclass(un: Unflattener, node: dict) -> Any:
     values = {name: un.decode(v) for name, v in pairs}
     cls = find_data_class(node["dataclass"], un.trusted, kind="dataclass")
     if cls is None or {f.name for f in dataclasses.fields(cls)} != set(values):
-        typename = str(node["dataclass"]).rpartition(":")[2].rpartition(".")[2] or "Record"
-        cls = dataclasses.make_dataclass(typename if typename.isidentifier() else "Record", list(values))
+        if not all(_plain_name(name) for name in values):
+            raise un.bad(node, "dataclass field names must be identifiers (not keywords or __dunder__ names)")
+        typename = str(node["dataclass"]).rpartition(":")[2].rpartition(".")[2]
+        cls = dataclasses.make_dataclass(typename if _plain_name(typename) else "Record", list(values))
     obj = object.__new__(cls)
     for name, value in values.items():
         object.__setattr__(obj, name, value)
