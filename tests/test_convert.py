@@ -97,6 +97,17 @@ def test_values_modelsafe_cannot_store_are_lowered_with_notes(tmp_path):
     assert any('obj["size"]' in n for n in summary.notes) and any('obj["slice"]' in n for n in summary.notes)
 
 
+def test_numpy_values_in_a_checkpoint_survive_conversion(tmp_path):
+    from test_legacy_torch_pickle import NUMPY_VALUES
+
+    src = tmp_path / "np.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "metrics": NUMPY_VALUES}, src)
+    convert(src, tmp_path / "np.safetensors")
+    back = ms.load(tmp_path / "np.safetensors")["metrics"]
+    for k, v in NUMPY_VALUES.items():
+        assert type(back[k]) is type(v) and back[k].dtype == v.dtype.newbyteorder("=") and np.array_equal(back[k], v), k
+
+
 def test_numpy_framework(tmp_path):
     path, oracle = saved(tmp_path, "state_dict", "zip")
     convert(path, tmp_path / "np.safetensors", framework="numpy")

@@ -210,6 +210,55 @@ def test_non_tensor_values_torch_allows(tmp_path):
         assert ours == obj and type(ours["size"]) is torch.Size and type(ours["od"]) is collections.OrderedDict
 
 
+NUMPY_VALUES = {
+    "array": np.arange(6, dtype=np.float32).reshape(2, 3), "fortran": np.asfortranarray(np.ones((2, 3))),
+    "loss": np.float64(0.25), "step": np.int64(3), "mask": np.array([True, False]), "big_endian": np.arange(3, dtype=">i4"),
+    "empty": np.empty((0, 2)), "zero_d": np.array(2.5), "half": np.ones(2, np.float16), "cplx": np.array([1 + 2j]),
+}
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"pickle_protocol": 4}, {"pickle_protocol": 5}, {"_use_new_zipfile_serialization": False}])
+def test_numpy_values_inside_checkpoints(tmp_path, kwargs):
+    path = tmp_path / "np.pt"
+    torch.save({"numpy": NUMPY_VALUES, "w": torch.ones(2)}, path, **kwargs)
+    oracle = torch.load(path, weights_only=False)["numpy"]  # our own trusted file; weights_only refuses numpy
+    ours = load_torch_file(path)["numpy"]
+    for k, v in oracle.items():
+        assert type(ours[k]) is type(v), k
+        assert ours[k].dtype == v.dtype.newbyteorder("=") and np.array_equal(ours[k], v), k
+        if isinstance(v, np.ndarray):
+            assert ours[k].shape == v.shape and ours[k].flags.f_contiguous == v.flags.f_contiguous, k
+
+
+@pytest.mark.parametrize(
+    "expr, error, match",
+    [
+        (call(G("numpy", "dtype"), "O8", False, True), UnsafeObjectError, "object array"),
+        (call(G("numpy", "dtype"), "U5", False, True), CorruptCheckpointError, "not a plain numeric dtype"),
+        (call(G("numpy._core.numeric", "_frombuffer"), b"\0" * 7, call(G("numpy", "dtype"), "f4", False, True), tup(2), "C"),
+         CorruptCheckpointError, "needs 8 bytes"),
+        (call(G("numpy._core.multiarray", "scalar"), call(G("numpy", "dtype"), "f8", False, True), b"\0" * 3),
+         CorruptCheckpointError, "one element"),
+        (call(G("numpy._core.multiarray", "_reconstruct"), G("torch", "FloatStorage"), tup(0), b"b"),
+         CorruptCheckpointError, "only build numpy.ndarray"),
+        (call(G("numpy._core.multiarray", "_reconstruct"), G("numpy", "ndarray"), tup(0), b"b"),
+         CorruptCheckpointError, "never given its data"),
+    ],
+)
+def test_hostile_numpy_constructs(tmp_path, expr, error, match):
+    path = tmp_path / "np.pkl"
+    path.write_bytes(assemble({"x": expr}, 2)[0])
+    with pytest.raises(error, match=match):
+        load_torch_file(path)
+
+
+def test_numpy_classes_cannot_be_instantiated_behind_their_checks(tmp_path):
+    path = tmp_path / "newobj.pkl"
+    path.write_bytes(b"\x80\x02cnumpy\ndtype\n)\x81.")  # NEWOBJ: dtype.__new__ without __init__
+    with pytest.raises(CorruptCheckpointError):
+        load_torch_file(path)
+
+
 def test_big_endian_zip_files_are_swapped(tmp_path):
     obj = {"f": torch.randn(3, 2), "h": torch.randn(4).half(), "c": torch.randn(2, dtype=torch.complex64),
            "i": torch.arange(5), "b": torch.tensor([True, False])}

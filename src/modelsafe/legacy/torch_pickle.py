@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, UnsafeObjectError, UnsupportedObjectError
 from ..format import dtypes
 from . import ForeignFile, ReadOptions
+from .numpy_pickle import NUMPY_GLOBALS, NumpyArray, NumpyScalar, to_numpy
 from .restricted_pickle import Refused, restricted_loads, scan_opcodes
 
 __all__ = ["read", "load_torch_file", "LEGACY_MAGIC", "LEGACY_MAGIC_PICKLE", "TensorRef", "StorageRef"]
@@ -296,6 +297,7 @@ def _allowed_globals() -> dict[str, Any]:
             table[f"{module}.{name}"] = StorageType(name, dtype)
     for name in _TORCH_DTYPE_NAMES:
         table[f"torch.{name}"] = TorchDType(name)
+    table.update(NUMPY_GLOBALS)  # numpy arrays, scalars and dtypes (loss values, RNG states, metrics)
     return table
 
 
@@ -730,25 +732,21 @@ class _Materializer:
                 out._metadata = self.convert(meta, depth + 1)
         elif tp in (set, frozenset):
             out = tp(self.convert_key(v) for v in obj)
-        elif tp is TensorRef:
-            out = self.factory.make(obj) if self.factory else obj
-        elif tp is StorageRef:
-            out = self.convert(TensorRef(obj, 0, (obj.numel,), (1,), obj.dtype), depth)
-        elif tp is TorchDType:
-            out = getattr(self._torch(), obj.name) if self.framework == "torch" else f"torch.{obj.name}"
-        elif tp is TorchDevice:
-            out = self._torch().device(obj.spec) if self.framework == "torch" else obj.spec
-        elif tp is TorchSize:
-            out = self._torch().Size(obj.dims) if self.framework == "torch" else obj.dims
         else:
-            raise _corrupt(self.source, f"the pickle builds a {getattr(obj, 'name', tp.__name__)} where a value belongs")
+            make = _VALUE_MAKERS.get(tp)
+            if make is None:
+                raise _corrupt(self.source, f"the pickle builds a {getattr(obj, 'name', tp.__name__)} where a value belongs")
+            try:
+                out = make(self, obj)
+            except Refused as exc:
+                raise _corrupt(self.source, str(exc)) from None
         self.done[key] = out
         return out
 
     def convert_key(self, key: Any) -> Any:
         if key is None or type(key) in (bool, int, float, str, bytes, complex):
             return key
-        if type(key) in (tuple, frozenset, TorchDType, TorchDevice, TorchSize):
+        if type(key) in (tuple, frozenset, TorchDType, TorchDevice, TorchSize, NumpyScalar):
             return self.convert(key, 0)
         raise _corrupt(self.source, f"a dict key or set member is a {type(key).__name__}")
 
@@ -757,6 +755,18 @@ class _Materializer:
         import torch
 
         return torch
+
+
+# stand-in type -> how the materializer turns it into a value
+_VALUE_MAKERS: dict[type, Callable[[_Materializer, Any], Any]] = {
+    TensorRef: lambda m, ref: m.factory.make(ref),
+    StorageRef: lambda m, ref: m.factory.make(TensorRef(ref, 0, (ref.numel,), (1,), ref.dtype)),
+    TorchDType: lambda m, d: getattr(m._torch(), d.name) if m.framework == "torch" else f"torch.{d.name}",
+    TorchDevice: lambda m, d: m._torch().device(d.spec) if m.framework == "torch" else d.spec,
+    TorchSize: lambda m, s: m._torch().Size(s.dims) if m.framework == "torch" else s.dims,
+    NumpyArray: lambda m, a: to_numpy(a),
+    NumpyScalar: lambda m, a: to_numpy(a),
+}
 
 
 def _children(obj: Any) -> list | None:
