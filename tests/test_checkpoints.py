@@ -352,3 +352,24 @@ def test_delete_one_checkpoint(tmp_path):
     with pytest.raises(ms.CheckpointNotFoundError):
         ck.delete(1)
     ck.close()
+
+
+def test_ms_load_into_takes_a_checkpoint_or_run_directory(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    ck = ms.Checkpoints(tmp_path / "run")
+    info = ck.save({"model": model.state_dict()}, step=0)
+    ck.close()
+    for path in (info.path, tmp_path / "run"):
+        fresh = torch.nn.Linear(3, 2)
+        report = ms.load_into({"model": fresh}, path)
+        assert torch.equal(fresh.weight, model.weight), report
+
+
+def test_an_empty_run_is_not_loadable(tmp_path):
+    ck = ms.Checkpoints(tmp_path / "run")
+    ck._become_writer()  # creates the run file, no checkpoint yet
+    with pytest.raises(ms.CheckpointNotFoundError, match="no committed checkpoint"):
+        ms.load(tmp_path / "run")
+    with pytest.raises(ms.CheckpointNotFoundError, match="no committed checkpoint"):
+        ck.load()
+    ck.close()
