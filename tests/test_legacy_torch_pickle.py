@@ -59,6 +59,20 @@ def _checkpoint() -> dict:
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 7, "loss": 0.4210}
 
 
+def _training_state() -> dict:
+    """What resumable training scripts save: scheduler, AMP scaler, RNG states, SGD momentum buffers."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "rng": torch.get_rng_state(),
+            "generator": torch.Generator().manual_seed(5).get_state(), "history": [0.9, 0.7, float("nan")][:2]}
+
+
 def _views() -> dict:
     x = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     return {"x": x, "row": x[1], "col": x[:, 2], "t": x.t(), "flat": x.view(-1), "strided": x[::2, 1::3]}
@@ -86,6 +100,7 @@ CASES = {
     "tensor": lambda: torch.randn(3, 4),
     "state_dict": lambda: Net().state_dict(),
     "checkpoint": _checkpoint,
+    "training_state": _training_state,
     "parameter": lambda: torch.nn.Parameter(torch.randn(3)),
     "parameter_frozen": lambda: torch.nn.Parameter(torch.randn(3), requires_grad=False),
     "views": _views,
@@ -347,6 +362,16 @@ def test_hostile_but_allowlisted_constructs_are_refused(tmp_path, expr, match):
     with pytest.raises(CorruptCheckpointError, match=match) as exc:
         load_torch_file(path)
     assert str(path) in str(exc.value)
+
+
+def test_storages_saved_on_a_gpu_are_read_as_cpu_tensors(tmp_path):
+    pid = tup("storage", G("torch", "FloatStorage"), "0", "cuda:0", 4)
+    expr = {"w": call(G("torch._utils", "_rebuild_tensor_v2"), persid(pid), 0, tup(2, 2), tup(2, 1), False,
+                      call(G("collections", "OrderedDict")))}
+    path = _zip_with(tmp_path, expr)
+    found = read_foreign(path)
+    assert torch.equal(found.tree["w"], torch.load(path, weights_only=True, map_location="cpu")["w"])
+    assert found.tree["w"].device.type == "cpu" and any("cuda:0" in n for n in found.notes)
 
 
 def test_unsupported_tensor_kinds_say_what_to_do(tmp_path):
