@@ -507,3 +507,19 @@ def test_random_sequentials_round_trip(tmp_path_factory, widths, bias, act, dtyp
     back = ms.load(p)
     x = torch.randn(2, widths[0], dtype=dtype)
     assert repr(back) == repr(m) and torch.equal(back(x), m(x))
+
+
+def test_objects_shared_between_places_and_recipes_stay_one_object(tmp_path):
+    model, opt = _sgd()
+    warm = L.LinearLR(opt, 0.1, total_iters=2)
+    decay = L.ExponentialLR(opt, 0.8)
+    seq = L.SequentialLR(opt, [warm, decay], [2])
+    _advance(seq, opt, model, 3)
+    inner = TinyNet(3)
+    outer = Wrapper(inner, torch.ones(1))
+    back = _roundtrip({"seq": seq, "warm": warm, "opt": opt, "outer": outer, "inner": inner, "model": model}, tmp_path)
+    assert back["seq"]._schedulers[0] is back["warm"]
+    assert back["warm"].optimizer is back["opt"] is back["seq"].optimizer
+    assert back["outer"].inner is back["inner"]
+    assert back["warm"].state_dict() == warm.state_dict()
+    assert torch.equal(back["inner"].inp.weight, inner.inp.weight)

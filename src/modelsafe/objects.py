@@ -148,7 +148,7 @@ def _codec_for_kind(un: Unflattener, node: dict) -> ObjectCodec:
 class _SaveState:
     def __init__(self) -> None:
         self.next_id = 0
-        self.ids: dict[tuple[int, bool], int] = {}   # (id(obj), with state) -> node id
+        self.ids: dict[int, tuple[int, dict, bool]] = {}  # id(obj) -> (node id, node, holds its state)
         self.keep: list[Any] = []                    # keep encoded objects alive (stable id())
         self.recipe_depth = 0
         self.has_refs = False
@@ -172,16 +172,20 @@ def encode_object(
 ) -> dict:
     """A node ``{"object": kind, "id": n, ...}`` filled by ``body``; a repeat becomes ``{"object_ref": n}``."""
     st = _state(fl)
-    key = (id(obj), with_state)
-    if key in st.ids:
+    seen = st.ids.get(id(obj))
+    if seen is not None:
+        node_id, node, had_state = seen
+        if with_state and not had_state:  # first met as a constructor argument: now complete that node
+            st.ids[id(obj)] = (node_id, node, True)
+            fl.encode_container(obj, path, lambda: body(node))
         st.has_refs = True
         _schedule_finish(fl)
-        return {"object_ref": st.ids[key]}
+        return {"object_ref": node_id}
     node_id = st.next_id
     st.next_id += 1
-    st.ids[key] = node_id
+    node = {"object": kind, "id": node_id, "class": qualified_name(type(obj)), "path": format_path(path)}
+    st.ids[id(obj)] = (node_id, node, with_state)
     st.keep.append(obj)
-    node: dict[str, Any] = {"object": kind, "id": node_id, "class": qualified_name(type(obj)), "path": format_path(path)}
     fl.encode_container(obj, path, lambda: body(node))
     return node
 
