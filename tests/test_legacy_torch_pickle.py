@@ -383,6 +383,12 @@ def test_unsupported_tensor_kinds_say_what_to_do(tmp_path):
     torch.save({"q": torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)}, path)
     with pytest.raises(UnsupportedObjectError, match="quantized"):
         load_torch_file(path)
+    tagged = torch.ones(2)
+    tagged.note = "python attribute"
+    path = tmp_path / "attr.pt"
+    torch.save({"t": tagged}, path)
+    with pytest.raises(UnsupportedObjectError, match="Python attributes"):
+        load_torch_file(path)
 
 
 def test_extension_opcodes_are_refused_before_unpickling(tmp_path):
