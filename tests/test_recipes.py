@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 from hypothesis import given
@@ -74,6 +73,20 @@ def test_register_names_aliases_and_qualified_name():
     assert registered_name(Gadget) == "tests.recipes.Gadget"
     with pytest.raises(TypeError):
         ms.register(42)
+
+
+def test_registering_after_a_failed_save_makes_it_saveable(tmp_path):
+    class Late:
+        def __init__(self, n):
+            self.n = n
+
+    with pytest.raises(ms.UnsupportedObjectError):
+        ms.save(Late(1), tmp_path / "a.safetensors")
+    ms.register(Late, name="tests.recipes.Late")
+    with pytest.raises(ms.UnsupportedObjectError, match="ms.build"):
+        ms.save(Late(1), tmp_path / "a.safetensors")  # registered, but this instance has no recipe
+    ms.save(ms.build(Late, 2), tmp_path / "a.safetensors")
+    assert ms.load(tmp_path / "a.safetensors").n == 2
 
 
 def test_build_records_recipes_of_undecorated_classes_and_factories():

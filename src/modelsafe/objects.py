@@ -354,6 +354,11 @@ def _is_recipe_type(tp: type) -> bool:
     return registered_name(tp) is not None or tp in _BUILT_TYPES
 
 
+def forget_type(tp: type) -> None:
+    """Drop the cached codec lookup for ``tp`` (it was just registered)."""
+    _by_type.pop(tp, None)
+
+
 def note_built_type(tp: type) -> None:
     """Make instances of ``tp`` (made by ``ms.build``) reach the rebuildable codec."""
     if tp not in _BUILT_TYPES:
@@ -372,7 +377,14 @@ class RebuildableCodec:
     def encode(self, fl: Flattener, obj: Any, path: tuple) -> dict:
         recipe = recipe_of(obj)
         if recipe is None:
-            return fl.unsupported(obj, path)
+            if fl.allow_pickle:
+                return fl.unsupported(obj, path)
+            raise UnsupportedObjectError(
+                f"cannot save {format_path(path)}: {qualified_name(type(obj))} is registered, but this instance has no "
+                "recipe (it was not made by a @ms.rebuildable class or with ms.build); create it with "
+                "ms.build(cls, ...) or decorate the class with @ms.rebuildable",
+                key=format_path(path),
+            )
 
         def body(node: dict) -> None:
             node["recipe"] = encode_recipe(fl, recipe, path, qualified_name(type(obj)))

@@ -25,7 +25,7 @@ import functools
 import importlib
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .errors import FrameworkNotInstalledError, UnknownClassError
 
@@ -75,6 +75,9 @@ def register(cls_or_factory: Any = None, name: str | None = None, aliases: Itera
     # the qualified name also resolves, so files written before a rename keep loading
     _REGISTRY.setdefault(qualified_name(cls_or_factory), cls_or_factory)
     _NAMES[cls_or_factory] = stable
+    objects = sys.modules.get("modelsafe.objects")
+    if objects is not None and isinstance(cls_or_factory, type):
+        objects.forget_type(cls_or_factory)  # it may have been met (and found unsupported) before
     return cls_or_factory
 
 
