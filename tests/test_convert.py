@@ -155,6 +155,8 @@ def test_existing_destination_needs_overwrite(tmp_path):
     assert torch.equal(ms.load(dst), torch.load(path, weights_only=True))
     with pytest.raises(StorageError, match="is the source"):
         convert(dst, dst, overwrite=True)
+    with pytest.raises(StorageError, match="does not exist"):
+        convert(path, tmp_path / "no" / "such" / "dir.safetensors")
 
 
 def test_unknown_formats_and_missing_files(tmp_path):

@@ -387,8 +387,9 @@ def test_unsupported_tensor_kinds_say_what_to_do(tmp_path):
     tagged.note = "python attribute"
     path = tmp_path / "attr.pt"
     torch.save({"t": tagged}, path)
-    with pytest.raises(UnsupportedObjectError, match="Python attributes"):
+    with pytest.raises(UnsupportedObjectError, match="Python attributes") as exc:
         load_torch_file(path)
+    assert str(path) in str(exc.value) and exc.value.path == str(path)
 
 
 def test_extension_opcodes_are_refused_before_unpickling(tmp_path):

@@ -223,6 +223,9 @@ def convert(
         if not overwrite:
             raise StorageError(f"{dst}: already exists; choose another path or pass overwrite=True (--force)",
                                path=dst, errno=errno.EEXIST)
+    folder = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(folder):
+        raise StorageError(f"{dst}: the directory {folder} does not exist; create it first", path=dst, errno=errno.ENOENT)
     started = time.perf_counter()
     found = read_foreign(src, framework=framework)
     notes = list(found.notes)

@@ -220,7 +220,9 @@ def restricted_loads(
     unpickler = RestrictedUnpickler(io.BytesIO(data), allowed, source=source, persistent_load=persistent_load, unsupported=unsupported, hint=hint)
     try:
         return unpickler.load()
-    except ModelsafeError:
+    except ModelsafeError as exc:
+        if exc.path is None:  # raised by a stand-in: say which file
+            raise type(exc)(f"{source}: {exc.message}", path=source, key=exc.key) from None
         raise
     except Refused as exc:
         error = UnsafeObjectError if exc.unsafe else CorruptCheckpointError
