@@ -131,11 +131,19 @@ def training_state(vocab: int, width: int, depth: int) -> Workload:
     return Workload("c", title, obj, flat, "model.embed.weight")
 
 
-def build_workloads(quick: bool, which: str) -> list[Workload]:
+SIZES = {  # (a) bytes and tensor count, (b) tensor count, (c) vocab, width, depth
+    "full": ((GIB, 128), 20_000, (16_000, 384, 6)),
+    "quick": ((16 << 20, 128), 1_000, (2_000, 64, 2)),
+    "tiny": ((2 << 20, 32), 200, (256, 32, 1)),
+}
+
+
+def build_workloads(size: str, which: str) -> list[Workload]:
+    (a_bytes, a_count), b_count, model = SIZES[size]
     builders: dict[str, Callable[[], Workload]] = {
-        "a": lambda: large_tensors(32 << 20 if quick else GIB),
-        "b": lambda: small_tensors(2_000 if quick else 20_000),
-        "c": lambda: training_state(2_000, 64, 2) if quick else training_state(16_000, 384, 6),
+        "a": lambda: large_tensors(a_bytes, a_count),
+        "b": lambda: small_tensors(b_count),
+        "c": lambda: training_state(*model),
     }
     return [builders[k]() for k in which]
 
@@ -224,10 +232,14 @@ class Row:
         return self.nbytes / self.seconds / 1e9 if self.seconds else float("inf")
 
 
+SYNC_BETWEEN_RUNS = True  # off in --quick: os.sync() also waits for other processes' writes
+
+
 def settle() -> None:
     """Start each timed run from the same state: no garbage, no dirty pages of earlier runs."""
     gc.collect()
-    os.sync()
+    if SYNC_BETWEEN_RUNS:
+        os.sync()
 
 
 @dataclass
@@ -280,6 +292,8 @@ def loaded(load: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def bench_workload(w: Workload, directory: str, repeat: int, warmup: int, open_repeat: int) -> list[Row]:
+    gc.collect()
+    gc.freeze()  # what exists now (modules, the workload) is never garbage: keeps settle()'s collections short
     rows: list[Row] = []
     size = w.nbytes
     paths = {name: os.path.join(directory, f"{w.key}.{name}") for name in ("plain", "ms", "torch", "st")}
@@ -395,34 +409,42 @@ def peak_extra(save: Callable[[], None]) -> tuple[int, str]:
 
 
 def memory_child(args: argparse.Namespace) -> None:
-    (w,) = build_workloads(args.quick, args.memory_child)
+    """Print, as one JSON line per workload, the peak extra memory of each saver (run in a fresh process)."""
     directory = tempfile.mkdtemp(prefix="modelsafe-bench-mem-", dir=args.dir)
     try:
-        savers = {"ms.save": lambda p: ms.save(w.obj, p), "torch.save": lambda p: torch.save(w.obj, p)}
-        if st is not None:
-            savers["safetensors.save_file"] = lambda p: st.save_file(w.flat, p)
-        out = {"state": w.nbytes}
-        for name, save in savers.items():
-            path = os.path.join(directory, "m")
-            save(path)  # warm up code paths and allocator once
-            os.unlink(path)
-            extra, method = peak_extra(lambda: save(path))
-            os.unlink(path)
-            out[name] = extra
-            out["method"] = method
-        print(json.dumps(out))
+        for key in args.memory_child:
+            (w,) = build_workloads(args.size, key)
+            savers = {"ms.save": lambda p: ms.save(w.obj, p), "torch.save": lambda p: torch.save(w.obj, p)}
+            if st is not None:
+                savers["safetensors.save_file"] = lambda p: st.save_file(w.flat, p)
+            out: dict[str, Any] = {"workload": key, "state": w.nbytes}
+            for name, save in savers.items():
+                path = os.path.join(directory, "m")
+                save(path)  # warm up code paths and the allocator once
+                os.unlink(path)
+                extra, method = peak_extra(lambda: save(path))
+                os.unlink(path)
+                out[name] = extra
+                out["method"] = method
+            print(json.dumps(out), flush=True)
+            w.release()
+            del savers
+            gc.collect()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def measure_memory(key: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", key]
-    if args.quick:
-        cmd.append("--quick")
+def measure_memory(keys: str, args: argparse.Namespace) -> dict[str, dict]:
+    """Peak extra memory during each save of workloads ``keys``, measured in one fresh subprocess."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", keys]
+    cmd += {"tiny": ["--tiny"], "quick": ["--quick"], "full": []}[args.size]
     if args.dir:
         cmd += ["--dir", args.dir]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the memory subprocess failed:\n{done.stderr[-2000:]}")
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {r.pop("workload"): r for r in results}
 
 
 # --------------------------------------------------------------------------- targets
@@ -517,6 +539,7 @@ def render(workloads: list[Workload], rows: list[Row], memory: dict[str, dict], 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and one repetition (smoke run)")
+    parser.add_argument("--tiny", action="store_true", help="--quick with even smaller sizes (the smoke test)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     parser.add_argument("--dir", default=None, help="directory for the temporary files (default: the system temp dir)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement; the median is reported (default 5, quick 1)")
@@ -524,9 +547,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.quick = args.quick or args.tiny
+    args.size = "tiny" if args.tiny else "quick" if args.quick else "full"
     if args.memory_child:
         memory_child(args)
         return 0
+    global SYNC_BETWEEN_RUNS
+    SYNC_BETWEEN_RUNS = not args.quick
     repeat = args.repeat or (1 if args.quick else 5)
     open_repeat = 3 if args.quick else 21
     warmup = 0 if args.quick else 1
@@ -537,12 +564,14 @@ def main(argv: list[str] | None = None) -> int:
     workloads: list[Workload] = []
     try:
         for key in args.workloads:
-            (w,) = build_workloads(args.quick, key)
+            (w,) = build_workloads(args.size, key)
             workloads.append(w)
             rows += bench_workload(w, directory, repeat, warmup, open_repeat)
             w.release()
-            if not args.no_memory:
-                memory[key] = measure_memory(key, args)
+            if not args.no_memory and not args.quick:  # a fresh process per full-size workload
+                memory.update(measure_memory(key, args))
+        if not args.no_memory and args.quick:  # one process for all the small ones
+            memory.update(measure_memory(args.workloads, args))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     checks = check_targets(rows, memory)

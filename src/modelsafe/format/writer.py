@@ -116,15 +116,44 @@ def _payload(leaf: Any, size: int) -> memoryview:
     return data
 
 
+class _SmallBatch:
+    """Small payloads collected and written together by one ``write_many`` (writev) call, uncopied."""
+
+    LIMIT_COUNT = 1024
+    LIMIT_BYTES = 4 << 20
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._write_many = getattr(f, "write_many", None)
+        self._write = f.write
+        self._views: list = []
+        self._bytes = 0
+
+    def add(self, data: memoryview) -> None:
+        if self._write_many is None:
+            self._write(data)
+            return
+        self._views.append(data)
+        self._bytes += data.nbytes
+        if len(self._views) >= self.LIMIT_COUNT or self._bytes >= self.LIMIT_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._views:
+            self._write_many(self._views)
+            self._views, self._bytes = [], 0
+
+
 def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str]:
     """Write every payload in layout order; return their checksums in the same order."""
     checksums: list[Any] = [None] * len(layout)
     pending: deque[tuple[int, Future]] = deque()
     executor: ThreadPoolExecutor | None = None
+    small = _SmallBatch(f)
     try:
         for index, (leaf, begin, end) in enumerate(layout):
             data = _payload(leaf, end - begin)
             if end - begin >= HASH_BESIDE_WRITE_BYTES:
+                small.flush()
                 if executor is None:
                     executor = ThreadPoolExecutor(1, thread_name_prefix="modelsafe-hash")
                 pending.append((index, executor.submit(checksum.digest, data)))
@@ -134,7 +163,8 @@ def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str
                     checksums[done] = future.result()
             else:
                 checksums[index] = checksum.digest(data)
-                f.write(data)
+                small.add(data)
+        small.flush()
         for done, future in pending:
             checksums[done] = future.result()
     finally:

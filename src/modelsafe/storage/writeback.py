@@ -19,6 +19,7 @@ b'hello'
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -48,6 +49,29 @@ def sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return function
 
 
+_IOV_MAX = 1024  # buffers per writev call (POSIX minimum of IOV_MAX)
+
+
+def writev_all(fd: int, buffers: list) -> int:
+    """Write every buffer in order with as few ``writev`` calls as possible; returns the bytes written."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    total = sum(v.nbytes for v in views)
+    i = 0
+    while i < len(views):
+        chunk = views[i : i + _IOV_MAX]
+        n = os.writev(fd, chunk)
+        if n == 0 and any(v.nbytes for v in chunk):
+            raise OSError(errno.EIO, "writev wrote nothing")
+        for view in chunk:  # skip what was written; resume inside a partly written buffer
+            if n >= view.nbytes:
+                n -= view.nbytes
+                i += 1
+            else:
+                views[i] = view[n:]
+                break
+    return total
+
+
 class WritebackFile:
     """A binary file over ``fd`` (taken over, closed with the file) that starts writeback as it goes."""
 
@@ -61,6 +85,17 @@ class WritebackFile:
 
     def write(self, data: Any) -> int:
         n = self._file.write(data)
+        self._written += n
+        if self._sync is not None and self._written - self._started >= WINDOW:
+            self._start_writeback()
+        return n
+
+    def write_many(self, buffers: list) -> int:
+        """Write ``buffers`` one after the other straight from their memory (``writev``): no copy."""
+        if not hasattr(os, "writev"):  # Windows
+            return sum(self.write(b) for b in buffers)
+        self._file.flush()
+        n = writev_all(self._fd, buffers)
         self._written += n
         if self._sync is not None and self._written - self._started >= WINDOW:
             self._start_writeback()
