@@ -373,3 +373,15 @@ def test_an_empty_run_is_not_loadable(tmp_path):
     with pytest.raises(ms.CheckpointNotFoundError, match="no committed checkpoint"):
         ck.load()
     ck.close()
+
+
+def test_the_run_file_records_the_training_settings(tmp_path):
+    ck = ms.Checkpoints(tmp_path, keep_last=2, keep_best=1, monitor="val", mode="max", name="e{step}")
+    ck.save({"a": 1}, step=0, metrics={"val": 1.0})
+    ck.close()
+    run = json.load(open(tmp_path / ".modelsafe-run.json"))
+    assert (run["monitor"], run["mode"], run["keep_last"], run["keep_best"], run["name"]) == ("val", "max", 2, 1, "e{step}")
+    maintenance = ms.Checkpoints(tmp_path)  # e.g. a CLI deleting one checkpoint
+    maintenance.delete(0)
+    maintenance.close()
+    assert json.load(open(tmp_path / ".modelsafe-run.json")) == run

@@ -237,7 +237,12 @@ class Checkpoints:
         return found
 
     # -- the writer side ------------------------------------------------------------------
-    def _become_writer(self) -> dict:
+    def _become_writer(self, *, record_settings: bool = False) -> dict:
+        """Take the run's lock, clean what crashed writers left, read (or create) the run file.
+
+        ``record_settings``: store this object's keep/monitor/name settings in the run file
+        (done by ``save``; maintenance such as ``delete`` leaves the run's settings alone).
+        """
         if self._run is None or not getattr(self._storage, "locked", True):
             self._storage.lock()
             try:
@@ -246,6 +251,8 @@ class Checkpoints:
             except BaseException:
                 self._storage.unlock()
                 raise
+        if record_settings and any(self._run.get(k) != v for k, v in self._settings().items()):
+            self._run = self._read_or_create_run(record_settings=True)
         return self._run
 
     def _run_file(self) -> str:
@@ -265,15 +272,18 @@ class Checkpoints:
         return {"monitor": self.monitor, "mode": self.mode, "keep_last": self.keep_last,
                 "keep_best": self.keep_best, "name": self.name_template}
 
-    def _read_or_create_run(self, lineage: list | None = None) -> dict:
-        """The run file (run id, lineage, current settings); written when new or changed."""
+    def _read_or_create_run(self, lineage: list | None = None, *, record_settings: bool = False) -> dict:
+        """The run file (run id, lineage, settings); written when new or changed."""
         old = self._read_run()
+        settings = self._settings()
+        if old is not None and not record_settings:
+            settings = {k: old.get(k) for k in settings}
         run = {
             "format": "modelsafe run",
             "run_id": old["run_id"] if old else secrets.token_hex(8),
             "created": old.get("created") if old else datetime.now(timezone.utc).isoformat(),
             "lineage": lineage if lineage is not None else (old.get("lineage", []) if old else []),
-            **self._settings(),
+            **settings,
         }
         if run != old:
             with atomic_file(self._run_file()) as f:
@@ -290,7 +300,7 @@ class Checkpoints:
         """
         if self._writer is not None:
             self._writer.wait()  # one save in flight at a time; re-raises a failed one
-        run = self._become_writer()
+        run = self._become_writer(record_settings=True)
         metrics = normalize_metrics(metrics)
         infos = self.list()
         if step is None:
@@ -518,7 +528,7 @@ class Checkpoints:
             "step": info.step,
             "manifest_xxh3": checksum.digest(raw),
         }]
-        run = target._read_or_create_run(lineage=lineage)
+        run = target._read_or_create_run(lineage=lineage, record_settings=True)
         target._run = run
         manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
         staging = target._storage.stage(info.name)
