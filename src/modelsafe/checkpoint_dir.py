@@ -26,7 +26,7 @@ import xxhash
 
 from . import sources
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
-from .format import checksum, manifest as manifest_mod
+from .format import manifest as manifest_mod
 from .format.container import MANIFEST_KEY
 from .format.manifest import TensorRecord
 from .format.reader import FileSource

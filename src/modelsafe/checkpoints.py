@@ -44,7 +44,6 @@ from .checkpoint_dir import (
     build_manifest,
     hash_files,
     parse_manifest,
-    verify_files,
     write_manifest,
     write_shards,
 )
@@ -58,7 +57,7 @@ from .storage.commit import LocalRunStorage, RunStorage
 from .storage.local import atomic_file, storage_error
 from .tree import Leaf, flatten, walk_refs
 
-__all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "checkpoint_path", "RUN_FILE"]
+__all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "RUN_FILE"]
 
 RUN_FILE = ".modelsafe-run.json"
 
@@ -650,37 +649,6 @@ def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
     return SimpleNamespace(
         skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
     )
-
-
-def checkpoint_path(address: str | os.PathLike) -> str:
-    """Resolve ``RUN@best``, ``RUN@latest``, ``RUN@<name>`` or ``RUN@<step>`` to a checkpoint directory.
-
-    Any other path is returned unchanged (a run directory addresses its latest checkpoint
-    when loaded).
-    """
-    text = os.fspath(address)
-    run, sep, which = text.rpartition("@")
-    if not sep or not run or not os.path.isdir(run) or os.path.exists(text):
-        return text
-    monitor = mode = None
-    run_meta = _read_run_meta(run)
-    if which == "best":
-        monitor, mode = run_meta.get("monitor"), run_meta.get("mode", "min")
-        if not monitor:
-            raise CheckpointNotFoundError(
-                f"{run}: '@best' needs to know the metric; use the Python API with monitor= or RUN@<name>", path=run
-            )
-    ck = Checkpoints(run, monitor=monitor, mode=mode or "min")
-    return ck._resolve(int(which) if which.isdigit() else which).path
-
-
-def _read_run_meta(run: str) -> dict:
-    try:
-        with open(os.path.join(run, RUN_FILE), "rb") as f:
-            meta = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _is_run_dir(path: str) -> bool:
