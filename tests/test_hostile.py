@@ -438,3 +438,50 @@ def test_fifo_and_devices_are_refused_without_blocking(tmp_path):
     assert_corrupt(results[0], fifo, what="a FIFO")
     assert_corrupt(results[1], fifo, what="a FIFO (open)")
     assert_corrupt(results[2], "/dev/zero", what="a character device")
+
+
+# -- fuzzing the manifest tree: any JSON a sealed file may hold ------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from modelsafe.tree import _DECODERS  # noqa: E402
+
+_FIELD_WORDS = ["type", "fields", "items", "_metadata", "class", "args", "kwargs", "state", "id", "name", "a", "x"]
+_json_leaf = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+              | st.sampled_from(["a", "x", "nan", "inf", "os:system", "builtins:eval", "test_hostile:Trap", ""]))
+
+
+def _nodes():
+    tags = sorted(_DECODERS)
+    keys = st.sampled_from(tags + _FIELD_WORDS)
+    return st.recursive(
+        _json_leaf,
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, min_size=1, max_size=4),
+        max_leaves=16,
+    )
+
+
+@pytest.fixture(scope="module")
+def fuzz_base(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fuzz") / "base.safetensors"
+    ms.save({"a": np.arange(3.0), "x": b"\x80\x04K\x01."}, path)  # "x" holds bytes that unpickle to 1
+    header, data = read_parts(path)
+    return path.parent, header, data
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(tree=_nodes(), meta=st.none() | _nodes())
+def test_any_manifest_tree_loads_or_raises_a_modelsafe_error(fuzz_base, tree, meta):
+    directory, header, data = fuzz_base
+    manifest = json.loads(header["__metadata__"]["modelsafe"])
+    manifest["tree"] = tree
+    manifest["metadata"] = meta
+    patched = dict(header, __metadata__=dict(header["__metadata__"], modelsafe=manifest))
+    path = directory / "fuzzed.safetensors"
+    path.write_bytes(sealed_file(patched, data))
+    for call in (lambda: ms.load(path), lambda: ms.open(path).metadata, lambda: ms.open(path).load()):
+        try:
+            call()
+        except ms.ModelsafeError:
+            pass

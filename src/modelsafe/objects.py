@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from .errors import CorruptCheckpointError, UnsupportedObjectError
 from .recipes import Recipe, attach_recipe, qualified_name, recipe_of, registered_name, resolve
-from .tree import Flattener, Unflattener, format_path, register_decoder, register_encoder
+from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
 
 __all__ = [
     "ObjectCodec",
@@ -242,7 +242,7 @@ def _dec_object_ref(un: Unflattener, node: dict) -> Any:
 def _dec_object(un: Unflattener, node: dict) -> Any:
     memo = un.context.setdefault("objects", {})
     node_id = node.get("id")
-    if node_id in memo:
+    if isinstance(node_id, int) and node_id in memo:  # a hostile id may be unhashable
         return memo[node_id]
     obj = _codec_for_kind(un, node).decode(un, node)
     if isinstance(node_id, int):
@@ -430,7 +430,7 @@ def _dec_counter(un: Unflattener, node: dict) -> Counter:
     items = node["counter"]
     if not isinstance(items, list) or not all(isinstance(p, list) and len(p) == 2 for p in items):
         raise un.bad(node, "counter items must be [key, count] pairs")
-    return Counter({un.decode(k): un.decode(v) for k, v in items})
+    return Counter({_decode_key(un, k): un.decode(v) for k, v in items})  # keys checked hashable
 
 
 register_encoder(Counter, _enc_counter)
