@@ -480,7 +480,15 @@ def test_any_manifest_tree_loads_or_raises_a_modelsafe_error(fuzz_base, tree, me
     patched = dict(header, __metadata__=dict(header["__metadata__"], modelsafe=manifest))
     path = directory / "fuzzed.safetensors"
     path.write_bytes(sealed_file(patched, data))
-    for call in (lambda: ms.load(path), lambda: ms.open(path).metadata, lambda: ms.open(path).load()):
+    def open_metadata():
+        with ms.open(path) as reader:
+            return reader.metadata
+
+    def open_load():
+        with ms.open(path) as reader:
+            return reader.load()
+
+    for call in (lambda: ms.load(path), open_metadata, open_load):
         try:
             call()
         except ms.ModelsafeError:
