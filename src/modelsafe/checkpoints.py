@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno as errno_mod
 import json
 import math
 import operator
 import os
 import secrets
-import shutil
 import threading
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from types import SimpleNamespace
 from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
-from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, frozen_adapter, snapshot
+from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
 from .checkpoint_dir import (
     FILES_DIR,
     MANIFEST,
@@ -47,15 +44,14 @@ from .checkpoint_dir import (
     write_manifest,
     write_shards,
 )
+from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import format_name, normalize_metrics
 from .errors import CheckpointNotFoundError, ModelsafeError, StorageError
 from .format import checksum
-from .format.writer import write_file
-from .loading import decode_metadata
 from .sources import register_directory_opener
 from .storage.commit import LocalRunStorage, RunStorage
 from .storage.local import atomic_file, storage_error
-from .tree import Leaf, flatten, walk_refs
+from .tree import flatten
 
 __all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "RUN_FILE"]
 
@@ -532,12 +528,7 @@ class Checkpoints:
         manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
         staging = target._storage.stage(info.name)
         try:
-            for shard in manifest["shards"]:
-                _link_or_copy(os.path.join(info.path, shard["file"]), os.path.join(staging, shard["file"]))
-            for rel in manifest["files"]:
-                parts = rel.split("/")
-                os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
-                _link_or_copy(os.path.join(info.path, *parts), os.path.join(staging, *parts))
+            link_payloads(info.path, manifest, staging)
             write_manifest(staging, manifest)
             target._storage.commit(staging, info.name)
         except BaseException as exc:
@@ -555,16 +546,8 @@ class Checkpoints:
         Checksums are verified on the way; nothing is rebuilt or imported.
         """
         info = self._resolve(which)
-        with CheckpointSource(info.path) as source:
-            node, prefix = _subtree(source.manifest.get("tree"), key)
-            fl = _copy_subtree(source, node, prefix)
-            metadata = decode_metadata(source)
-            metadata = dict(metadata) if isinstance(metadata, dict) else {}
-            metadata["exported_from"] = {
-                "run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics),
-            }
-            with atomic_file(os.fspath(path)) as f:
-                write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
+        origin = {"run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics)}
+        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin)
         return info
 
 
@@ -594,61 +577,6 @@ def _info_from_manifest(manifest: dict, name: str, path: str, manifest_size: int
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError as exc:
-        if exc.errno not in (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES):
-            raise
-        shutil.copyfile(src, dst)
-
-
-def _subtree(tree: Any, key: str) -> tuple[Any, str]:
-    """The node under ``key`` of a saved dict, and the leaf-name prefix of its tensors."""
-    if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
-        for item in tree["dict"]:
-            if isinstance(item, list) and len(item) == 2 and item[0] == key:
-                return item[1], f"{key}."
-    return tree, ""
-
-
-def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:
-    if isinstance(node, list):
-        return [_rename_refs(v, mapping) for v in node]
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            if k in ("tensor", "bytes", "pickle") and isinstance(v, str):
-                out[k] = mapping.get(v, v)
-            else:
-                out[k] = _rename_refs(v, mapping)
-        return out
-    return node
-
-
-def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
-    from .adapters import TensorInfo
-
-    names = list(dict.fromkeys(name for _, name in walk_refs(node)))
-    aliases = {a: t for a, t in source.aliases.items() if t in names and a.startswith(prefix)}
-    mapping = {n: (n[len(prefix):] if n.startswith(prefix) and n != prefix else n) for n in [*names, *aliases]}
-    if len(set(mapping.values())) != len(mapping):
-        mapping = {n: n for n in mapping}
-    buffers = source.buffers(lazy=True)
-    leaves = []
-    for name in names:
-        record = source.records[name]
-        base = buffers[record.file]
-        source.verify_record(record, base)
-        data = memoryview(base[record.begin:record.end])
-        info = TensorInfo(record.dtype.name, tuple(record.shape), None, dict(record.attrs))
-        adapter = frozen_adapter(record.framework) if record.kind == "tensor" else None
-        leaves.append(Leaf(mapping[name], record.kind, data, info, adapter, mapping[name]))
-    return SimpleNamespace(
-        skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
-    )
 
 
 def _is_run_dir(path: str) -> bool:

@@ -1,0 +1,106 @@
+"""Copying checkpoints out of a run: files for ``fork`` (hard links), the model for ``export``.
+
+Both work on the stored form: nothing is decoded, rebuilt or imported, and every
+payload ``export`` copies is verified against its checksum on the way.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import shutil
+from types import SimpleNamespace
+from typing import Any
+
+from .api import encode_metadata
+from .async_save import frozen_adapter
+from .checkpoint_dir import CheckpointSource
+from .format.writer import write_file
+from .loading import decode_metadata
+from .storage.local import atomic_file
+from .tree import Leaf, walk_refs
+
+__all__ = ["link_payloads", "export_checkpoint"]
+
+
+def link_payloads(source: str, manifest: dict, staging: str) -> None:
+    """Give ``staging`` the shards and bound files of checkpoint ``source`` (hard links where possible)."""
+    for shard in manifest["shards"]:
+        _link_or_copy(os.path.join(source, shard["file"]), os.path.join(staging, shard["file"]))
+    for rel in manifest["files"]:
+        parts = rel.split("/")
+        os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
+        _link_or_copy(os.path.join(source, *parts), os.path.join(staging, *parts))
+
+
+def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin: dict | None = None) -> None:
+    """Write entry ``key`` of the saved dict (or the whole state) of ``checkpoint`` as one file.
+
+    The subtree is copied as stored, recipe included; tensor names lose the ``key.``
+    prefix, so an exported state_dict keeps its keys.  ``origin`` is recorded in the
+    metadata as ``exported_from``.
+    """
+    with CheckpointSource(checkpoint) as source:
+        node, prefix = _subtree(source.manifest.get("tree"), key)
+        fl = _copy_subtree(source, node, prefix)
+        metadata = decode_metadata(source)
+        metadata = dict(metadata) if isinstance(metadata, dict) else {}
+        if origin is not None:
+            metadata["exported_from"] = origin
+        with atomic_file(path) as f:
+            write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES):
+            raise
+        shutil.copyfile(src, dst)
+
+
+def _subtree(tree: Any, key: str) -> tuple[Any, str]:
+    """The node under ``key`` of a saved dict, and the leaf-name prefix of its tensors."""
+    if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
+        for item in tree["dict"]:
+            if isinstance(item, list) and len(item) == 2 and item[0] == key:
+                return item[1], f"{key}."
+    return tree, ""
+
+
+def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(node, list):
+        return [_rename_refs(v, mapping) for v in node]
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k in ("tensor", "bytes", "pickle") and isinstance(v, str):
+                out[k] = mapping.get(v, v)
+            else:
+                out[k] = _rename_refs(v, mapping)
+        return out
+    return node
+
+
+def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
+    from .adapters import TensorInfo
+
+    names = list(dict.fromkeys(name for _, name in walk_refs(node)))
+    aliases = {a: t for a, t in source.aliases.items() if t in names and a.startswith(prefix)}
+    mapping = {n: (n[len(prefix):] if n.startswith(prefix) and n != prefix else n) for n in [*names, *aliases]}
+    if len(set(mapping.values())) != len(mapping):
+        mapping = {n: n for n in mapping}
+    buffers = source.buffers(lazy=True)
+    leaves = []
+    for name in names:
+        record = source.records[name]
+        base = buffers[record.file]
+        source.verify_record(record, base)
+        data = memoryview(base[record.begin:record.end])
+        info = TensorInfo(record.dtype.name, tuple(record.shape), None, dict(record.attrs))
+        adapter = frozen_adapter(record.framework) if record.kind == "tensor" else None
+        leaves.append(Leaf(mapping[name], record.kind, data, info, adapter, mapping[name]))
+    return SimpleNamespace(
+        skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
+    )
