@@ -20,6 +20,7 @@ import pytest
 
 import modelsafe as ms
 from craft import raw_file, read_parts, sealed_file
+from safetensors.torch import load_file as st_load_file
 from modelsafe.format.manifest import FORMAT_VERSION
 
 pytestmark = pytest.mark.timeout(300)
@@ -493,3 +494,42 @@ def test_any_manifest_tree_loads_or_raises_a_modelsafe_error(fuzz_base, tree, me
             call()
         except ms.ModelsafeError:
             pass
+
+
+def _random_header(rng: random.Random, data_len: int) -> dict:
+    codes = ["F32", "F16", "BF16", "I64", "U8", "BOOL", "C64", "F8_E4M3", "F8_E8M0", "X9", ""]
+    header = {}
+    for i in range(rng.randint(1, 3)):
+        shape = [rng.choice([0, 1, 2, 3, 4, 7, 10**6, 2**40, -1]) for _ in range(rng.randint(0, 3))]
+        begin = rng.choice([0, 0, 4, 8, 16, data_len, data_len + 8, -4, 2**63])
+        end = rng.choice([begin, begin + 4, begin + 8, begin + 16, data_len, 2**64, begin - 1])
+        header[rng.choice(["a", "b", "c", f"t{i}"])] = {"dtype": rng.choice(codes), "shape": shape,
+                                                        "data_offsets": [begin, end]}
+    if rng.random() < 0.3:
+        header["__metadata__"] = {"format": "pt"}
+    return header
+
+
+def test_random_headers_load_exactly_or_fail_cleanly(tmp_path):
+    """Random (mostly invalid) headers: each file is refused, or is valid and reads as safetensors reads it."""
+    rng = random.Random(99)
+    paths = []
+    for i in range(400):
+        data = bytes(rng.choice([0, 4, 8, 16, 24]))
+        header = _random_header(rng, len(data))
+        path = tmp_path / f"r{i}.safetensors"
+        path.write_bytes(raw_file(header, data))
+        paths.append(path)
+    results = run_capped([{"path": str(p)} for p in paths], torch=True)
+    loaded = 0
+    for path, result in zip(paths, results):
+        if result.get("ok"):  # then it is a valid file: it must read as plain safetensors reads it
+            loaded += 1
+            ours = ms.load(path)
+            theirs = st_load_file(str(path))
+            assert set(ours) == set(theirs), path.name
+            for key, tensor in theirs.items():
+                assert ours[key].shape == tensor.shape and ours[key].dtype == tensor.dtype, (path.name, key)
+            continue
+        assert_corrupt(result, path, what=path.name)
+    assert loaded < len(paths)  # the generator produces invalid files; a valid one now and then is fine
