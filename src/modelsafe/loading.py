@@ -10,6 +10,7 @@ import numpy as np
 from .adapters import LoadOptions, TensorSpec, adapter_named
 from .errors import CorruptCheckpointError, UnsafeObjectError
 from .format.manifest import TensorRecord
+from .gc_pause import gc_paused
 from .tree import Unflattener
 
 
@@ -26,6 +27,7 @@ def refuse_pickles(source: Any, allow_pickle: bool) -> None:
             )
 
 
+@gc_paused()  # tens of thousands of tensors and specs at once
 def materialize(
     source: Any,
     buffers: dict[str | None, np.ndarray],
@@ -70,6 +72,7 @@ def _too_deep(source: Any, what: str) -> CorruptCheckpointError:
     )
 
 
+@gc_paused()
 def decode_tree(source: Any, values: dict[str, Any], *, allow_pickle: bool, trusted: Iterable[str] = ()) -> Any:
     try:
         return Unflattener(values, allow_pickle=allow_pickle, trusted=tuple(trusted), source=source.path).decode(

@@ -110,10 +110,15 @@ class TorchAdapter:
         flat = torch.from_numpy(base) if base.size else torch.empty(0, dtype=torch.uint8)
         typed_views: dict[torch.dtype, tuple[torch.Tensor, int]] = {}
         address = base.ctypes.data if base.size else 0
+        kinds: dict[str, tuple[torch.dtype, int]] = {}   # per call: dtype name -> (torch dtype, item size)
+        strides_of: dict[tuple, tuple[int, ...]] = {}    # optimizer states repeat a few shapes many times
+        map_location = options.map_location
         out = []
         for spec in specs:
-            dt = torch_dtype(spec.dtype)
-            size = dtypes.BY_NAME[spec.dtype].itemsize
+            kind = kinds.get(spec.dtype)
+            if kind is None:
+                kind = kinds[spec.dtype] = (torch_dtype(spec.dtype), dtypes.BY_NAME[spec.dtype].itemsize)
+            dt, size = kind
             if spec.nbytes == 0:
                 t = torch.empty(spec.shape, dtype=dt)
             elif options.copy or (address + spec.offset) % size:
@@ -126,8 +131,12 @@ class TorchAdapter:
                     usable = (flat.numel() - start) // size * size
                     typed = flat[start : start + usable].view(dt)
                     typed_views[dt] = (typed, start)
-                t = typed.as_strided(spec.shape, _contiguous_strides(spec.shape), (spec.offset - start) // size)
-            out.append(_restore(t, spec.attrs, options.map_location))
+                shape = spec.shape if type(spec.shape) is tuple else tuple(spec.shape)
+                strides = strides_of.get(shape)
+                if strides is None:
+                    strides = strides_of[shape] = _contiguous_strides(shape)
+                t = typed.as_strided(shape, strides, (spec.offset - start) // size)
+            out.append(t if map_location is None and not spec.attrs else _restore(t, spec.attrs, map_location))
         return out
 
 

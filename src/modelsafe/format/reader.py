@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
 from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
 from .manifest import TensorRecord
@@ -53,7 +54,8 @@ class FileSource:
         except OSError as exc:
             raise StorageError(f"{self.path}: cannot open ({exc.strerror})", path=self.path, errno=exc.errno) from exc
         try:
-            self._parse()
+            with gc_paused():  # tens of thousands of header entries and records
+                self._parse()
         except BaseException:
             self.close()
             raise
