@@ -364,6 +364,28 @@ def test_hostile_but_allowlisted_constructs_are_refused(tmp_path, expr, match):
     assert str(path) in str(exc.value)
 
 
+def test_zip_files_without_a_byteorder_record_are_little_endian(tmp_path):
+    data, _ = assemble({"w": tensor_expr("0", 4)}, 2)
+    path = tmp_path / "old.pt"
+    torch_zip(path, data, {"0": FLOATS}, byteorder=None)
+    assert torch.equal(load_torch_file(path)["w"], torch.load(path, weights_only=True)["w"])
+
+
+def test_legacy_storage_views(tmp_path):
+    """Old torch wrote storage views as (view_key, offset, size) in the persistent id."""
+    view = tup("storage", G("torch", "FloatStorage"), "0", "cpu", 4, tup("v", 1, 2))
+    expr = {"whole": tensor_expr("0", 4, legacy=True),
+            "part": call(G("torch._utils", "_rebuild_tensor_v2"), persid(view), 0, tup(2), tup(1), False,
+                         call(G("collections", "OrderedDict")))}
+    data, _ = assemble(expr, 2)
+    path = tmp_path / "views.pt"
+    torch_legacy(path, data, [("0", 4, FLOATS)])
+    ours, oracle = load_torch_file(path), torch.load(path, weights_only=True)
+    assert torch.equal(ours["part"], oracle["part"]) and torch.equal(ours["part"], torch.tensor([1.0, 2.0]))
+    ours["whole"][1] = 9.0
+    assert ours["part"][0] == 9.0  # the view shares the root storage, as in torch
+
+
 def test_storages_saved_on_a_gpu_are_read_as_cpu_tensors(tmp_path):
     pid = tup("storage", G("torch", "FloatStorage"), "0", "cuda:0", 4)
     expr = {"w": call(G("torch._utils", "_rebuild_tensor_v2"), persid(pid), 0, tup(2, 2), tup(2, 1), False,
