@@ -268,3 +268,74 @@ def test_numpy_bit_generator_names_come_from_a_fixed_list(tmp_path):
     edit_manifest(p, edit)
     with pytest.raises(ms.CorruptCheckpointError, match="bit generator"):
         ms.load(p)
+
+
+# -- damaged object nodes: load or raise a ModelsafeError, never anything else ---------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | st.sampled_from(
+        ["torch.module", "torch.optimizer", "torch.lr_scheduler", "rebuildable", "tests.security.Net",
+         "torch.nn.Linear", "torch.optim.SGD", "model.fc.weight", "os:system", ""]
+    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["tensor", "object", "object_ref", "id", "recipe", "name", "args", "kwargs", "state", "dict",
+                         "params", "optimizer", "ref", "tuple", "float"]), inner, min_size=1, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _paths(v, prefix + (i,))
+
+
+@pytest.fixture(scope="module")
+def training_file(tmp_path_factory):
+    import json as _json
+
+    d = tmp_path_factory.mktemp("dmg")
+    m = Net()
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    m.fc(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    p = d / "base.safetensors"
+    ms.save({"model": m, "optimizer": opt, "scheduler": torch.optim.lr_scheduler.StepLR(opt, 2), "box": Box([1])}, p)
+    from craft import manifest_of
+
+    tree = manifest_of(p)["tree"]
+    return d, p, _json.dumps(tree), sorted(_paths(tree), key=len)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_damaged_object_nodes_load_or_raise_modelsafe_errors(training_file, data):
+    import json as _json
+    import shutil
+
+    d, base, tree_text, paths = training_file
+    where = data.draw(st.sampled_from(paths[1:]))
+    value = data.draw(_JSON)
+    p = d / "damaged.safetensors"
+    shutil.copyfile(base, p)
+
+    def edit(manifest):
+        tree = _json.loads(tree_text)
+        node = tree
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
+        manifest["tree"] = tree
+
+    edit_manifest(p, edit)
+    try:
+        ms.load(p)
+    except ms.ModelsafeError:
+        pass

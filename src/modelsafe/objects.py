@@ -23,7 +23,7 @@ import inspect
 from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
 
-from .errors import CorruptCheckpointError, UnsupportedObjectError
+from .errors import CorruptCheckpointError, ModelsafeError, UnsupportedObjectError
 from .recipes import Recipe, attach_recipe, qualified_name, recipe_of, registered_name, resolve
 from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
 
@@ -242,10 +242,22 @@ def _dec_object_ref(un: Unflattener, node: dict) -> Any:
 def _dec_object(un: Unflattener, node: dict) -> Any:
     memo = un.context.setdefault("objects", {})
     node_id = node.get("id")
-    if isinstance(node_id, int) and node_id in memo:  # a hostile id may be unhashable
+    if node_id is not None and (not isinstance(node_id, int) or isinstance(node_id, bool)):
+        raise un.bad(node, "an object id must be an integer")  # (a hostile id may be unhashable)
+    if node_id in memo:
         return memo[node_id]
-    obj = _codec_for_kind(un, node).decode(un, node)
-    if isinstance(node_id, int):
+    codec = _codec_for_kind(un, node)
+    try:
+        obj = codec.decode(un, node)
+    except ModelsafeError:
+        raise
+    except Exception as exc:  # framework code rejecting what a damaged or hostile file holds
+        raise CorruptCheckpointError(
+            f"{un.source}: the {node.get('object')} at {node.get('path', 'an object node')} cannot be rebuilt: "
+            f"{type(exc).__name__}: {exc}",
+            path=un.source,
+        ) from exc
+    if node_id is not None:
         memo[node_id] = obj
     return obj
 
