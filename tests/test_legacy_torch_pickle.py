@@ -517,6 +517,18 @@ def test_memory_bombs_are_refused_before_allocating(tmp_path):
         assert out[str(p)].startswith("CorruptCheckpointError") and "before allocating" in out[str(p)], out[str(p)]
 
 
+def test_flipped_bits_in_zip_records_fail_their_crc(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(1000, dtype=torch.float32)}, path)
+    blob = bytearray(path.read_bytes())
+    at = blob.find(torch.arange(1000, dtype=torch.float32).numpy().tobytes()[400:420]) + 3
+    blob[at] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CorruptCheckpointError, match="CRC-32") as exc:
+        load_torch_file(path)
+    assert exc.value.key.endswith("data/0")
+
+
 def test_damaged_files_are_corrupt_not_crashes(tmp_path):
     path, _ = saved(tmp_path, "checkpoint", "legacy")
     blob = path.read_bytes()

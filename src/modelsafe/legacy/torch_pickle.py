@@ -33,6 +33,7 @@ import os
 import re
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -426,8 +427,8 @@ def _map_file(path: str) -> np.ndarray:
     return np.frombuffer(mm, dtype=np.uint8)
 
 
-def _zip_records(path: str, source: str) -> tuple[str, dict[str, tuple[int, int]]]:
-    """(archive prefix, name -> (data offset, size)) of a torch zip file, every record validated."""
+def _zip_records(path: str, source: str) -> tuple[str, dict[str, tuple[int, int, int]]]:
+    """(archive prefix, name -> (data offset, size, CRC-32)) of a torch zip file, every record validated."""
     file_size = os.path.getsize(path)
     try:
         with open(path, "rb") as f, zipfile.ZipFile(f) as z:
@@ -458,7 +459,7 @@ def _zip_records(path: str, source: str) -> tuple[str, dict[str, tuple[int, int]
                 start = info.header_offset + 30 + name_len + extra_len
                 if start + info.file_size > file_size or info.compress_size != info.file_size:
                     raise _corrupt(source, f"record {info.filename} claims {info.file_size:,} bytes beyond the end of the file")
-                records[info.filename[len(prefix):]] = (start, info.file_size)
+                records[info.filename[len(prefix):]] = (start, info.file_size, info.CRC)
     except zipfile.BadZipFile as exc:
         raise _corrupt(source, f"is not a valid zip archive ({exc})") from None
     return prefix, records
@@ -469,8 +470,14 @@ def _load_zip(path: str, source: str) -> Loaded:
     blob = _map_file(path)
 
     def record(name: str) -> np.ndarray:
-        start, size = records[name]
-        return blob[start : start + size]
+        start, size, crc = records[name]
+        data = blob[start : start + size]
+        if zlib.crc32(data) != crc:
+            raise CorruptCheckpointError(
+                f"{source}: record {name} fails its CRC-32 check; the file is damaged (restore it or save it again)",
+                path=source, key=name,
+            )
+        return data
 
     byteorder = "little"
     if "byteorder" in records:
@@ -480,7 +487,7 @@ def _load_zip(path: str, source: str) -> Loaded:
 
     def record_size(key: str) -> int | None:
         found = records.get(f"data/{key}")
-        return None if found is None else found[1]
+        return None if found is None else found[1]  # sizes are checked before any record is read
 
     table = StorageTable(source, record_size, legacy=False)
     tree = _load_objects(record("data.pkl").tobytes(), source, table)
