@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import re
-import struct
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,7 +26,6 @@ import xxhash
 from . import sources
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 from .format import manifest as manifest_mod
-from .format.container import MANIFEST_KEY
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
 from .format.writer import write_file
@@ -65,11 +63,12 @@ def plan_shards(leaves: list, max_bytes: int = MAX_SHARD_BYTES) -> list[list]:
     current: list = []
     size = 0
     for leaf in leaves:
-        if current and size + leaf.nbytes > max_bytes:
+        nbytes = leaf.nbytes
+        if current and size + nbytes > max_bytes:
             shards.append(current)
             current, size = [], 0
         current.append(leaf)
-        size += leaf.nbytes
+        size += nbytes
     if current:
         shards.append(current)
     return shards
@@ -96,22 +95,12 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
         shard = SimpleNamespace(skeleton={"dict": [[leaf.name, _ref(leaf)] for leaf in group]}, leaves=group, aliases={})
         try:
             with open(path, "xb", buffering=4 << 20) as f:
-                size = write_file(f, shard)
+                size = write_file(f, shard, checksums_out=checksums)
         except OSError as exc:
             raise _with_file(exc, path) from exc
-        checksums.update(_written_checksums(path))
         placement.update((leaf.name, name) for leaf in group)
         shards.append({"file": name, "size": size})
     return checksums, placement, shards
-
-
-def _written_checksums(path: str) -> dict[str, str]:
-    """name -> xxh3 from the header of a shard we just wrote (its manifest; no re-validation)."""
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    tensors = json.loads(header["__metadata__"][MANIFEST_KEY])["tensors"]
-    return {name: entry["xxh3"] for name, entry in tensors.items()}
 
 
 def _with_file(exc: OSError, path: str) -> OSError:

@@ -48,6 +48,7 @@ from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import format_name, normalize_metrics
 from .errors import CheckpointNotFoundError, ModelsafeError, StorageError
 from .format import checksum
+from .gc_pause import gc_paused
 from .sources import register_directory_opener
 from .storage.commit import LocalRunStorage, RunStorage
 from .storage.local import atomic_file, storage_error
@@ -324,7 +325,8 @@ class Checkpoints:
         # async: copy plain trees of tensors as they are and flatten in the background
         # (the cheapest snapshot); anything else is flattened here and its payloads copied
         plain = copy_plain_tree(state) if self._writer is not None else None
-        fl = flatten(state) if plain is None else None
+        with gc_paused():
+            fl = flatten(state) if plain is None else None
         metadata_node = encode_metadata(metadata)
         checkpoint = {
             "name": name,
@@ -359,8 +361,9 @@ class Checkpoints:
         try:
             checksums, placement, shards = write_shards(staging, fl)
             files = hash_files(staging)
-            manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
-            write_manifest(staging, manifest)
+            with gc_paused():  # many small objects, none of them cyclic garbage
+                manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
+                write_manifest(staging, manifest)
             path = self._storage.commit(staging, name)
         except BaseException as exc:
             self._storage.discard(staging)
@@ -555,7 +558,8 @@ class Checkpoints:
 
 def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> Any:
     try:
-        return flatten(tree)
+        with gc_paused():
+            return flatten(tree)
     except BaseException:
         storage.discard(staging)
         raise

@@ -173,14 +173,21 @@ def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str
     return checksums
 
 
-def write_file(f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None) -> int:
-    """Write flattened tree ``fl`` to the open binary file ``f`` (at offset 0); returns bytes written."""
+def write_file(
+    f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None, checksums_out: dict | None = None
+) -> int:
+    """Write flattened tree ``fl`` to the open binary file ``f`` (at offset 0); returns bytes written.
+
+    ``checksums_out``, when given, receives payload name -> xxh3 (checkpoint shards use it).
+    """
     with gc_paused():
         layout = plan_layout(fl.leaves)
         tokens = _placeholder_tokens(len(layout))
         header = _header(layout, fl, metadata_node, user_metadata, {leaf.name: t for (leaf, _, _), t in zip(layout, tokens)})
     f.write(header)
     checksums = _write_payloads(f, layout)
+    if checksums_out is not None:
+        checksums_out.update(zip((leaf.name for leaf, _, _ in layout), checksums))
     with gc_paused():
         final = _patch_checksums(header, tokens, checksums)
         if final is None:  # pragma: no cover - random tokens are always found; rebuild to be safe
