@@ -1,25 +1,30 @@
 """A corpus of hostile pickles and torch files, built here at test time: every one must be refused.
 
-15 gadget families x 11 carriers (raw pickles of protocols 0/2/4/5, a raw pickle named
-.pt, zip .pt files with the gadget nested in a valid state_dict or hidden in a storage
-persistent id, legacy .pt files with the gadget in the object pickle or in the
-magic-number pickle, INST/OBJ opcode forms).  Each gadget, if run, creates a sentinel
-file (or deletes a victim file/directory); a control test proves the files are live
-by loading one per family with plain pickle / torch.load(weights_only=False) in a
-subprocess.  modelsafe must refuse each with an error naming the file and the first
-global that is not on its allowlist, create nothing, and raise no dangerous audit
-event (checked with sys.addaudithook in a subprocess).
+19 gadgets (15 families) x 16 carriers = 300 files: raw pickles of protocols 0/2/4/5 and a
+raw pickle named .pt; INST/OBJ opcode forms; zip .pt files with the gadget nested in a
+valid state_dict or hidden in a storage persistent id; legacy .pt files with the gadget
+in the object pickle or in the magic-number pickle; and the everyday attack, a real
+``torch.save`` (zip, protocol 2 and 4, and legacy) or ``pickle.dumps`` of an object whose
+``__reduce__`` is the gadget.  Each gadget, if run, creates a sentinel file (or deletes a
+victim file/directory); a control test proves the files are live by loading some with
+plain pickle / torch.load(weights_only=False) in a subprocess.  modelsafe must refuse
+each with an error naming the file and the first global that is not on its allowlist,
+create nothing, and raise no dangerous audit event (sys.addaudithook in a subprocess).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import marshal
+import pickle
+import pickletools
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from click.testing import CliRunner
 from legacy_craft import G, assemble, call, inst, obj, persid, tensor_expr, torch_legacy, torch_zip, tup
 from modelsafe.convert import convert
 from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError
+from modelsafe.legacy.restricted_pickle import global_name, scan_opcodes
 from modelsafe.legacy.torch_pickle import ALLOWED_GLOBALS
 
 PY = sys.executable
@@ -125,6 +131,18 @@ def _write(carrier: str, gadget: tuple, protocol: int, path: Path) -> list[str]:
     elif carrier == "legacy-main":
         data, globals_ = assemble({"weight": tensor_expr("0", 4, legacy=True), "evil": gadget}, protocol)
         torch_legacy(path, data, [("0", 4, FLOATS)])
+    elif carrier in ("torch.save", "torch.save-legacy"):
+        # the everyday attack: a real torch.save of a state_dict with a __reduce__ object inside
+        import torch
+
+        legacy = carrier == "torch.save-legacy"
+        torch.save({"weight": torch.arange(4.0), "evil": _reducing(gadget)}, path, pickle_protocol=protocol,
+                   _use_new_zipfile_serialization=not legacy)
+        globals_ = _globals_in(_main_pickle(path, legacy))
+    elif carrier == "pickle.dumps":
+        data = pickle.dumps(_reducing(gadget), protocol=protocol)
+        path.write_bytes(data)
+        globals_ = _globals_in(data)
     elif carrier == "legacy-magic":
         magic, globals_ = assemble(gadget, protocol)
         data, _ = assemble({"weight": tensor_expr("0", 4, legacy=True)}, protocol)
@@ -134,12 +152,73 @@ def _write(carrier: str, gadget: tuple, protocol: int, path: Path) -> list[str]:
     return globals_
 
 
+class Reduce:
+    """An object whose __reduce__ is ``fn(*args)``: what attackers put in a pickle."""
+
+    def __init__(self, fn, args) -> None:
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+    def __call__(self, *args):  # pickle wants the reduce callable to be callable  # pragma: no cover
+        raise AssertionError("never called here")
+
+
+def _reducing(expr):
+    """Real Python objects whose pickling writes the gadget ``expr``."""
+    if isinstance(expr, tuple) and expr and expr[0] == "global":
+        return getattr(importlib.import_module(expr[1]), expr[2])
+    if isinstance(expr, tuple) and expr and expr[0] == "call":
+        return Reduce(_reducing(expr[1]), tuple(_reducing(a) for a in expr[2]))
+    if isinstance(expr, list):
+        return [_reducing(v) for v in expr]
+    if isinstance(expr, dict):
+        return {k: _reducing(v) for k, v in expr.items()}
+    return expr
+
+
+def _main_pickle(path: Path, legacy: bool) -> bytes:
+    if not legacy:
+        with zipfile.ZipFile(path) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    blob = path.read_bytes()
+    pos = 0
+    for _ in range(3):  # magic, protocol version, sys_info
+        pos = scan_opcodes(blob, "x", pos)
+    return blob[pos : scan_opcodes(blob, "x", pos)]
+
+
+def _globals_in(data: bytes) -> list[str]:
+    """Globals a pickle names, in order (GLOBAL and STACK_GLOBAL, memoized strings followed)."""
+    names, pushed, memo = [], [], {}
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            names.append(global_name(*arg.split(" ", 1)))
+            pushed.append(None)
+        elif op.name == "STACK_GLOBAL":
+            names.append(global_name(pushed[-2], pushed[-1]))
+            pushed.append(None)
+        elif op.name in ("MEMOIZE",):
+            memo[len(memo)] = pushed[-1]
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1]
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            pushed.append(arg)
+        else:
+            pushed.append(None)
+    return names
+
+
 # (carrier, protocol, extension)
 CARRIERS = [
     ("raw", 0, ".pkl"), ("raw", 2, ".pkl"), ("raw", 4, ".pkl"), ("raw", 5, ".pkl"), ("raw", 2, ".pt"),
     ("opcode", 0, ".pkl"), ("opcode", 2, ".pth"),
     ("zip-nested", 2, ".pt"), ("zip-nested", 4, ".bin"), ("zip-persid", 2, ".pt"),
     ("legacy-main", 2, ".pt"), ("legacy-magic", 2, ".pth"),
+    ("torch.save", 2, ".pt"), ("torch.save", 4, ".pth"), ("torch.save-legacy", 2, ".pt"), ("pickle.dumps", 5, ".pkl"),
 ]
 
 
@@ -172,7 +251,10 @@ def build_corpus(root: Path) -> list[Specimen]:
             name = f"{family.replace('+', '_').replace('.', '_')}-{carrier}-p{protocol}-{ext[1:]}"
             trap = _make_trap(root, name)
             path = root / f"{name}{ext}"
-            globals_ = _write(carrier, gadget_of(trap), protocol, path)
+            try:
+                globals_ = _write(carrier, gadget_of(trap), protocol, path)
+            except (pickle.PicklingError, AttributeError, TypeError):
+                continue  # pickle cannot write this gadget by reference (types.FunctionType): assembled forms cover it
             offending = next(g for g in globals_ if g not in ALLOWED_GLOBALS)
             specimens.append(Specimen(str(path), family, carrier, protocol, offending, trap))
     return specimens
@@ -187,7 +269,9 @@ def test_corpus_is_large_and_varied(corpus):
     assert len(corpus) >= 100
     assert len(set(FAMILY_GROUPS[s.family] for s in corpus)) >= 12
     assert {s.protocol for s in corpus} >= {0, 2, 4, 5}
-    assert {s.carrier for s in corpus} >= {"raw", "opcode", "zip-nested", "zip-persid", "legacy-main", "legacy-magic"}
+    assert {s.carrier for s in corpus} >= {"raw", "opcode", "zip-nested", "zip-persid", "legacy-main", "legacy-magic",
+                                           "torch.save", "torch.save-legacy", "pickle.dumps"}
+    assert sum(s.carrier.startswith("torch.save") for s in corpus) >= 40
     raw = open(next(s.path for s in corpus if s.carrier == "raw" and s.protocol == 4), "rb").read()
     assert b"\x93" in raw  # STACK_GLOBAL
     raw = open(next(s.path for s in corpus if s.carrier == "raw" and s.protocol == 2), "rb").read()
@@ -314,9 +398,10 @@ def test_control_the_specimens_are_live(family, tmp_path):
     script = tmp_path / "control.py"
     script.write_text(_CONTROL_SCRIPT)
     env = dict(os.environ, BROWSER="touch %s")
-    for carrier, protocol, ext, how in (("raw", 2, ".pkl", "pickle"), ("zip-nested", 2, ".pt", "torch")):
+    for carrier, protocol, ext, how in (("raw", 2, ".pkl", "pickle"), ("zip-nested", 2, ".pt", "torch"),
+                                        ("torch.save-legacy", 2, ".pt", "torch")):
         if how == "torch" and family not in ("os.system", "builtins.exec", "functools.partial"):
-            continue  # one zip control per kind of callee is enough; each costs a torch import
+            continue  # one torch control per kind of callee is enough; each costs a torch import
         trap = _make_trap(tmp_path, f"{carrier}")
         path = tmp_path / f"control-{carrier}{ext}"
         _write(carrier, FAMILIES[family](trap), protocol, path)

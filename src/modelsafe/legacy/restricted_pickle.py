@@ -16,6 +16,7 @@ starts, because they resolve objects without going through the table.
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import pickletools
@@ -25,8 +26,6 @@ from ..errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
 
 __all__ = ["RestrictedUnpickler", "restricted_loads", "scan_opcodes", "Refused"]
 
-# Python 2 spellings a protocol 0-2 pickle may use for builtins.
-_MODULE_ALIASES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
 # Opcodes that resolve objects outside find_class (copyreg's extension cache) or need
 # out-of-band buffers the caller never supplies.
 _REFUSED_OPCODES = {"EXT1", "EXT2", "EXT4", "NEXT_BUFFER", "READONLY_BUFFER"}
@@ -43,7 +42,13 @@ class Refused(Exception):
 
 
 def global_name(module: str, name: str) -> str:
-    return f"{_MODULE_ALIASES.get(module, module)}.{name}"
+    """``module.name`` with Python 2 spellings (``__builtin__``, ``commands``), which protocols 0-2
+    write, mapped to the Python 3 names they resolve to, as CPython's own unpickler maps them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
 # How each opcode's argument is laid out, derived from pickletools' own opcode table so the
@@ -164,6 +169,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
         full = global_name(str(module), str(name))
+        spelled = f"{module}.{name}"
         found = self._allowed.get(full)
         if found is not None:
             return found
@@ -179,7 +185,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             "plain tensors"
         )
         raise UnsafeObjectError(
-            f"{self._source}: refuses to load global {full}: it is not on modelsafe's allowlist of tensor and "
+            f"{self._source}: refuses to load global {full}{'' if spelled == full else f' (spelled {spelled})'}: "
+            "it is not on modelsafe's allowlist of tensor and "
             f"container types, and loading it could run code. Nothing from the file was executed. {advice}",
             path=self._source, key=full,
         )
