@@ -269,6 +269,10 @@ def test_a_moved_torch_module_keeps_loading(tmp_path):
         tmp_path, tmp_path,
     )
     assert out == "v2 True"
+    # a stable name that is no module path still loads with trusted= naming the class's module
+    (tmp_path / "v2.py").unlink()
+    out = _run(f"import modelsafe as ms\nprint(type(ms.load({str(f)!r}, trusted=['v1'])).__module__)", tmp_path, tmp_path)
+    assert out == "v1"
 
 
 def test_manifest_keeps_recipes_as_json(tmp_path):

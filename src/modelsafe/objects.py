@@ -23,8 +23,8 @@ import inspect
 from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
 
-from .errors import CorruptCheckpointError, ModelsafeError, UnsupportedObjectError
-from .recipes import Recipe, attach_recipe, qualified_name, recipe_of, registered_name, resolve
+from .errors import CorruptCheckpointError, ModelsafeError, UnknownClassError, UnsupportedObjectError
+from .recipes import Recipe, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
 from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
 
 __all__ = [
@@ -314,14 +314,32 @@ def _describe(value: Any) -> str:
     return f"{text} ({tp.__module__}.{tp.__qualname__})"
 
 
-def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True) -> Any:
+def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
+    """``resolve(name)``; if the stable name is unknown but the saved class lives in a trusted module,
+    import that module (its decorators register the stable name) and look again."""
+    try:
+        return resolve(name, un.trusted, source=un.source)
+    except UnknownClassError:
+        if isinstance(class_hint, str) and un.trusted:
+            try:
+                resolve(class_hint, un.trusted, source=un.source)  # imports only a trusted module
+            except UnknownClassError:
+                pass
+            found = lookup(name)
+            if found is not None:
+                return found
+        raise
+
+
+def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True, class_hint: Any = None) -> Any:
     """Resolve the recipe's target (registry or ``trusted=`` only), decode its arguments, call it.
 
     The returned object remembers its recipe, so saving it again keeps it rebuildable.
+    ``class_hint`` is the saved object's ``module:qualname``, used only with ``trusted=``.
     """
     if not (isinstance(rnode, dict) and isinstance(rnode.get("name"), str)):
         raise un.bad(rnode, "a recipe needs a class name")
-    target = resolve(rnode["name"], un.trusted, source=un.source)  # raises before anything is called
+    target = _resolve_target(un, rnode["name"], class_hint)  # raises before anything is called
     raw_args, raw_kwargs = rnode.get("args", []), rnode.get("kwargs", [])
     if not isinstance(raw_args, list) or not (
         isinstance(raw_kwargs, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in raw_kwargs)
@@ -404,7 +422,7 @@ class RebuildableCodec:
         return encode_object(fl, obj, path, "rebuildable", body)
 
     def decode(self, un: Unflattener, node: dict) -> Any:
-        return decode_recipe(un, node.get("recipe"))
+        return decode_recipe(un, node.get("recipe"), class_hint=node.get("class"))
 
 
 REBUILDABLE = RebuildableCodec()

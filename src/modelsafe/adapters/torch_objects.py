@@ -283,7 +283,7 @@ class ModuleCodec:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch module")
         align_loaded_tensors(un)
-        module = decode_recipe(un, node["recipe"])
+        module = decode_recipe(un, node["recipe"], class_hint=node.get("class"))
         if not isinstance(module, nn.Module):
             raise CorruptCheckpointError(
                 f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} built a "
