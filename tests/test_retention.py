@@ -110,12 +110,23 @@ class RunMachine(RuleBasedStateMachine):
 
         self.directory = tempfile.mkdtemp(prefix="ms-retention-")
         self.step = 0
-        self.committed: dict[str, tuple[int, float]] = {}   # every checkpoint ever committed
+        self.committed: dict[str, tuple[int, float]] = {}   # every checkpoint known to be committed
+        self.inflight = None                                  # async: (handle, step, loss)
         self.ck = self.open()
+
+    ASYNC = False
 
     def open(self) -> ms.Checkpoints:
         return ms.Checkpoints(self.directory, keep_last=KEEP_LAST, keep_best=KEEP_BEST, monitor="loss",
-                              name="s{step:04d}-loss{loss:.3f}")
+                              name="s{step:04d}-loss{loss:.3f}", async_save=self.ASYNC)
+
+    def settle(self, block: bool = False) -> bool:
+        """Record an async save once it is committed; True when nothing is in flight."""
+        if self.inflight is not None and (block or self.inflight[0].done()):
+            handle, step, loss = self.inflight
+            self.committed[handle.result().name] = (step, loss)
+            self.inflight = None
+        return self.inflight is None
 
     def teardown(self) -> None:
         import shutil
@@ -125,12 +136,17 @@ class RunMachine(RuleBasedStateMachine):
 
     @rule(loss=st.floats(0, 1, allow_nan=False).map(lambda x: round(x, 3)))
     def save(self, loss):
-        info = self.ck.save({"w": np.full(3, self.step, np.int32)}, step=self.step, metrics={"loss": loss})
-        self.committed[info.name] = (self.step, loss)
+        result = self.ck.save({"w": np.full(3, self.step, np.int32)}, step=self.step, metrics={"loss": loss})
+        if self.ASYNC:
+            self.settle(block=True)  # save() waited for the previous one: it is committed
+            self.inflight = (result, self.step, loss)
+        else:
+            self.committed[result.name] = (self.step, loss)
         self.step += 1
 
     @rule()
     def resume(self):
+        self.settle(block=True)
         self.ck.close()
         self.ck = self.open()
         latest = self.ck.latest()
@@ -140,6 +156,7 @@ class RunMachine(RuleBasedStateMachine):
     @rule(phase=st.sampled_from(["staging", "deleting", "replacing"]))
     def crash(self, phase):
         """A writer killed mid-save or mid-prune: its leftovers stay, its lock goes away."""
+        self.settle(block=True)
         ck = self.ck
         ck._become_writer()
         storage = ck._storage
@@ -167,6 +184,8 @@ class RunMachine(RuleBasedStateMachine):
                 f.write(b"x" * 10)
             raise RuntimeError("bound save failed")
 
+        self.settle(block=True)
+        self.ck.wait()
         before = [i.name for i in self.ck.list()]
         self.ck.bind(save=broken)
         with pytest.raises(RuntimeError, match="bound save failed"):
@@ -176,10 +195,17 @@ class RunMachine(RuleBasedStateMachine):
 
     @invariant()
     def retention_holds(self):
+        settled = self.settle()
         present = {i.name: i for i in self.ck.list()}
-        assert len(present) <= KEEP_LAST + KEEP_BEST
-        assert set(present) <= set(self.committed)
+        in_flight = 0 if settled else 1  # committed but not pruned yet
+        assert len(present) <= KEEP_LAST + KEEP_BEST + in_flight
+        known = set(self.committed) | ({n for n in present if n.startswith(f"s{self.step - 1:04d}-")} if not settled else set())
+        assert set(present) <= known
         if not self.committed:
+            return
+        if not settled:
+            newest = max(step for step, _ in self.committed.values())
+            assert max(i.step for i in present.values()) >= newest
             return
         ranked = sorted(self.committed.items(), key=lambda kv: (kv[1][1], -kv[1][0]))
         best_ever = {name for name, _ in ranked[:KEEP_BEST]}
@@ -191,9 +217,19 @@ class RunMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_leftovers_after_a_writer_starts(self):
-        if self.ck._storage.locked:
+        if self.ck._storage.locked and self.settle():  # an async save in flight has its staging dir
             assert not [n for n in os.listdir(self.directory) if STAGING_MARK in n or ".modelsafe-del-" in n]
 
 
 RunMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
 test_run_retention = RunMachine.TestCase
+
+
+class AsyncRunMachine(RunMachine):
+    """The same, with saves in the background: invariants are checked while one is in flight."""
+
+    ASYNC = True
+
+
+AsyncRunMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=15, deadline=None)
+test_async_run_retention = AsyncRunMachine.TestCase
