@@ -75,7 +75,6 @@ register_lowering(lambda v: type(v) is slice, lambda s: {"slice": [s.start, s.st
 register_lowering(lambda v: type(v) is complex, lambda c: {"complex": [c.real, c.imag]}, 'complex stored as {"complex": [real, imag]}')
 
 _PLAIN = (type(None), bool, int, float, str, bytes, bytearray)
-_CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
 def _storable(value: Any) -> bool:
