@@ -31,6 +31,9 @@ ROOT_NAME = "tensor"
 RESERVED_NAMES = {"__metadata__"}
 
 
+_json_string = json.encoder.encode_basestring_ascii
+
+
 def format_path(parts: Iterable[Any]) -> str:
     """Render a tree path the way Python would index it: ``obj["extra"][3].field``."""
     out = ["obj"]
@@ -38,7 +41,7 @@ def format_path(parts: Iterable[Any]) -> str:
         if isinstance(part, Attr):
             out.append(f".{part.name}")
         elif isinstance(part, str):
-            out.append(f"[{json.dumps(part)}]")
+            out.append(f"[{_json_string(part)}]")  # what json.dumps(part) gives, without its overhead
         else:
             out.append(f"[{part!r}]")
     return "".join(out)
@@ -161,7 +164,7 @@ class Flattener:
 
     # -- leaves --------------------------------------------------------------
     def leaf_name(self, path: tuple) -> str:
-        base = ".".join(str(p) for p in path) or ROOT_NAME
+        base = ".".join(map(str, path)) or ROOT_NAME
         name = base
         n = 1
         while name in self._names or name in RESERVED_NAMES:
