@@ -281,3 +281,23 @@ def test_manifest_keeps_recipes_as_json(tmp_path):
     with ms.open(p) as r:
         text = json.dumps(r.manifest["tree"])
     assert '"recipe"' in text and '"label"' in text and "pickle" not in text
+
+
+def test_builtin_classes_as_arguments_register_lazily(tmp_path):
+    pytest.importorskip("torch")
+    out = _run(
+        f"""
+        import sys, modelsafe as ms, torch.nn as nn
+
+        @ms.rebuildable(name="tests.recipes.Cfg")
+        class Cfg:
+            def __init__(self, act):
+                self.act = act
+
+        assert "modelsafe.adapters.torch_objects" not in sys.modules  # nothing torch-specific loaded yet
+        ms.save(Cfg(nn.GELU), {str(tmp_path / 'c.safetensors')!r})
+        print(ms.load({str(tmp_path / 'c.safetensors')!r}).act.__name__)
+        """,
+        tmp_path,
+    )
+    assert out == "GELU"

@@ -441,6 +441,8 @@ def _is_class_value(tp: type) -> bool:
 def _encode(fl: Flattener, obj: Any, path: tuple) -> Any:
     if _is_class_value(type(obj)):
         name = registered_name(obj)
+        if name is None and getattr(obj, "__module__", None) and lookup(qualified_name(obj)) is obj:
+            name = registered_name(obj)  # a built-in registered lazily (torch.nn.GELU)
         if name is None:
             return fl.unsupported(obj, path)
         return {"ref": name}
