@@ -1,0 +1,54 @@
+"""Whole loads map the file (POSIX) or read it; either way the loaded tensors are the caller's own."""
+
+import numpy as np
+import pytest
+
+import modelsafe as ms
+from modelsafe.format import reader
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(params=[True, False], ids=["mapped", "read"])
+def load_mode(request, monkeypatch):
+    monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", request.param)
+    return request.param
+
+
+def test_loaded_tensors_are_writable_and_private(tmp_path, load_mode):
+    path = tmp_path / "s.safetensors"
+    ms.save({"w": torch.ones(50_000), "n": np.arange(5)}, path)
+    first = ms.load(path)
+    first["w"].mul_(3)
+    first["n"][0] = 99
+    again = ms.load(path)
+    assert torch.equal(again["w"], torch.ones(50_000)) and again["n"][0] == 0  # the file never changed
+    assert first["w"][7].item() == 3.0 and first["n"][0] == 99
+
+
+def test_a_save_over_the_file_leaves_loaded_tensors_alone(tmp_path, load_mode):
+    path = tmp_path / "s.safetensors"
+    ms.save({"w": torch.ones(50_000)}, path)
+    old = ms.load(path)
+    ms.save({"w": torch.zeros(50_000)}, path)
+    assert torch.equal(old["w"], torch.ones(50_000))
+    assert torch.equal(ms.load(path)["w"], torch.zeros(50_000))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_mapped_and_read_loads_agree_and_both_verify(tmp_path, monkeypatch):
+    path = tmp_path / "s.safetensors"
+    state = {"a": torch.randn(1000), "b": torch.arange(7, dtype=torch.int16), "c": torch.tensor(2.5, dtype=torch.bfloat16)}
+    ms.save(state, path)
+    for mapped in (True, False):
+        monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", mapped)
+        back = ms.load(path)
+        assert all(torch.equal(back[k], state[k]) and back[k].dtype == state[k].dtype for k in state)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+    for mapped in (True, False):
+        monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", mapped)
+        with pytest.raises(ms.CorruptCheckpointError):
+            ms.load(path)
+        ms.load(path, verify=False)  # unchecked, but still loads
