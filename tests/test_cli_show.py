@@ -152,3 +152,25 @@ def test_subprocess(sample):
     assert result.code == 0, result.err
     assert "encoder.weight" in result.out and "bfloat16" in result.out
     assert run_process("show").code == 2  # missing argument: usage
+
+
+def test_control_characters_from_a_file_never_reach_the_terminal(tmp_path):
+    from modelsafe.cli.output import Column, TableSpec
+
+    evil = "w\x1b]0;owned\x07\x1b[2J"
+    path = tmp_path / "evil.safetensors"
+    ms.save({evil: np.ones(2, np.float32)}, path, metadata={"note\x1b[31m": "x\x1b[5m"})
+    for args in (("show", path), ("verify", path), ("diff", path, path)):
+        result = invoke(*args)
+        assert result.code == 0
+        assert "\x1b" not in result.out and "\x07" not in result.out
+    out = invoke("show", path).out
+    assert "w\\x1b]0;owned\\x07\\x1b[2J" in out and "note\\x1b[31m: x\\x1b[5m" in out
+    assert invoke("show", path, "--json").json()["tensors"][0]["name"] == evil  # JSON keeps the exact name
+    table = TableSpec([Column("name")])
+    table.add(evil)
+    assert "\x1b" not in table.plain()
+    flip = tmp_path / "evil2.safetensors"
+    flip.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+    result = invoke("verify", flip)
+    assert result.code == 1 and "\x1b" not in result.out + result.err

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import ModelsafeError
-from .output import json_mode
+from .output import json_mode, printable
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -56,7 +56,7 @@ class CommandError(click.ClickException):
         if self.as_json if self.as_json is not None else json_mode():
             click.echo(json.dumps(self.as_dict()), err=True)
         else:
-            click.echo(f"error: {self.message}", err=True)
+            click.echo(f"error: {printable(self.message)}", err=True)
 
 
 class ProblemFound(CommandError):

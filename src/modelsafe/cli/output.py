@@ -116,10 +116,33 @@ def say(text: str = "", *, style: str | None = None) -> None:
     stdout_console().print(text, style=style, soft_wrap=True)
 
 
+def printable(text: Any) -> str:
+    """``text`` with control characters shown as escapes (``\\x1b``), never sent to the terminal.
+
+    Names and metadata come from files, which may be hostile: an escape sequence in a
+    tensor name must not reach the terminal.
+
+    >>> printable("w\x1b[2J")
+    'w\\x1b[2J'
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape_char(c) for c in text)
+
+
+def _escape_char(c: str) -> str:
+    code = ord(c)
+    if c in "\t\n\r":
+        return {"\t": "\\t", "\n": "\\n", "\r": "\\r"}[c]
+    return f"\\x{code:02x}" if code < 0x100 else (f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
+
 def escape(text: Any) -> str:
+    """``text`` safe to print: control characters escaped, rich markup disabled."""
     from rich.markup import escape as rich_escape
 
-    return rich_escape(str(text))
+    return rich_escape(printable(text))
 
 
 # -- formatting helpers --------------------------------------------------------------
@@ -215,7 +238,8 @@ class TableSpec:
         rows = [tuple(c.header for c in self.columns), *self.rows]
         if self.footer is not None:
             rows.append(self.footer)
-        columns = list(zip(*rows))
+        columns = [[cell if cell.isprintable() else printable(cell) for cell in column] for column in zip(*rows)]
+        rows = list(zip(*columns))
         widths = [max(map(len, column)) for column in columns]
         template = "  ".join(
             f"{{:{'>' if col.justify == 'right' else '<'}{width}}}" for col, width in zip(self.columns, widths)
@@ -231,7 +255,7 @@ class TableSpec:
             return
         from rich.table import Table
 
-        table = Table(title=self.title, show_footer=self.footer is not None, title_justify="left")
+        table = Table(title=escape(self.title) if self.title else None, show_footer=self.footer is not None, title_justify="left")
         for i, col in enumerate(self.columns):
             table.add_column(
                 escape(col.header), justify=col.justify, style=col.style, overflow="fold",
