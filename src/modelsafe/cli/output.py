@@ -117,13 +117,13 @@ def say(text: str = "", *, style: str | None = None) -> None:
 
 
 def printable(text: Any) -> str:
-    """``text`` with control characters shown as escapes (``\\x1b``), never sent to the terminal.
+    r"""``text`` with control characters shown as escapes (``\x1b``), never sent to the terminal.
 
     Names and metadata come from files, which may be hostile: an escape sequence in a
     tensor name must not reach the terminal.
 
-    >>> printable("w\x1b[2J")
-    'w\\x1b[2J'
+    >>> print(printable("w\x1b[2J"))
+    w\x1b[2J
     """
     text = str(text)
     if text.isprintable():
@@ -213,6 +213,7 @@ class TableSpec:
     >>> t = TableSpec([Column("name"), Column("bytes", "right")], title="tensors")
     >>> t.add("w", "16")
     >>> print(t.plain())
+    tensors
     name  bytes
     w        16
     """
