@@ -418,7 +418,7 @@ def test_grad_scaler_round_trips(tmp_path):
 def test_torch_generator_round_trips(tmp_path):
     g = torch.Generator().manual_seed(123)
     torch.rand(5, generator=g)
-    back = _roundtrip({"g": g}, tmp_path)["g"]
+    back = _roundtrip({"before": torch.zeros(3, dtype=torch.uint8), "g": g}, tmp_path)["g"]  # state not first
     assert torch.equal(torch.rand(8, generator=back), torch.rand(8, generator=g))
 
 
@@ -523,3 +523,64 @@ def test_objects_shared_between_places_and_recipes_stay_one_object(tmp_path):
     assert back["outer"].inner is back["inner"]
     assert back["warm"].state_dict() == warm.state_dict()
     assert torch.equal(back["inner"].inp.weight, inner.inp.weight)
+
+
+# -- RNG states -------------------------------------------------------------------------------------
+
+def _draws():
+    import random
+
+    import numpy as np
+
+    return random.random(), float(np.random.random()), float(torch.rand(1))
+
+
+def test_global_rng_state_saves_and_restores(tmp_path):
+    from modelsafe.rng import RNGState
+
+    state = RNGState.capture()
+    expected = _draws()
+    back = _roundtrip({"rng": state}, tmp_path)["rng"]
+    assert back == state and back is not state
+    _draws()
+    back.restore()
+    assert _draws() == expected
+
+
+def test_cuda_rng_states_are_captured_and_restored_when_cuda_is_in_use(tmp_path, monkeypatch):
+    """No GPU here: the CUDA calls are stand-ins that record what modelsafe asks of them."""
+    from modelsafe.rng import RNGState
+
+    devices = [torch.full((16,), 3, dtype=torch.uint8), torch.full((16,), 7, dtype=torch.uint8)]
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.__setitem__(device, state.clone()))
+    back = _roundtrip(RNGState.capture(), tmp_path)
+    assert len(back.cuda) == 2
+    back.restore()
+    assert list(restored) == [0] and torch.equal(restored[0], devices[0])  # only the devices this machine has
+
+
+def test_rng_objects_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    objs = {
+        "py": random.Random(3),
+        "gen": np.random.default_rng(4),
+        "philox": np.random.Generator(np.random.Philox(5)),
+        "mt": np.random.Generator(np.random.MT19937(6)),
+        "legacy": np.random.RandomState(7),
+        "torch": torch.Generator().manual_seed(8),
+    }
+    back = _roundtrip(objs, tmp_path)
+    assert back["py"].random() == objs["py"].random()
+    assert back["gen"].random() == objs["gen"].random()
+    assert back["philox"].integers(1 << 60) == objs["philox"].integers(1 << 60)
+    assert back["mt"].normal() == objs["mt"].normal()
+    assert back["legacy"].randn() == objs["legacy"].randn()
+    assert torch.equal(torch.rand(3, generator=back["torch"]), torch.rand(3, generator=objs["torch"]))

@@ -91,7 +91,8 @@ def _byte_tensor(value: Any) -> Any:
 
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
-    return value.detach().to("cpu", torch.uint8).contiguous()
+    # a fresh tensor: torch's set_state misreads a view that does not start its storage
+    return value.detach().to("cpu", torch.uint8).clone(memory_format=torch.contiguous_format)
 
 
 def _python_state(value: Any) -> tuple:

@@ -625,7 +625,8 @@ class GeneratorCodec:
                 f"{un.source}: {node.get('path')} is a torch.Generator on {device}, which this machine cannot create ({exc})",
                 path=un.source,
             ) from exc
-        gen.set_state(state.detach().to("cpu", torch.uint8).contiguous())
+        # a fresh tensor: torch's set_state misreads a view that does not start its storage
+        gen.set_state(state.detach().to("cpu", torch.uint8).clone(memory_format=torch.contiguous_format))
         return gen
 
 
