@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
+
+from modelsafe.legacy.restricted_pickle import global_name, scan_opcodes
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -237,3 +240,40 @@ def torch_legacy(path: Any, main_pickle: bytes, storages: list[tuple[str, int, b
         buf.write(data)
     with open(path, "wb") as f:
         f.write(buf.getvalue())
+
+
+# -- reading pickles back ----------------------------------------------------------------
+
+def main_pickle(path: Any, legacy: bool) -> bytes:
+    """The object pickle of a torch file (zip: data.pkl; legacy: the fourth pickle)."""
+    if not legacy:
+        with zipfile.ZipFile(path) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    blob = open(path, "rb").read()
+    pos = 0
+    for _ in range(3):  # magic, protocol version, sys_info
+        pos = scan_opcodes(blob, "x", pos)
+    return blob[pos : scan_opcodes(blob, "x", pos)]
+
+
+def globals_in(data: bytes) -> list[str]:
+    """Globals a pickle names, in order (GLOBAL and STACK_GLOBAL, memoized strings followed)."""
+    names, pushed, memo = [], [], {}
+    for op, arg, _pos in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            names.append(global_name(*arg.split(" ", 1)))
+            pushed.append(None)
+        elif op.name == "STACK_GLOBAL":
+            names.append(global_name(pushed[-2], pushed[-1]))
+            pushed.append(None)
+        elif op.name in ("MEMOIZE",):
+            memo[len(memo)] = pushed[-1]
+        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1]
+        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            pushed.append(arg)
+        else:
+            pushed.append(None)
+    return names

@@ -180,6 +180,21 @@ def test_reads_what_torch_load_reads(tmp_path, case, layout):
     assert sharing(tensors_of(ours)) == sharing(tensors_of(oracle))
 
 
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_global_torch_save_writes_is_on_the_allowlist(tmp_path, layout):
+    """Disassemble real torch.save output: the allowlist covers what this torch writes, nothing is guessed."""
+    from legacy_craft import globals_in, main_pickle
+
+    from modelsafe.legacy.torch_pickle import ALLOWED_GLOBALS
+
+    seen = set()
+    for case in CASES:
+        path, _ = saved(tmp_path, case, layout)
+        seen |= set(globals_in(main_pickle(path, layout.startswith("legacy"))))
+    assert seen <= set(ALLOWED_GLOBALS), seen - set(ALLOWED_GLOBALS)
+    assert {"torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "collections.OrderedDict"} <= seen
+
+
 def test_tied_weights_share_one_storage(tmp_path):
     path, _ = saved(tmp_path, "tied", "zip")
     sd = load_torch_file(path)

@@ -18,13 +18,11 @@ import importlib
 import json
 import marshal
 import pickle
-import pickletools
 import os
 import subprocess
 import sys
 import textwrap
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +30,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from legacy_craft import G, assemble, call, inst, obj, persid, tensor_expr, torch_legacy, torch_zip, tup
+from legacy_craft import (G, assemble, call, globals_in, inst, main_pickle, obj, persid, tensor_expr, torch_legacy,
+                          torch_zip, tup)
 from modelsafe.convert import convert
 from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError
-from modelsafe.legacy.restricted_pickle import global_name, scan_opcodes
 from modelsafe.legacy.torch_pickle import ALLOWED_GLOBALS
 
 PY = sys.executable
@@ -138,11 +136,11 @@ def _write(carrier: str, gadget: tuple, protocol: int, path: Path) -> list[str]:
         legacy = carrier == "torch.save-legacy"
         torch.save({"weight": torch.arange(4.0), "evil": _reducing(gadget)}, path, pickle_protocol=protocol,
                    _use_new_zipfile_serialization=not legacy)
-        globals_ = _globals_in(_main_pickle(path, legacy))
+        globals_ = globals_in(main_pickle(path, legacy))
     elif carrier == "pickle.dumps":
         data = pickle.dumps(_reducing(gadget), protocol=protocol)
         path.write_bytes(data)
-        globals_ = _globals_in(data)
+        globals_ = globals_in(data)
     elif carrier == "legacy-magic":
         magic, globals_ = assemble(gadget, protocol)
         data, _ = assemble({"weight": tensor_expr("0", 4, legacy=True)}, protocol)
@@ -176,40 +174,6 @@ def _reducing(expr):
     if isinstance(expr, dict):
         return {k: _reducing(v) for k, v in expr.items()}
     return expr
-
-
-def _main_pickle(path: Path, legacy: bool) -> bytes:
-    if not legacy:
-        with zipfile.ZipFile(path) as z:
-            return z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
-    blob = path.read_bytes()
-    pos = 0
-    for _ in range(3):  # magic, protocol version, sys_info
-        pos = scan_opcodes(blob, "x", pos)
-    return blob[pos : scan_opcodes(blob, "x", pos)]
-
-
-def _globals_in(data: bytes) -> list[str]:
-    """Globals a pickle names, in order (GLOBAL and STACK_GLOBAL, memoized strings followed)."""
-    names, pushed, memo = [], [], {}
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name == "GLOBAL":
-            names.append(global_name(*arg.split(" ", 1)))
-            pushed.append(None)
-        elif op.name == "STACK_GLOBAL":
-            names.append(global_name(pushed[-2], pushed[-1]))
-            pushed.append(None)
-        elif op.name in ("MEMOIZE",):
-            memo[len(memo)] = pushed[-1]
-        elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[arg] = pushed[-1]
-        elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-            pushed.append(memo.get(arg))
-        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-            pushed.append(arg)
-        else:
-            pushed.append(None)
-    return names
 
 
 # (carrier, protocol, extension)
