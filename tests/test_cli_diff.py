@@ -187,3 +187,14 @@ def test_subprocess(pair):
     assert result.code == 1
     assert "max abs diff" in result.out
     assert run_process("diff", pair[0]).code == 2
+
+
+def test_diff_a_checkpoint_against_its_export(tmp_path):
+    make_run(tmp_path / "run", [0.5, 0.3])
+    exported = tmp_path / "model.safetensors"
+    ms.Checkpoints(tmp_path / "run").export(exported, which=1)
+    ms.save({"w": np.full((4, 4), 1, np.float32), "b": np.arange(4, dtype=np.int64) + 1}, tmp_path / "edited.safetensors")
+    d = invoke("diff", exported, tmp_path / "edited.safetensors", "--json").json()
+    assert d["unchanged"] == 1 and [(c["name"], c["max_abs_diff"]) for c in d["changed"]] == [("b", 1.0)]
+    d = invoke("diff", f"{tmp_path / 'run'}@1", exported, "--json").json()
+    assert d["removed"] == ["model.w", "model.b"] and d["added"] == ["w", "b"]

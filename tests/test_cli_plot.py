@@ -78,3 +78,12 @@ def test_subprocess(runs, tmp_path):
     result = run_process("plot", *runs, "--metric", "val_loss", "-o", out, "--log-y", "--title", "loss")
     assert result.code == 0, result.err
     assert png_size(out) == (800, 400)
+
+
+def test_without_matplotlib_the_error_says_how_to_install(runs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = invoke("plot", runs[0], "--metric", "val_loss", "-o", tmp_path / "x.png")
+    assert result.code == 1
+    assert "pip install 'modelsafe[plot]'" in result.err
