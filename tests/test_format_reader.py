@@ -52,3 +52,15 @@ def test_mapped_and_read_loads_agree_and_both_verify(tmp_path, monkeypatch):
         with pytest.raises(ms.CorruptCheckpointError):
             ms.load(path)
         ms.load(path, verify=False)  # unchecked, but still loads
+
+
+def test_a_file_system_that_cannot_map_falls_back_to_reading(tmp_path, monkeypatch):
+    path = tmp_path / "s.safetensors"
+    ms.save({"w": torch.arange(10)}, path)
+
+    def no_map(self, **kwargs):
+        raise OSError(19, "No such device")
+
+    monkeypatch.setattr(reader.FileSource, "map_data", no_map)
+    monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", True)
+    assert torch.equal(ms.load(path)["w"], torch.arange(10))

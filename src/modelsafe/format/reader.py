@@ -115,8 +115,13 @@ class FileSource:
 
     def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]:
         """The data section: mapped (lazy, or whole loads where mapping is safe), else read."""
-        if lazy or MAP_WHOLE_LOADS:
-            return {None: self.map_data(will_need=not lazy)}
+        if lazy:
+            return {None: self.map_data()}
+        if MAP_WHOLE_LOADS:
+            try:
+                return {None: self.map_data(will_need=True)}
+            except OSError:  # a file system that cannot map files: read instead
+                pass
         return {None: self.read_data()}
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
