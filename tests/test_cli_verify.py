@@ -219,3 +219,37 @@ def test_other_directory_layouts_are_verified_through_their_source(tmp_path, mon
     assert result.code == 1
     findings = result.json()["results"][0]["findings"]
     assert [(f["file"], f["tensor"]) for f in findings] == [(str(directory / "data.safetensors"), "b")]
+
+
+def test_progress_total_is_the_bytes_that_get_hashed(tmp_path, model_file):
+    from modelsafe.cli.verify import _total_bytes
+
+    assert _total_bytes(str(model_file)) == 5 * 256
+    run = tmp_path / "run"
+    make_run(run, [0.5], bind_files=True)
+    assert _total_bytes(str(run / "step000")) == 16 * 4 + 4 * 8 + len("bound file\n")
+
+
+def test_progress_bar_is_drawn_when_stderr_is_a_terminal(model_file):
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "modelsafe", "verify", str(model_file)],
+                            stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0 and b"all checksums match" in out
+    assert b"verifying" in drawn and "━".encode() in drawn  # the bar, on the terminal only
+    assert b"verifying" not in out

@@ -200,21 +200,35 @@ def _finding(path: str, exc: BaseException, tensor: str | None) -> Finding:
     return Finding(os.fspath(path), tensor if tensor is not None else key, str(exc), type(exc).__name__)
 
 
+def _data_bytes(path: str) -> int:
+    """Tensor bytes of a safetensors file: its size less the header (8-byte prefix + JSON)."""
+    try:
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return 0
+    if len(prefix) < 8:
+        return 0
+    return max(0, size - 8 - int.from_bytes(prefix, "little"))
+
+
 def _total_bytes(path: str) -> int:
-    """Bytes verify will hash in ``path`` (file sizes; cheap, no parsing)."""
+    """Bytes verify will hash in ``path`` (tensor data and bound files; no parsing)."""
     if not os.path.isdir(path):
-        try:
-            return os.path.getsize(path)
-        except OSError:
-            return 0
+        return _data_bytes(path)
     total = 0
     for root, _dirs, files in os.walk(path):
+        bound = os.path.relpath(root, path).split(os.sep)[0] == "files"
         for name in files:
-            if name.endswith(".safetensors") or os.path.relpath(root, path).split(os.sep)[0] == "files":
+            full = os.path.join(root, name)
+            if bound:
                 try:
-                    total += os.path.getsize(os.path.join(root, name))
+                    total += os.path.getsize(full)
                 except OSError:
                     pass
+            elif name.endswith(".safetensors"):
+                total += _data_bytes(full)
     return total
 
 
