@@ -198,3 +198,20 @@ def test_diff_a_checkpoint_against_its_export(tmp_path):
     assert d["unchanged"] == 1 and [(c["name"], c["max_abs_diff"]) for c in d["changed"]] == [("b", 1.0)]
     d = invoke("diff", f"{tmp_path / 'run'}@1", exported, "--json").json()
     assert d["removed"] == ["model.w", "model.b"] and d["added"] == ["w", "b"]
+
+
+def test_progress_advances_by_exactly_the_bytes_announced(pair):
+    from modelsafe.cli.compare import bytes_to_compare, compare
+    from modelsafe.sources import open_source
+
+    class Counter:
+        total = 0
+
+        def advance(self, n):
+            self.total += n
+
+    counter = Counter()
+    with open_source(pair[0]) as a, open_source(pair[1]) as b:
+        announced = bytes_to_compare(a, b)
+        compare(a, b, progress=counter)
+    assert announced == counter.total > 0

@@ -170,25 +170,9 @@ def _resolve(name: str, aliases: dict[str, str]) -> str:
 def compare(src_a: Any, src_b: Any, *, progress: Any = None) -> Comparison:
     """Compare two open sources (``modelsafe.sources.open_source``): files or checkpoints."""
     reader_a, reader_b = Reader(src_a), Reader(src_b)
-    aliases_a = reader_a.manifest.get("aliases") or {}
-    aliases_b = reader_b.manifest.get("aliases") or {}
-    names_a = _names(reader_a)
-    names_b = _names(reader_b)
-    set_a, set_b = set(names_a), set(names_b)
-    added = [n for n in names_b if n not in set_a]
-    removed = [n for n in names_a if n not in set_b]
-    common = [n for n in names_a if n in set_b]
-
-    to_read: list[tuple[str, Any, Any]] = []
+    added, removed, to_read, unchanged = _plan(src_a, src_b)
     changed: list[TensorChange] = []
-    unchanged = 0
-    for name in common:
-        ra = src_a.records[_resolve(name, aliases_a)]
-        rb = src_b.records[_resolve(name, aliases_b)]
-        if ra.dtype.name == rb.dtype.name and tuple(ra.shape) == tuple(rb.shape) and ra.kind == rb.kind and ra.checksum and ra.checksum == rb.checksum:
-            unchanged += 1
-        else:
-            to_read.append((name, ra, rb))
+    advance = progress.advance if progress is not None else (lambda n: None)
 
     if to_read:
         buffers_a, buffers_b = src_a.buffers(lazy=True), src_b.buffers(lazy=True)
@@ -201,12 +185,13 @@ def compare(src_a: Any, src_b: Any, *, progress: Any = None) -> Comparison:
             same_layout = change.shape[0] == change.shape[1] and ra.kind == rb.kind == "tensor"
             if not same_layout:
                 changed.append(change)
+                advance(ra.nbytes + rb.nbytes)
                 continue
             if ra.dtype.name == rb.dtype.name and np.array_equal(raw_a, raw_b):
                 unchanged += 1
+                advance(ra.nbytes + rb.nbytes)
                 continue
             count = int(np.prod(ra.shape, dtype=np.int64)) if ra.shape else 1
-            advance = progress.advance if progress is not None else (lambda n: None)
             change.max_abs_diff, change.differing = compare_values(raw_a, ra.dtype, raw_b, rb.dtype, count, advance)
             change.elements = count
             changed.append(change)
@@ -216,15 +201,30 @@ def compare(src_a: Any, src_b: Any, *, progress: Any = None) -> Comparison:
     return Comparison(reader_a.path, reader_b.path, added, removed, changed, unchanged, metadata, values)
 
 
+def _plan(src_a: Any, src_b: Any) -> tuple[list[str], list[str], list[tuple[str, Any, Any]], int]:
+    """(added, removed, pairs of records to read, number equal by checksum) for two sources."""
+    aliases_a, aliases_b = src_a.aliases or {}, src_b.aliases or {}
+    names_a, names_b = _names(Reader(src_a)), _names(Reader(src_b))
+    set_a, set_b = set(names_a), set(names_b)
+    added = [n for n in names_b if n not in set_a]
+    removed = [n for n in names_a if n not in set_b]
+    to_read: list[tuple[str, Any, Any]] = []
+    unchanged = 0
+    for name in names_a:
+        if name not in set_b:
+            continue
+        ra = src_a.records[_resolve(name, aliases_a)]
+        rb = src_b.records[_resolve(name, aliases_b)]
+        if ra.dtype.name == rb.dtype.name and tuple(ra.shape) == tuple(rb.shape) and ra.kind == rb.kind and ra.checksum and ra.checksum == rb.checksum:
+            unchanged += 1
+        else:
+            to_read.append((name, ra, rb))
+    return added, removed, to_read, unchanged
+
+
 def bytes_to_compare(src_a: Any, src_b: Any) -> int:
-    """Upper bound of tensor bytes :func:`compare` may read (for a progress bar)."""
-    ra, rb = src_a.records, src_b.records
-    total = 0
-    for name, rec in ra.items():
-        other = rb.get(name)
-        if other is not None and not (rec.checksum and rec.checksum == other.checksum):
-            total += rec.nbytes + other.nbytes
-    return total
+    """Tensor bytes :func:`compare` reads (for a progress bar): both sides of every pair it reads."""
+    return sum(ra.nbytes + rb.nbytes for _, ra, rb in _plan(src_a, src_b)[2])
 
 
 def _names(reader: Any) -> list[str]:
