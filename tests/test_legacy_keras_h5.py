@@ -7,6 +7,8 @@ Files are written with h5py directly in the layouts Keras writes: Keras 3
 
 from __future__ import annotations
 
+import os
+
 import h5py  # in the [dev] and [keras] extras
 import numpy as np
 import pytest
@@ -134,4 +136,43 @@ def test_not_hdf5(tmp_path):
     path = tmp_path / "fake.weights.h5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
     with pytest.raises(CorruptCheckpointError):
+        read_foreign(path)
+
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
+
+
+def test_files_keras_itself_wrote():
+    """tests/golden/keras3-sequential.*: Dense(8) + BatchNormalization + Dense(2), Adam, written by Keras 3."""
+    weights = read_foreign(os.path.join(GOLDEN, "keras3-sequential.weights.h5"))
+    shapes = {k: v.shape for k, v in weights.tree.items()}
+    assert shapes["layers/dense/vars/0"] == (4, 8) and shapes["layers/dense_1/vars/0"] == (8, 2)
+    assert [shapes[f"layers/batch_normalization/vars/{i}"] for i in range(4)] == [(8,)] * 4
+    assert list(weights.tree)[-14:] == [f"optimizer/vars/{i}" for i in range(14)]  # vars/2 before vars/10
+    assert weights.tree["optimizer/vars/0"] == 1  # iterations after one epoch of one batch
+    archive = read_foreign(os.path.join(GOLDEN, "keras3-sequential.keras"))
+    assert archive.format == "keras_h5" and any("config.json" in n for n in archive.notes)
+    assert list(archive.tree) == list(weights.tree)
+    assert all(np.array_equal(archive.tree[k], v) for k, v in weights.tree.items())
+
+
+def test_convert_a_keras_archive(tmp_path):
+    summary = convert(os.path.join(GOLDEN, "keras3-sequential.keras"), tmp_path / "k.safetensors")
+    assert summary.source_format == "keras_h5" and summary.tensors == 22
+    back = ms.load(tmp_path / "k.safetensors")
+    assert back["layers/dense/vars/0"].shape == (4, 8)
+
+
+def test_keras_archive_bombs_are_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", "{}")
+        with z.open("model.weights.h5", "w", force_zip64=True) as member:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(128):  # 128 MiB of zeros: a ~130 KiB archive
+                member.write(chunk)
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(CorruptCheckpointError, match="zip bomb"):
         read_foreign(path)

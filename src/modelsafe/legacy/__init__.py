@@ -191,6 +191,8 @@ def _sniff_safetensors(head: bytes, path: str) -> bool:
 
 
 def _sniff_hdf5(head: bytes, path: str) -> bool:
+    if _is_zip(head):  # a Keras 3 .keras archive
+        return "model.weights.h5" in _zip_names(path)
     return head.startswith(b"\x89HDF\r\n\x1a\n")
 
 
@@ -212,7 +214,7 @@ register_reader("npz", "modelsafe.legacy.npz", extensions=(".npz",), sniff=_snif
                 description="numpy .npz archives (allow_pickle=False)")
 register_reader("torch", "modelsafe.legacy.torch_pickle", extensions=(".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle"),
                 sniff=_sniff_torch, description="torch.save files, zip and legacy formats (allowlist unpickler)")
-register_reader("keras_h5", "modelsafe.legacy.keras_h5", extensions=(".weights.h5", ".h5", ".hdf5"),
-                sniff=_sniff_hdf5, description="Keras .weights.h5 / .h5 weight files (h5py)")
+register_reader("keras_h5", "modelsafe.legacy.keras_h5", extensions=(".weights.h5", ".h5", ".hdf5", ".keras"),
+                sniff=_sniff_hdf5, description="Keras .weights.h5 / .keras / .h5 weight files (h5py)")
 register_reader("mxnet", "modelsafe.legacy.mxnet_params", extensions=(".params", ".nd"), sniff=_sniff_mxnet,
                 description="MXNet .params / NDArray list files, read without MXNet")

@@ -1,4 +1,4 @@
-"""Keras weight files in HDF5: Keras 3 ``.weights.h5`` (and Keras 2 ``.h5`` weights), via h5py.
+"""Keras weight files in HDF5: Keras 3 ``.weights.h5`` and ``.keras`` archives, Keras 2 ``.h5``, via h5py.
 
 Keras 3 writes one group per saveable object along its attribute path, each with a
 ``vars`` group whose datasets ``"0"``, ``"1"``, ... are that object's variables in order::
@@ -8,6 +8,8 @@ Keras 3 writes one group per saveable object along its attribute path, each with
     /optimizer/vars/0         iterations
     /vars                     (the model's own variables; often empty)
 
+A ``.keras`` archive is a zip holding ``model.weights.h5`` (read from memory, its size
+checked first) beside the architecture (``config.json``, not converted).
 The reader keeps that layout as a flat dict keyed by dataset path
 (``"layers/dense/vars/0"``), so nothing is renamed and Keras 2 files (``dense/dense/kernel:0``)
 read the same way.  HDF5 features that reach outside the file are refused: external
@@ -26,7 +28,10 @@ bytes than the file holds is refused before it is read.  TensorFlow is not neede
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,7 @@ import numpy as np
 from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, UnsafeObjectError
 from . import ForeignFile, ReadOptions, arrays_as
 
+WEIGHTS_MEMBER = "model.weights.h5"  # inside a .keras archive
 MIN_BOMB_BYTES = 64 << 20
 MAX_RATIO = 64  # declared bytes per byte of file beyond which a dataset is called a memory bomb
 
@@ -76,6 +82,30 @@ def _dataset_array(ds: Any, name: str, source: str, file_size: int, notes: list[
     return arr
 
 
+def _natural(name: str) -> list:
+    """Sort key putting ``vars/2`` before ``vars/10`` (Keras numbers variables in order)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _open_keras_archive(h5py: Any, path: str, notes: list[str]) -> Any:
+    """The model.weights.h5 inside a ``.keras`` zip, opened from memory after its size is checked."""
+    archive_size = os.path.getsize(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo(WEIGHTS_MEMBER)
+            if info.file_size > MIN_BOMB_BYTES and info.file_size > MAX_RATIO * archive_size:
+                raise CorruptCheckpointError(
+                    f"{path}: {WEIGHTS_MEMBER} declares {info.file_size:,} bytes in a {archive_size:,}-byte archive; "
+                    "refused before reading (zip bomb or damaged file)", path=path, key=WEIGHTS_MEMBER,
+                )
+            data = z.read(info)
+            if "config.json" in z.namelist():
+                notes.append("the model architecture (config.json) is not converted; only the weights are")
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise CorruptCheckpointError(f"{path}: not a Keras archive with {WEIGHTS_MEMBER} ({exc})", path=path) from None
+    return h5py.File(io.BytesIO(data), "r"), len(data)
+
+
 def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     h5py = _h5py()
     path = os.fspath(path)
@@ -83,7 +113,10 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     tree: dict[str, Any] = {}
     notes: list[str] = []
     try:
-        f = h5py.File(path, "r")
+        if zipfile.is_zipfile(path):
+            f, file_size = _open_keras_archive(h5py, path, notes)
+        else:
+            f = h5py.File(path, "r")
     except OSError as exc:
         raise CorruptCheckpointError(f"{path}: not a readable HDF5 file ({exc})", path=path) from None
     with f:
@@ -91,7 +124,7 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
         while stack:
             prefix, group = stack.pop()
             children = []
-            for name in group:
+            for name in sorted(group, key=_natural):
                 link = group.get(name, getlink=True)
                 full = f"{prefix}{name}"
                 if isinstance(link, h5py.ExternalLink):
