@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -257,3 +257,66 @@ def test_report_partitions_the_keys(tmp_path_factory, keep, hidden):
     assert not (set(report.loaded) & mism) and not (set(report.missing) & set(report.loaded))
     for k in report.loaded:
         assert torch.equal(target.state_dict()[k], state[k])
+
+
+# -- damaged files: load_into raises ModelsafeErrors ---------------------------------------------------
+
+from craft import edit_manifest, manifest_of  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats(allow_nan=False)
+    | st.sampled_from(["0.weight", "model.0.weight", "torch.module", "torch.optimizer", "state", ""]),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["dict", "tensor", "object", "state", "tuple", "id", "param_groups"]), inner,
+                      min_size=1, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in children:
+        yield from _paths(v, prefix + (k,))
+
+
+@pytest.fixture(scope="module")
+def resume_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dmg")
+    m = mlp()
+    opt = torch.optim.Adam(m.parameters())
+    m(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    p = d / "base.safetensors"
+    ms.save({"model": m, "optimizer": opt, "epoch": 1}, p)
+    tree = manifest_of(p)["tree"]
+    return d, p, tree, list(_paths(tree))[1:]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_damaged_files_give_modelsafe_errors(resume_file, data):
+    import copy
+    import shutil
+
+    d, base, tree, paths = resume_file
+    where, value = data.draw(st.sampled_from(paths)), data.draw(_JSON)
+    p = d / "damaged.safetensors"
+    shutil.copyfile(base, p)
+
+    def edit(manifest):
+        new = copy.deepcopy(tree)
+        node = new
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
+        manifest["tree"] = new
+
+    edit_manifest(p, edit)
+    m = mlp()
+    target = {"model": m, "optimizer": torch.optim.Adam(m.parameters()), "epoch": 0}
+    for strict in (True, False):
+        try:
+            ms.load_into(target, p, strict=strict)
+        except ms.ModelsafeError:
+            pass

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .errors import IncompatibleStateError
+from .errors import IncompatibleStateError, ModelsafeError
 from .loading import add_aliases, materialize
 from .sources import open_source
 from .tree import Unflattener, walk_refs
@@ -170,7 +170,11 @@ class _Session:
 def _dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
     if isinstance(node, dict) and isinstance(node.get("dict"), list):
         un = session.unflattener()
-        return [(un.decode(k), v) for k, v in node["dict"]]
+        if not all(isinstance(p, list) and len(p) == 2 for p in node["dict"]):
+            raise un.bad(node, "dict items must be [key, value] pairs")
+        from .tree import _decode_key
+
+        return [(_decode_key(un, k), v) for k, v in node["dict"]]
     return None
 
 
@@ -503,5 +507,14 @@ def load_into(
                 path=source.path, report=report,
             )
         for action in session.actions:
-            action()
+            try:
+                action()
+            except ModelsafeError:
+                raise
+            except Exception as exc:  # the framework refused state that passed our checks
+                raise IncompatibleStateError(
+                    f"{source.path}: restoring into the target failed: {type(exc).__name__}: {exc}. The target may be "
+                    "partly restored; rebuild it before trying again",
+                    path=source.path, report=report,
+                ) from exc
         return report
