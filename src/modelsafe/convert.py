@@ -179,14 +179,13 @@ def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str]) -> t
 
 # -- the entry point ---------------------------------------------------------------------------
 
-def _count_tensors(obj: Any) -> tuple[int, int]:
-    fl = Flattener(allow_pickle=False)
-    try:
-        fl.flatten(obj)
-    except UnsupportedObjectError:
-        return 0, 0
-    tensors = [leaf for leaf in fl.leaves if leaf.kind == "tensor"]
-    return len(tensors), sum(leaf.nbytes for leaf in tensors)
+def _count_tensors(path: str) -> tuple[int, int]:
+    """(tensors, tensor bytes) stored in the written file, from its header (tied tensors count once)."""
+    from .format.reader import FileSource
+
+    with FileSource(path) as source:
+        tensors = [r for r in source.records.values() if r.kind == "tensor"]
+        return len(tensors), sum(r.nbytes for r in tensors)
 
 
 def convert(
@@ -236,7 +235,7 @@ def convert(
         meta = {"converted_from": os.path.basename(src), "source_format": found.format}
         meta.update(metadata or {})
         save(tree, dst, metadata=meta)
-        count, nbytes = _count_tensors(tree)
+        count, nbytes = _count_tensors(dst)
     else:
         tensors = _flat_tensors(found.tree, notes, left_out)
         count = len(tensors)

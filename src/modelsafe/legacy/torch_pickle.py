@@ -140,10 +140,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _dims(value: Any, what: str) -> tuple:
-    if isinstance(value, TorchSize):
+    if type(value) is TorchSize:
         value = value.dims
-    _require(isinstance(value, (tuple, list)) and len(value) <= MAX_DIMS, f"tensor {what} {value!r:.80} is not a tuple")
-    _require(all(_is_int(d) and d >= 0 for d in value), f"tensor {what} {value!r:.80} holds a negative or non-integer entry")
+    _require(type(value) in (tuple, list) and len(value) <= MAX_DIMS, f"tensor {what} {value!r:.80} is not a tuple")
+    for d in value:
+        if type(d) is not int or d < 0:
+            raise Refused(f"tensor {what} {value!r:.80} holds a negative or non-integer entry")
     return tuple(value)
 
 
