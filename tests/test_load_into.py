@@ -320,3 +320,28 @@ def test_damaged_files_give_modelsafe_errors(resume_file, data):
             ms.load_into(target, p, strict=strict)
         except ms.ModelsafeError:
             pass
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch._dynamo's own imports warn
+def test_wrapper_prefixes_are_reconciled(tmp_path):
+    """torch.compile and DataParallel add "_orig_mod." / "module." to state_dict keys; any side may be wrapped."""
+    src = mlp()
+    files = {
+        "compiled": torch.compile(src).state_dict(),      # keys "_orig_mod.0.weight", ...
+        "parallel": nn.DataParallel(src).state_dict(),    # keys "module.0.weight", ...
+        "plain": src.state_dict(),
+        "module": nn.DataParallel(src),                   # saved as the module itself: keys "0.weight"
+    }
+    assert list(files["compiled"])[0] == "_orig_mod.0.weight" and list(files["parallel"])[0] == "module.0.weight"
+    for name, obj in files.items():
+        path = tmp_path / f"{name}.safetensors"
+        ms.save(obj, path)
+        for wrap in (lambda m: m, torch.compile, nn.DataParallel):
+            inner = mlp()
+            report = ms.load_into(wrap(inner), path)
+            assert report.ok and len(report.loaded) == 4 and same(inner, src), (name, wrap)
+    # with explicit key mapping nothing is guessed
+    with pytest.raises(ms.IncompatibleStateError):
+        ms.load_into(mlp(), tmp_path / "compiled.safetensors", select="_orig_mod.0.")
+    inner = mlp()
+    assert ms.load_into(inner, tmp_path / "compiled.safetensors", rename={"_orig_mod.": ""}).ok and same(inner, src)

@@ -264,12 +264,25 @@ class _Planner:
         if state is None:
             self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
             return
-        for key, value in module.state_dict(keep_vars=True).items():
-            self.targets[_join(prefix, key)] = (module, key, value)
-        for key, child in _dict_items(self.s, state) or []:
+        items = _dict_items(self.s, state) or []
+        # wrappers (torch.compile, DataParallel, DDP) prefix state_dict keys with "_orig_mod." / "module.":
+        # on either side, use the views that match best (only when the caller maps keys neither way)
+        views = [module]
+        while _wrapped(views[-1]) is not None:
+            views.append(_wrapped(views[-1]))
+        strips = [""]
+        if not (self.s.filtering or self.s.renames):
+            strips += [w for w in _WRAPPER_PREFIXES if items and all(isinstance(k, str) and k.startswith(w) for k, _ in items)]
+        best, strip = max(
+            ((view, cut) for view in views for cut in strips),
+            key=lambda vc: len({str(k)[len(vc[1]):] for k, _ in items} & set(vc[0].state_dict())),
+        )
+        for key, child in items:
             full = _join(prefix, key)
             if self.s.selected(full):
-                self.file_entries.append((full, self.s.rename(full), child))
+                self.file_entries.append((full, self.s.rename(_join(prefix, str(key)[len(strip):])), child))
+        for key, value in best.state_dict(keep_vars=True).items():
+            self.targets[_join(prefix, key)] = (best, key, value)
 
     def plan_tensor_owner(self, tensor: Any, node: Any, name: str) -> None:
         self.targets[name] = (None, name, tensor)
@@ -402,6 +415,20 @@ def _classify(target: Any) -> str | None:
         return "rng"
     if isinstance(target, np.ndarray):
         return "tensor"
+    return None
+
+
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def _wrapped(module: Any) -> Any:
+    """The module inside a torch.compile / DataParallel / DistributedDataParallel wrapper, else None."""
+    import torch
+
+    if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
+        return module._orig_mod
+    if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return module.module
     return None
 
 

@@ -219,6 +219,14 @@ def _same_layer(module: nn.Module, cls: type, kwargs: dict) -> bool:
     return module.extra_repr() == twin.extra_repr()
 
 
+def _wrapped(module: nn.Module) -> nn.Module | None:
+    if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
+        return module._orig_mod
+    if isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return module.module
+    return None
+
+
 def module_recipe(module: nn.Module) -> tuple[Recipe | None, bool, str]:
     """(recipe, explicit, reason when there is none)."""
     recipe = recipe_of(module)
@@ -248,9 +256,9 @@ class ModuleCodec:
         return issubclass(tp, nn.Module)
 
     def encode(self, fl: Flattener, module: nn.Module, path: tuple) -> dict:
-        # torch.compile wraps the module; the file holds the module itself (its keys, its recipe)
-        while type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module):
-            module = module._orig_mod
+        # torch.compile / DataParallel / DDP wrap the module; the file holds the module itself (its keys, its recipe)
+        while (inner := _wrapped(module)) is not None:
+            module = inner
         recipe, explicit, why = module_recipe(module)
         label = _class_label(module)
         if in_recipe(fl):
