@@ -239,8 +239,10 @@ class TableSpec:
         rows = [tuple(c.header for c in self.columns), *self.rows]
         if self.footer is not None:
             rows.append(self.footer)
-        columns = [[cell if cell.isprintable() else printable(cell) for cell in column] for column in zip(*rows)]
-        rows = list(zip(*columns))
+        columns = list(zip(*rows))
+        if not all("".join(column).isprintable() for column in columns):  # rare: names with control characters
+            rows = list(zip(*([printable(cell) for cell in column] for column in columns)))
+            columns = list(zip(*rows))
         widths = [max(map(len, column)) for column in columns]
         template = "  ".join(
             f"{{:{'>' if col.justify == 'right' else '<'}{width}}}" for col, width in zip(self.columns, widths)
