@@ -342,39 +342,41 @@ def test_nothing_executes_under_an_audit_hook(corpus, tmp_path):
 
 _CONTROL_SCRIPT = textwrap.dedent(
     """
-    import pickle, sys, time, os
-    path, how = sys.argv[1], sys.argv[2]
-    try:
-        if how == "pickle":
-            pickle.load(open(path, "rb"))
-        else:
-            import torch
-            torch.load(path, weights_only=False)
-    except Exception as exc:   # the gadget's return value may upset what follows; it has run by then
-        print("after the gadget:", type(exc).__name__, exc)
+    import pickle, sys
+    for path, how in zip(sys.argv[1::2], sys.argv[2::2]):
+        try:
+            if how == "pickle":
+                pickle.load(open(path, "rb"))
+            else:
+                import torch
+                torch.load(path, weights_only=False)
+        except Exception as exc:   # the gadget's return value may upset what follows; it has run by then
+            print("after the gadget:", type(exc).__name__, exc)
     """
 )
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_control_the_specimens_are_live(family, tmp_path):
-    """Plain pickle (raw) and torch.load(weights_only=False) (zip) do run these gadgets: the corpus is real."""
+    """Plain pickle (raw) and torch.load(weights_only=False) (zip, legacy) do run these gadgets: the corpus is real."""
     script = tmp_path / "control.py"
     script.write_text(_CONTROL_SCRIPT)
     env = dict(os.environ, BROWSER="touch %s")
+    traps, argv = {}, []
     for carrier, protocol, ext, how in (("raw", 2, ".pkl", "pickle"), ("zip-nested", 2, ".pt", "torch"),
                                         ("torch.save-legacy", 2, ".pt", "torch")):
         if how == "torch" and family not in ("os.system", "builtins.exec", "functools.partial"):
-            continue  # one torch control per kind of callee is enough; each costs a torch import
-        trap = _make_trap(tmp_path, f"{carrier}")
+            continue  # torch controls for one gadget per kind of callee: each costs a torch import
+        traps[carrier] = _make_trap(tmp_path, carrier)
         path = tmp_path / f"control-{carrier}{ext}"
-        _write(carrier, FAMILIES[family](trap), protocol, path)
-        subprocess.run([PY, str(script), str(path), how], capture_output=True, text=True, timeout=120, env=env,
-                       cwd=tmp_path)
-        for _ in range(100):  # Popen and webbrowser run their command in the background
-            if trap.sprung():
-                break
-            time.sleep(0.05)
+        _write(carrier, FAMILIES[family](traps[carrier]), protocol, path)
+        argv += [str(path), how]
+    subprocess.run([PY, str(script), *argv], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    for _ in range(100):  # Popen and webbrowser run their command in the background
+        if all(trap.sprung() for trap in traps.values()):
+            break
+        time.sleep(0.05)
+    for carrier, trap in traps.items():
         assert trap.sprung(), f"{family} via {carrier}: the control load did not run the gadget"
 
 
