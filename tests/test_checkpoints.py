@@ -385,3 +385,13 @@ def test_the_run_file_records_the_training_settings(tmp_path):
     maintenance.delete(0)
     maintenance.close()
     assert json.load(open(tmp_path / ".modelsafe-run.json")) == run
+
+
+def test_infos_of_the_writer_equal_those_read_back_from_disk(tmp_path):
+    ck = ms.Checkpoints(tmp_path, keep_last=3)
+    written = [ck.save({"w": np.arange(i + 10)}, step=i, metrics={"m": i / 3}) for i in range(4)]
+    fresh = ms.Checkpoints(tmp_path).list()
+    assert ck.list() == fresh == written[1:]
+    on_disk = [sum(f.stat().st_size for f in (tmp_path / i.name).rglob("*") if f.is_file()) for i in fresh]
+    assert [i.size for i in fresh] == on_disk
+    ck.close()

@@ -50,13 +50,12 @@ from .errors import CheckpointNotFoundError, ModelsafeError, StorageError
 from .format import checksum
 from .gc_pause import gc_paused
 from .sources import register_directory_opener
-from .storage.commit import LocalRunStorage, RunStorage
-from .storage.local import atomic_file, storage_error
+from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
+from .storage.local import storage_error
 from .tree import flatten
 
 __all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "RUN_FILE"]
 
-RUN_FILE = ".modelsafe-run.json"
 
 
 @dataclass(frozen=True)
@@ -157,19 +156,16 @@ class Checkpoints:
         return f"<modelsafe.Checkpoints {self.directory!r} keep_last={self.keep_last} keep_best={self.keep_best}>"
 
     # -- listing -----------------------------------------------------------------------
-    def _info(self, name: str, manifest: dict | None = None) -> CheckpointInfo | None:
+    def _info(self, name: str, manifest: dict | None = None, manifest_size: int = 0) -> CheckpointInfo | None:
         """Info of committed checkpoint ``name`` from its manifest (cached; ``manifest`` if just written)."""
-        path = os.path.join(self._storage.checkpoint_path(name), MANIFEST)
-        try:
-            st = os.stat(path)
-        except OSError:
+        signature = self._storage.manifest_signature(name)
+        if signature is None:
             return None
-        signature = (path, st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(name)
         if cached is not None and cached[0] == signature:
             return cached[1]
         if manifest is not None:
-            info = _info_from_manifest(manifest, name, os.path.dirname(path), st.st_size)
+            info = _info_from_manifest(manifest, name, self._storage.checkpoint_path(name), manifest_size)
             self._cache[name] = (signature, info)
             return info
         data = self._storage.read_manifest(name)
@@ -251,15 +247,10 @@ class Checkpoints:
             self._run = self._read_or_create_run(record_settings=True)
         return self._run
 
-    def _run_file(self) -> str:
-        return os.path.join(self.directory, RUN_FILE)
-
     def _read_run(self) -> dict | None:
+        data = self._storage.read_run_file()
         try:
-            with open(self._run_file(), "rb") as f:
-                run = json.loads(f.read(1 << 20))
-        except FileNotFoundError:
-            return None
+            run = json.loads(data) if data is not None else None
         except ValueError:
             return None
         return run if isinstance(run, dict) and isinstance(run.get("run_id"), str) else None
@@ -282,8 +273,7 @@ class Checkpoints:
             **settings,
         }
         if run != old:
-            with atomic_file(self._run_file()) as f:
-                f.write(json.dumps(run, indent=1).encode())
+            self._storage.write_run_file(json.dumps(run, indent=1).encode())
         return run
 
     def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None) -> Any:
@@ -363,7 +353,7 @@ class Checkpoints:
             files = hash_files(staging)
             with gc_paused():  # many small objects, none of them cyclic garbage
                 manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
-                write_manifest(staging, manifest)
+                manifest_size = write_manifest(staging, manifest)
             path = self._storage.commit(staging, name)
         except BaseException as exc:
             self._storage.discard(staging)
@@ -373,7 +363,7 @@ class Checkpoints:
                 raise storage_error(self._storage.path(name), action, exc) from exc
             raise
         with self._scan_lock:
-            info = self._info(name, manifest)
+            info = self._info(name, manifest, manifest_size)
         if info is None:  # pragma: no cover - we just committed it
             raise ModelsafeError(f"{path}: internal error: the committed checkpoint cannot be read back", path=path)
         self._prune()

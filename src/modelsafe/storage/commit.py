@@ -29,7 +29,7 @@ import sys
 from typing import Protocol
 
 from ..errors import ModelsafeError, StorageError
-from .local import fsync_directory, storage_error
+from .local import atomic_file, fsync_directory, storage_error
 
 try:  # POSIX advisory locks; released by the kernel when the holder exits or is killed
     import fcntl
@@ -43,6 +43,8 @@ DELETING_MARK = ".modelsafe-del-"
 REPLACED_MARK = ".modelsafe-old-"
 LOCK_NAME = ".modelsafe.lock"
 MANIFEST = "manifest.json"
+RUN_FILE = ".modelsafe-run.json"
+MAX_RUN_FILE = 1 << 20
 
 
 class RunLockedError(StorageError):
@@ -58,6 +60,9 @@ class RunStorage(Protocol):
     def checkpoint_path(self, name: str) -> str: ...
     def entries(self) -> list[str]: ...
     def read_manifest(self, name: str) -> bytes | None: ...
+    def manifest_signature(self, name: str) -> tuple | None: ...
+    def read_run_file(self) -> bytes | None: ...
+    def write_run_file(self, data: bytes) -> None: ...
     def lock(self) -> None: ...
     def unlock(self) -> None: ...
     def clean_leftovers(self) -> list[str]: ...
@@ -148,6 +153,28 @@ class LocalRunStorage:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def manifest_signature(self, name: str) -> tuple | None:
+        """Changes whenever checkpoint ``name``'s manifest does (cache key); None when it has none."""
+        path = os.path.join(self.checkpoint_path(name), MANIFEST)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return (path, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read_run_file(self) -> bytes | None:
+        try:
+            with open(os.path.join(self.location, RUN_FILE), "rb") as f:
+                return f.read(MAX_RUN_FILE)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write_run_file(self, data: bytes) -> None:
+        """Replace the run file atomically (writer only)."""
+        self._require_lock("writing the run file")
+        with atomic_file(os.path.join(self.location, RUN_FILE)) as f:
+            f.write(data)
 
     # -- the single writer -----------------------------------------------------------
     @property
