@@ -20,6 +20,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from legacy_craft import G, assemble, call, persid, tensor_expr, torch_legacy, torch_zip, tup
 from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError, UnsupportedObjectError
@@ -560,3 +561,44 @@ def test_damaged_files_are_corrupt_not_crashes(tmp_path):
         damaged.write_bytes(zblob[:cut])
         with pytest.raises(CorruptCheckpointError):
             load_torch_file(damaged)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_files_read_or_raise_our_errors(tmp_path, data):
+    """Random byte edits of real torch files (zip pickles re-zipped so the edit reaches the parser, and
+    legacy files as they are): reading either succeeds or raises a ModelsafeError, nothing else."""
+    import io as _io
+
+    from modelsafe.errors import ModelsafeError
+
+    legacy = data.draw(st.booleans(), label="legacy")
+    case = data.draw(st.sampled_from(["checkpoint", "edges", "views", "tied"]), label="case")
+    key = (case, legacy)
+    if key not in _MUTATION_SOURCES:
+        path, _ = saved(tmp_path, case, "legacy" if legacy else "zip")
+        blob = path.read_bytes()
+        if legacy:
+            _MUTATION_SOURCES[key] = (blob, None)
+        else:
+            with zipfile.ZipFile(_io.BytesIO(blob)) as z:
+                _MUTATION_SOURCES[key] = (None, {n: z.read(n) for n in z.namelist()})
+    blob, records = _MUTATION_SOURCES[key]
+    target = bytearray(blob if legacy else records[next(n for n in records if n.endswith("data.pkl"))])
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, len(target) - 1), label="at")
+        target[at] = data.draw(st.integers(0, 255), label="byte")
+    path = tmp_path / "mutated.pt"
+    if legacy:
+        path.write_bytes(bytes(target))
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            for name, content in records.items():
+                z.writestr(name, bytes(target) if name.endswith("data.pkl") else content)
+    try:
+        load_torch_file(path)
+    except ModelsafeError:
+        pass
+
+
+_MUTATION_SOURCES: dict = {}
