@@ -176,3 +176,24 @@ def test_keras_archive_bombs_are_refused(tmp_path):
     assert path.stat().st_size < 1 << 20
     with pytest.raises(CorruptCheckpointError, match="zip bomb"):
         read_foreign(path)
+
+
+def test_damaged_files_raise_our_errors(tmp_path):
+    from modelsafe.errors import ModelsafeError
+
+    source = tmp_path / "src.weights.h5"
+    keras3_weights(source)
+    blob = source.read_bytes()
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        damaged = bytearray(blob)
+        for at in rng.integers(0, len(blob), 8):
+            damaged[at] = int(rng.integers(0, 256))
+        if i % 3 == 0:
+            damaged = damaged[: int(rng.integers(8, len(blob)))]
+        path = tmp_path / "damaged.weights.h5"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_foreign(path)
+        except ModelsafeError:
+            pass

@@ -151,3 +151,23 @@ def test_hostile_and_damaged_files(tmp_path):
     path.write_bytes(sparse)
     with pytest.raises(UnsupportedObjectError, match="sparse"):
         read_foreign(path)
+
+
+def test_damaged_files_raise_our_errors(tmp_path):
+    from modelsafe.errors import ModelsafeError
+
+    params = _gluon_params(2)
+    blob = nd_save(list(params.values()), list(params))
+    rng = np.random.default_rng(2)
+    for i in range(200):
+        damaged = bytearray(blob)
+        for at in rng.integers(0, len(blob), 3):
+            damaged[at] = int(rng.integers(0, 256))
+        if i % 4 == 0:
+            damaged = damaged[: int(rng.integers(1, len(blob)))]
+        path = tmp_path / "damaged.params"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_foreign(path)
+        except ModelsafeError:
+            pass

@@ -70,3 +70,24 @@ def test_void_records_are_left_out_with_a_note(tmp_path):
     summary = convert(path, tmp_path / "bf.safetensors")
     assert list(ms.load(tmp_path / "bf.safetensors")) == ["y"]
     assert any(n.startswith("x:") and "left out" in n for n in summary.notes)
+
+
+def test_damaged_archives_raise_our_errors(tmp_path):
+    from modelsafe.errors import ModelsafeError
+
+    source = tmp_path / "src.npz"
+    np.savez_compressed(source, w=np.arange(200, dtype=np.float32), b=np.ones((3, 4)))
+    blob = source.read_bytes()
+    rng = np.random.default_rng(1)
+    for i in range(80):
+        damaged = bytearray(blob)
+        for at in rng.integers(0, len(blob), 4):
+            damaged[at] = int(rng.integers(0, 256))
+        if i % 4 == 0:
+            damaged = damaged[: int(rng.integers(4, len(blob)))]
+        path = tmp_path / "damaged.npz"
+        path.write_bytes(bytes(damaged))
+        try:
+            read_foreign(path)
+        except ModelsafeError:
+            pass

@@ -602,3 +602,24 @@ def test_mutated_files_read_or_raise_our_errors(tmp_path, data):
 
 
 _MUTATION_SOURCES: dict = {}
+
+
+def test_damaged_zip_structure_raises_our_errors(tmp_path):
+    from modelsafe.errors import ModelsafeError
+
+    path, _ = saved(tmp_path, "state_dict", "zip")
+    blob = path.read_bytes()
+    rng = np.random.default_rng(3)
+    tail = len(blob) - 2048  # the central directory and local headers live here and at record starts
+    for i in range(150):
+        damaged = bytearray(blob)
+        for at in rng.integers(max(tail, 0), len(blob), 3):
+            damaged[at] = int(rng.integers(0, 256))
+        at = int(rng.integers(0, len(blob)))
+        damaged[at] = int(rng.integers(0, 256))
+        target = tmp_path / "damaged.pt"
+        target.write_bytes(bytes(damaged))
+        try:
+            read_foreign(target)
+        except ModelsafeError:
+            pass

@@ -162,7 +162,9 @@ def _zip_names(path: str) -> list[str]:
     try:
         with zipfile.ZipFile(path) as z:
             return z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError):
+        return []
+    except Exception:  # struct.error and the like from a damaged directory: not a zip we can read
         return []
 
 

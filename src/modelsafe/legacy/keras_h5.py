@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, UnsafeObjectError
+from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnsafeObjectError
 from . import ForeignFile, ReadOptions, arrays_as
 
 WEIGHTS_MEMBER = "model.weights.h5"  # inside a .keras archive
@@ -106,6 +106,31 @@ def _open_keras_archive(h5py: Any, path: str, notes: list[str]) -> Any:
     return h5py.File(io.BytesIO(data), "r"), len(data)
 
 
+def _walk(h5py: Any, f: Any, path: str, file_size: int, tree: dict, notes: list[str]) -> None:
+    """Every numeric dataset of ``f`` into ``tree``, depth first, names in natural order."""
+    stack = [("", f)]
+    while stack:
+        prefix, group = stack.pop()
+        children = []
+        for name in sorted(group, key=_natural):
+            link = group.get(name, getlink=True)
+            full = f"{prefix}{name}"
+            if isinstance(link, h5py.ExternalLink):
+                notes.append(f"{full}: external link to {link.filename}:{link.path} left out")
+                continue
+            if isinstance(link, h5py.SoftLink):
+                notes.append(f"{full}: soft link to {link.path} left out (the target is read under its own name)")
+                continue
+            node = group[name]
+            if isinstance(node, h5py.Group):
+                children.append((full + "/", node))
+            elif isinstance(node, h5py.Dataset):
+                arr = _dataset_array(node, full, path, file_size, notes)
+                if arr is not None:
+                    tree[full] = arr
+        stack.extend(reversed(children))
+
+
 def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     h5py = _h5py()
     path = os.fspath(path)
@@ -119,28 +144,13 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
             f = h5py.File(path, "r")
     except OSError as exc:
         raise CorruptCheckpointError(f"{path}: not a readable HDF5 file ({exc})", path=path) from None
-    with f:
-        stack = [("", f)]
-        while stack:
-            prefix, group = stack.pop()
-            children = []
-            for name in sorted(group, key=_natural):
-                link = group.get(name, getlink=True)
-                full = f"{prefix}{name}"
-                if isinstance(link, h5py.ExternalLink):
-                    notes.append(f"{full}: external link to {link.filename}:{link.path} left out")
-                    continue
-                if isinstance(link, h5py.SoftLink):
-                    notes.append(f"{full}: soft link to {link.path} left out (the target is read under its own name)")
-                    continue
-                node = group[name]
-                if isinstance(node, h5py.Group):
-                    children.append((full + "/", node))
-                elif isinstance(node, h5py.Dataset):
-                    arr = _dataset_array(node, full, path, file_size, notes)
-                    if arr is not None:
-                        tree[full] = arr
-            stack.extend(reversed(children))
+    try:
+        with f:
+            _walk(h5py, f, path, file_size, tree, notes)
+    except ModelsafeError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:  # h5py on a damaged file
+        raise CorruptCheckpointError(f"{path}: the HDF5 file is damaged ({type(exc).__name__}: {exc})", path=path) from None
     if not tree:
         notes.append("no numeric datasets found")
     return ForeignFile(path, "keras_h5", arrays_as(tree, options.framework if options else None), notes)

@@ -13,7 +13,9 @@ allocates the array, so a tiny archive cannot declare gigabytes.
 from __future__ import annotations
 
 import os
+import struct
 import zipfile
+import zlib
 from typing import Any
 
 import numpy as np
@@ -68,8 +70,9 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
                                  "as raw void records, losing their type); left out")
                     continue
                 tree[name] = arr
-    except zipfile.BadZipFile as exc:
-        raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({exc})", path=path) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError, RuntimeError,
+            struct.error) as exc:  # what zipfile and zlib raise on damaged archives
+        raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({type(exc).__name__}: {exc})", path=path) from None
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None

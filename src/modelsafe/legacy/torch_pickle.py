@@ -447,12 +447,14 @@ def _zip_records(path: str, source: str) -> tuple[str, dict[str, tuple[int, int,
             if len(pkls) != 1:
                 raise _corrupt(source, f"a torch zip file holds exactly one data.pkl; this one holds {len(pkls)}")
             prefix = pkls[0][: -len("data.pkl")]
-            records: dict[str, tuple[int, int]] = {}
+            records: dict[str, tuple[int, int, int]] = {}
             for info in infos:
                 if not info.filename.startswith(prefix):
                     continue
                 if info.compress_type != zipfile.ZIP_STORED:
                     raise _corrupt(source, f"record {info.filename} is compressed; torch stores records uncompressed")
+                if not 0 <= info.header_offset <= file_size - 30:
+                    raise _corrupt(source, f"record {info.filename} starts outside the file")
                 f.seek(info.header_offset)
                 local = f.read(30)
                 if len(local) != 30 or local[:4] != b"PK\x03\x04":
@@ -462,8 +464,8 @@ def _zip_records(path: str, source: str) -> tuple[str, dict[str, tuple[int, int,
                 if start + info.file_size > file_size or info.compress_size != info.file_size:
                     raise _corrupt(source, f"record {info.filename} claims {info.file_size:,} bytes beyond the end of the file")
                 records[info.filename[len(prefix):]] = (start, info.file_size, info.CRC)
-    except zipfile.BadZipFile as exc:
-        raise _corrupt(source, f"is not a valid zip archive ({exc})") from None
+    except (zipfile.BadZipFile, ValueError, struct.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise _corrupt(source, f"is not a valid zip archive ({type(exc).__name__}: {exc})") from None
     return prefix, records
 
 
