@@ -84,3 +84,40 @@ def test_write_many_counts_toward_the_position(tmp_path):
         f.write(b"!")
         assert f.tell() == 8
     assert path.read_bytes() == b"abcd\x00\x01\x02!"
+
+
+@pytest.mark.parametrize("code, fails", [(28, True), (95, False)])  # ENOSPC fails now; EOPNOTSUPP is ignored
+def test_reserve_fails_early_only_when_the_space_is_missing(tmp_path, monkeypatch, code, fails):
+    import modelsafe as ms
+
+    path = tmp_path / "ck.safetensors"
+    ms.save({"w": np.zeros(3)}, path)
+    before = path.read_bytes()
+    reserved = []
+    monkeypatch.setattr(writeback, "fallocate", lambda: lambda fd, mode, off, size: reserved.append(size) or -1)
+    monkeypatch.setattr(writeback, "_errno", lambda: code)
+    state = {"w": np.ones(1000)}
+    if fails:
+        with pytest.raises(ms.StorageError, match="free disk space"):
+            ms.save(state, path)
+        assert path.read_bytes() == before
+    else:
+        ms.save(state, path)
+        assert np.array_equal(ms.load(path)["w"], state["w"])
+    assert len(reserved) == 1
+    if not fails:
+        assert reserved == [path.stat().st_size]  # the whole file, header included
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.skipif(writeback.fallocate() is None, reason="Linux only")
+def test_reserved_file_ends_at_the_last_byte_written(tmp_path):
+    import modelsafe as ms
+
+    path = tmp_path / "r.safetensors"
+    ms.save({"a": np.arange(100_000), "b": [np.ones(3, np.float16)] * 5}, path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+    tensors = ms.load(path)
+    data = sum(x.nbytes for x in [tensors["a"], *tensors["b"][:1]])  # the list holds one tied array
+    assert path.stat().st_size == 8 + n + data

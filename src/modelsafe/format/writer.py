@@ -5,10 +5,11 @@ Tensors are laid out by falling element size so each one is naturally aligned
 whole-file copy).  Large payloads are hashed on a second thread while they are
 written (xxhash and file writes both release the GIL); small ones inline.
 
-The header is built once, with a random 16-hex-digit token in place of each
-checksum, and written first.  Once every payload is written its checksums are
-patched over the tokens (checksums are fixed-width, so no offset moves), the header
-seal is recomputed and the header is rewritten in place.
+The file's size is reserved up front where the file allows it.  The header is built
+once, with a random 16-hex-digit token in place of each checksum, and written first.
+Once every payload is written its checksums are patched over the tokens (checksums
+are fixed-width, so no offset moves), the header seal is recomputed and the header
+is rewritten in place.
 """
 
 from __future__ import annotations
@@ -184,6 +185,9 @@ def write_file(
         layout = plan_layout(fl.leaves)
         tokens = _placeholder_tokens(len(layout))
         header = _header(layout, fl, metadata_node, user_metadata, {leaf.name: t for (leaf, _, _), t in zip(layout, tokens)})
+    reserve = getattr(f, "reserve", None)  # files from atomic_file allocate their size up front
+    if reserve is not None:
+        reserve(len(header) + (layout[-1][2] if layout else 0))
     f.write(header)
     checksums = _write_payloads(f, layout)
     if checksums_out is not None:

@@ -33,20 +33,40 @@ LAG = 4             # then wait for the window this many steps back: <= LAG * WI
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
-@functools.lru_cache(maxsize=None)
-def sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range(fd, offset, nbytes, flags) -> 0 or -1, or None where there is none."""
+def _libc_function(name: str, argtypes: list) -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
         import ctypes
 
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
+
+
+@functools.lru_cache(maxsize=None)
+def sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range(fd, offset, nbytes, flags) -> 0 or -1, or None where there is none."""
+    import ctypes
+
+    return _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+
+
+@functools.lru_cache(maxsize=None)
+def fallocate() -> Callable[[int, int, int, int], int] | None:
+    """libc's fallocate(fd, mode, offset, length) -> 0 or -1 (never emulated by writing zeros), or None."""
+    import ctypes
+
+    return _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
 
 
 _IOV_MAX = 1024  # buffers per writev call (POSIX minimum of IOV_MAX)
@@ -82,6 +102,20 @@ class WritebackFile:
         self._written = 0   # bytes passed to write()
         self._started = 0   # bytes handed to writeback so far
         self._waited = 0    # bytes known to be on their way to disk
+
+    def reserve(self, size: int) -> None:
+        """Allocate the file's ``size`` bytes before writing them (Linux ``fallocate``).
+
+        Writes into allocated space skip block allocation and size updates page by page.
+        Only a hint, except that a disk or quota too small for the file fails here, before
+        anything is written.
+        """
+        function = fallocate()
+        if function is None or size <= 0 or function(self._fd, 0, 0, size) == 0:
+            return
+        code = _errno()
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(code, os.strerror(code))
 
     def write(self, data: Any) -> int:
         n = self._file.write(data)
