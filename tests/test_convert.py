@@ -230,3 +230,10 @@ def test_cli_as_a_subprocess(tmp_path):
     assert proc.returncode == 1 and "nope.pt" in proc.stderr
     proc = subprocess.run([PY, "-m", "modelsafe", "convert", str(path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
+    folder = tmp_path / "model"
+    folder.mkdir()
+    os.replace(path, folder / "pytorch_model.bin")
+    proc = subprocess.run([PY, "-m", "modelsafe", "convert", str(folder), str(tmp_path / "from-folder.safetensors")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert_equal_values(ms.load(tmp_path / "from-folder.safetensors"), oracle)

@@ -48,3 +48,36 @@ def test_registering_a_new_format(tmp_path, monkeypatch):
     from modelsafe.legacy import _READERS
 
     _READERS[:] = [r for r in _READERS if r.name != "fake"]
+
+
+def test_model_folders_resolve_to_their_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from modelsafe.convert import convert
+
+    single = tmp_path / "single"
+    single.mkdir()
+    torch.save({"w": torch.ones(2)}, single / "pytorch_model.bin")
+    (single / "config.json").write_text("{}")
+    assert read_foreign(single).format == "torch"
+    both = tmp_path / "both"
+    both.mkdir()
+    torch.save({"w": torch.ones(2)}, both / "pytorch_model.bin")
+    save_file({"w": torch.zeros(2)}, both / "model.safetensors")
+    assert read_foreign(both).format == "safetensors"  # safetensors preferred over a pickle
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    save_file({"a": torch.ones(1)}, sharded / "model-00001-of-00002.safetensors")
+    save_file({"b": torch.ones(1)}, sharded / "model-00002-of-00002.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    assert convert(sharded, tmp_path / "merged.safetensors").tensors == 2
+    ambiguous = tmp_path / "ambiguous"
+    ambiguous.mkdir()
+    torch.save({"w": torch.ones(2)}, ambiguous / "a.pt")
+    torch.save({"w": torch.ones(2)}, ambiguous / "b.pt")
+    with pytest.raises(CorruptCheckpointError, match="name the file"):
+        read_foreign(ambiguous)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorruptCheckpointError, match="no weight files"):
+        read_foreign(tmp_path / "empty")

@@ -8,7 +8,7 @@ from .output import emit_json, escape, human_bytes, json_option, say
 
 
 @click.command("convert")
-@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--to", "target", type=click.Choice(["modelsafe", "safetensors"]), default="modelsafe", show_default=True,
               help="modelsafe: the whole tree (optimizer state, epoch, ...); safetensors: plain tensors for other tools.")
@@ -21,8 +21,9 @@ def convert(src: str, dst: str, target: str, framework: str | None, force: bool,
 
     SRC: torch .pt/.pth/.bin (zip or legacy format, read by an allowlist unpickler that
     never runs code; TorchScript is refused), .safetensors or a sharded *.index.json,
-    numpy .npz, Keras .weights.h5, MXNet .params (no MXNet needed).  The format is told
-    by the file's first bytes, then by its extension.
+    numpy .npz, Keras .weights.h5 / .keras, MXNet .params (no MXNet needed), or a model
+    folder holding one of those.  The format is told by the file's first bytes, then by
+    its extension.
     """
     from ..convert import convert as run_convert
 

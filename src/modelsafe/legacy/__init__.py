@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 
-__all__ = ["ForeignFile", "ReadOptions", "register_reader", "reader_for", "read_foreign", "known_formats"]
+__all__ = ["ForeignFile", "ReadOptions", "register_reader", "reader_for", "read_foreign", "known_formats",
+           "weights_in_directory", "arrays_as"]
 
 HEAD_BYTES = 64
 
@@ -83,10 +84,6 @@ def _head(path: str) -> bytes:
             return f.read(HEAD_BYTES)
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{path}: no such file; check the path", path=path) from None
-    except IsADirectoryError:
-        raise CorruptCheckpointError(
-            f"{path}: is a directory; convert takes one file (or a sharded *.index.json)", path=path
-        ) from None
     except OSError as exc:
         raise StorageError(f"{path}: cannot read ({exc.strerror})", path=path, errno=exc.errno) from exc
 
@@ -110,9 +107,35 @@ def reader_for(path: str | os.PathLike) -> ReaderEntry:
     )
 
 
+def weights_in_directory(folder: str) -> str:
+    """The one weights file of a model folder (a Hugging Face style directory): its ``*.index.json``
+    when sharded (safetensors preferred), else its single file with a known extension."""
+    names = sorted(os.listdir(folder))
+    indexes = [n for n in names if n.lower().endswith(".index.json")]
+    if indexes:
+        preferred = [n for n in indexes if "safetensors" in n.lower()] or indexes
+        return os.path.join(folder, preferred[0])
+    known = {ext for r in _READERS for ext in r.extensions if ext != ".index.json"}
+    files = [n for n in names if os.path.isfile(os.path.join(folder, n)) and any(n.lower().endswith(e) for e in known)]
+    safetensors = [n for n in files if n.lower().endswith(".safetensors")]
+    chosen = safetensors if len(safetensors) == 1 else files
+    if len(chosen) == 1:
+        return os.path.join(folder, chosen[0])
+    raise CorruptCheckpointError(
+        f"{folder}: is a directory with {'no' if not chosen else len(chosen)} weight files "
+        f"({', '.join(chosen[:6]) or 'none of ' + ', '.join(sorted(known))}); name the file to convert",
+        path=folder,
+    )
+
+
 def read_foreign(path: str | os.PathLike, *, framework: str | None = None) -> ForeignFile:
-    """Read ``path`` with the reader its signature or extension selects; never runs code from the file."""
+    """Read ``path`` with the reader its signature or extension selects; never runs code from the file.
+
+    A directory is read through its one weights file (see :func:`weights_in_directory`).
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        path = weights_in_directory(path)
     entry = reader_for(path)
     module = importlib.import_module(entry.module)
     return module.read(path, ReadOptions(framework=framework))
