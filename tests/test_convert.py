@@ -153,6 +153,16 @@ def test_plain_safetensors_writes_tied_tensors_under_each_name(tmp_path):
     assert torch.equal(tensors["embed.weight"], oracle["out.weight"]) and torch.equal(tensors["out.weight"], oracle["out.weight"])
 
 
+def test_plain_safetensors_names_never_collide(tmp_path):
+    from safetensors.torch import load_file
+
+    src = tmp_path / "clash.pt"
+    torch.save({"a.b": torch.zeros(1), "a": {"b": torch.ones(1)}}, src)
+    summary = convert(src, tmp_path / "clash.safetensors", to="safetensors")
+    tensors = load_file(tmp_path / "clash.safetensors")
+    assert sorted(tensors) == ["a.b", "a.b#2"] and any("a.b#2" in n for n in summary.notes)
+
+
 def test_existing_destination_needs_overwrite(tmp_path):
     path, _ = saved(tmp_path, "tensor", "zip")
     dst = tmp_path / "t.safetensors"

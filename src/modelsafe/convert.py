@@ -128,7 +128,14 @@ def _flat_tensors(obj: Any, notes: list[str], dropped: list[str]) -> dict[str, A
 
     def walk(value: Any, prefix: str) -> None:
         if adapter_for_type(type(value)) is not None:
-            out[prefix or "tensor"] = value
+            name = prefix or "tensor"
+            if name in out:  # {"a.b": x, "a": {"b": y}} spell the same dotted name
+                n = 2
+                while f"{name}#{n}" in out:
+                    n += 1
+                notes.append(f"two tensors are named {name!r}; the second is stored as {name}#{n}")
+                name = f"{name}#{n}"
+            out[name] = value
         elif isinstance(value, dict):
             for k, v in value.items():
                 walk(v, f"{prefix}.{k}" if prefix else str(k))
