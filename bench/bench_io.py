@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="--quick with even smaller sizes (the smoke test)")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of a table")
     parser.add_argument("--dir", default=None, help="directory for the temporary files (default: the system temp dir)")
-    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement; the median is reported (default 5, quick 1)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per measurement; the median is reported (default 7, quick 1)")
     parser.add_argument("--workloads", default="abc", help="which workloads to run, e.g. 'ab' (default: abc)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     global SYNC_BETWEEN_RUNS
     SYNC_BETWEEN_RUNS = not args.quick
-    repeat = args.repeat or (1 if args.quick else 5)
+    repeat = args.repeat or (1 if args.quick else 7)
     open_repeat = 3 if args.quick else 21
     warmup = 0 if args.quick else 1
     torch.set_num_threads(max(1, torch.get_num_threads()))
