@@ -247,3 +247,22 @@ def test_cli_as_a_subprocess(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_equal_values(ms.load(tmp_path / "from-folder.safetensors"), oracle)
+
+
+def test_torch_files_convert_without_torch_installed(tmp_path):
+    """With torch unimportable, a torch checkpoint still converts (to numpy arrays), running no code."""
+    path, oracle = saved(tmp_path, "checkpoint", "legacy")
+    dst = tmp_path / "np.safetensors"
+    script = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from modelsafe.convert import convert\n"
+        f"s = convert({str(path)!r}, {str(dst)!r})\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+        "print(s.tensors)\n"
+    )
+    proc = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    back = ms.load(dst, framework="numpy")
+    for k, v in oracle["model"].items():
+        assert isinstance(back["model"][k], np.ndarray) and np.array_equal(back["model"][k], v.numpy()), k
+    assert back["epoch"] == 7
