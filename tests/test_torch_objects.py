@@ -584,3 +584,75 @@ def test_rng_objects_round_trip(tmp_path):
     assert back["mt"].normal() == objs["mt"].normal()
     assert back["legacy"].randn() == objs["legacy"].randn()
     assert torch.equal(torch.rand(3, generator=back["torch"]), torch.rand(3, generator=objs["torch"]))
+
+
+# -- building on the meta device: no wasted initialisation, never a half-built module ---------------
+
+class _Cache:
+    def __init__(self, n):
+        self.table = torch.arange(n, dtype=torch.float32) * 2
+
+
+@ms.rebuildable(name="tests.torch_objects.Tricky")
+class Tricky(nn.Module):
+    """Holds tensors the state_dict does not: each kind must come back real, not meta."""
+
+    def __init__(self, n: int, kind: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n, n)
+        if kind == "nonpersistent":
+            self.register_buffer("rope", torch.arange(n, dtype=torch.float32), persistent=False)
+        elif kind == "attribute":
+            self.scale = torch.full((n,), 3.0)
+        elif kind == "helper":
+            self.cache = _Cache(n)
+        elif kind == "closure":
+            bias = torch.ones(n)
+            self.register_forward_hook(lambda mod, inp, out: out + bias)
+        elif kind == "item":
+            self.limit = float(torch.tensor(float(n)).sqrt().item())
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+EXTRA = {
+    "nonpersistent": lambda m: m.rope,
+    "attribute": lambda m: m.scale,
+    "helper": lambda m: m.cache.table,
+    "closure": lambda m: m(torch.zeros(1, 4)) - m.fc(torch.zeros(1, 4)),
+    "item": lambda m: torch.tensor(m.limit),
+}
+
+
+@pytest.mark.parametrize("kind", list(EXTRA))
+def test_modules_holding_extra_tensors_are_built_for_real(tmp_path, kind):
+    m = Tricky(4, kind).eval()
+    back = _roundtrip(m, tmp_path)
+    x = torch.randn(2, 4)
+    assert torch.equal(back(x), m(x))
+    extra = EXTRA[kind](back)
+    assert not extra.is_meta and torch.equal(extra, EXTRA[kind](m))
+
+
+def test_plain_models_are_built_without_random_initialisation(tmp_path):
+    ms.save(TinyNet(6, 16), tmp_path / "plain.safetensors")
+    ms.save(Tricky(4, "nonpersistent"), tmp_path / "tricky.safetensors")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    back = ms.load(tmp_path / "plain.safetensors")
+    assert torch.equal(torch.rand(3), expected)  # building it drew no random numbers
+    assert not any(t.is_meta for t in back.state_dict().values())
+    torch.manual_seed(0)
+    ms.load(tmp_path / "tricky.safetensors")
+    assert not torch.equal(torch.rand(3), expected)  # control: a module that needs a real build draws
+
+
+def test_argument_modules_that_need_a_real_build_are_rebuilt_for_real(tmp_path):
+    inner = Tricky(4, "nonpersistent")
+    w = Wrapper(inner, torch.ones(1))
+    back = _roundtrip({"w": w, "inner": inner}, tmp_path)
+    assert back["w"].inner is back["inner"]
+    assert torch.equal(back["inner"].rope, torch.arange(4.0)) and not back["w"].scale.is_meta
+    assert torch.equal(back["inner"].fc.weight, inner.fc.weight)

@@ -331,15 +331,21 @@ def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
         raise
 
 
+def resolve_recipe(un: Unflattener, rnode: Any, *, class_hint: Any = None) -> Any:
+    """The class or factory a recipe names (registry or ``trusted=`` only); nothing is called."""
+    if not (isinstance(rnode, dict) and isinstance(rnode.get("name"), str)):
+        raise un.bad(rnode, "a recipe needs a class name")
+    return _resolve_target(un, rnode["name"], class_hint)
+
+
 def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True, class_hint: Any = None) -> Any:
     """Resolve the recipe's target (registry or ``trusted=`` only), decode its arguments, call it.
 
     The returned object remembers its recipe, so saving it again keeps it rebuildable.
     ``class_hint`` is the saved object's ``module:qualname``, used only with ``trusted=``.
+    With ``build=False`` returns ``(target, args, kwargs)`` without calling anything.
     """
-    if not (isinstance(rnode, dict) and isinstance(rnode.get("name"), str)):
-        raise un.bad(rnode, "a recipe needs a class name")
-    target = _resolve_target(un, rnode["name"], class_hint)  # raises before anything is called
+    target = resolve_recipe(un, rnode, class_hint=class_hint)  # raises before anything is called
     raw_args, raw_kwargs = rnode.get("args", []), rnode.get("kwargs", [])
     if not isinstance(raw_args, list) or not (
         isinstance(raw_kwargs, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in raw_kwargs)
@@ -349,14 +355,19 @@ def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True, class_hint
     kwargs = {k: un.decode(v) for k, v in raw_kwargs}
     if not build:
         return target, args, kwargs
+    return call_recipe(un, rnode["name"], target, args, kwargs)
+
+
+def call_recipe(un: Unflattener, name: str, target: Any, args: tuple, kwargs: dict) -> Any:
+    """``target(*args, **kwargs)``, failures explained; the result remembers its recipe."""
     try:
         obj = target(*args, **kwargs)
     except Exception as exc:
         raise CorruptCheckpointError(
-            f"{un.source}: rebuilding {rnode['name']} from its recipe failed: {type(exc).__name__}: {exc}. "
+            f"{un.source}: rebuilding {name} from its recipe failed: {type(exc).__name__}: {exc}. "
             "Its constructor may have changed since the file was written; build the object yourself and "
             "restore its state with ms.load_into(obj, path)",
-            path=un.source, key=rnode["name"],
+            path=un.source, key=name,
         ) from exc
     if recipe_of(obj) is None:
         try:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, UnsupportedObjectError
-from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe
+from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, resolve_recipe
 from ..recipes import Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
 
@@ -290,20 +290,99 @@ class ModuleCodec:
     def decode(self, un: Unflattener, node: dict) -> nn.Module:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch module")
+        resolve_recipe(un, node["recipe"], class_hint=node.get("class"))  # an unknown class fails before any work
         align_loaded_tensors(un)
-        module = decode_recipe(un, node["recipe"], class_hint=node.get("class"))
-        if not isinstance(module, nn.Module):
-            raise CorruptCheckpointError(
-                f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} built a "
-                f"{type(module).__name__}, not a torch module",
-                path=un.source,
-            )
+        device = un.context.setdefault("torch.default_device", torch.get_default_device())
+        module = None
         if "state" in node:
             state = un.decode(node["state"])
-            load_module_state(un, node, module, state)
+            module = _build_on_meta(un, node, state)
+            if module is None:
+                with torch.device(device):
+                    module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
+                load_module_state(un, node, module, state)
+        else:
+            module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
         if isinstance(node.get("training"), bool):
             module.train(node["training"])
         return module
+
+
+def _checked_module(un: Unflattener, node: dict, module: Any) -> nn.Module:
+    if not isinstance(module, nn.Module):
+        raise CorruptCheckpointError(
+            f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} built a "
+            f"{type(module).__name__}, not a torch module",
+            path=un.source,
+        )
+    return module
+
+
+def _build_on_meta(un: Unflattener, node: dict, state: Any) -> nn.Module | None:
+    """Build the module on the meta device (no memory, no random init) and assign the loaded state.
+
+    Every weight the file holds replaces a meta tensor, so this is the module the recipe
+    builds, minus the wasted initialisation.  If anything reachable from the module is
+    still on the meta device afterwards (a non-persistent buffer, a tensor attribute, a
+    cache in a helper object or closure), or the constructor needs real values, None is
+    returned — with every object decoded meanwhile forgotten — and the caller builds it
+    for real.
+    """
+    memo = un.context.setdefault("objects", {})
+    before = set(memo)
+    module = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):  # constructor arguments that are modules are built here too
+                module = decode_recipe(un, node["recipe"], class_hint=node.get("class"))
+        if isinstance(module, nn.Module):
+            load_module_state(un, node, module, state)
+    except IncompatibleStateError:
+        raise
+    except Exception:
+        module = None
+    if not isinstance(module, nn.Module) or _holds_meta(module):
+        for key in set(memo) - before:
+            del memo[key]
+        return None
+    return module
+
+
+def _holds_meta(module: nn.Module, depth: int = 4) -> bool:
+    seen: set[int] = set()
+
+    def meta_in(value: Any, left: int) -> bool:
+        if isinstance(value, torch.Tensor):
+            return value.is_meta
+        if left == 0 or id(value) in seen or isinstance(value, (nn.Module, type, str, bytes, int, float, bool)) or value is None:
+            return False
+        seen.add(id(value))
+        if isinstance(value, dict):
+            items: Any = list(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = list(value)
+        elif getattr(value, "__closure__", None):
+            items = []
+            for cell in value.__closure__:
+                try:
+                    items.append(cell.cell_contents)
+                except ValueError:
+                    pass
+        elif hasattr(value, "__dict__"):
+            items = list(vars(value).values())
+        else:
+            return False
+        return any(meta_in(v, left - 1) for v in items)
+
+    for sub in module.modules():
+        for t in list(sub._parameters.values()) + list(sub._buffers.values()):
+            if t is not None and t.is_meta:
+                return True
+        for key, value in vars(sub).items():
+            if key not in ("_parameters", "_buffers", "_modules") and meta_in(value, depth):
+                return True
+    return False
 
 
 def _note_parameter_leaves(fl: Flattener, state: dict, state_node: Any) -> None:
