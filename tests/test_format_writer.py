@@ -103,3 +103,12 @@ def test_a_failed_hash_does_not_leave_the_hash_thread_or_the_file_behind(tmp_pat
     assert hashed_in_thread
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
     assert not [t for t in threading.enumerate() if t.name.startswith("modelsafe-hash") and t.name not in before]
+
+
+def test_the_header_is_built_once_per_save(tmp_path, monkeypatch):
+    calls = []
+    real = writer._header
+    monkeypatch.setattr(writer, "_header", lambda *a: calls.append(1) or real(*a))
+    ms.save(_tree(), tmp_path / "once", metadata={"k": "v"})
+    assert len(calls) == 1  # the checksum tokens were all found and patched
+    assert _same(ms.load(tmp_path / "once"), _tree())
