@@ -1,12 +1,19 @@
 """An unpickler that can only build what an explicit allowlist names.
 
-Every global a pickle asks for (GLOBAL, STACK_GLOBAL, INST, OBJ and the extension
-opcodes) is looked up in a table of ``"module.name" -> stand-in``.  The stand-ins are
-functions of ours that build inert values; nothing the file names is ever imported
-or called.  A name not in the table stops the load with
-:class:`~modelsafe.errors.UnsafeObjectError` naming the file and the global.
-Extension-registry and out-of-band-buffer opcodes are refused before unpickling
-starts, because they resolve objects without going through the table.
+Every global a pickle asks for (GLOBAL, STACK_GLOBAL, INST) is looked up in a table
+of ``"module.name" -> stand-in``.  The stand-ins are functions of ours that check
+their arguments and build inert values; nothing the file names is ever imported or
+called.  A name not in the table stops the load with
+:class:`~modelsafe.errors.UnsafeObjectError` naming the file and the global.  Since
+everything on the unpickler's stack is then either a plain value (str, int, list,
+dict, ...), a stand-in's result or a stand-in function, the opcodes that call
+things (REDUCE, OBJ, NEWOBJ, BUILD) can only reach those: the table is the whole
+attack surface.
+
+Before CPython's C unpickler runs, :func:`scan_opcodes` walks the stream once and
+refuses the extension-registry opcodes (EXT1/2/4 resolve objects from copyreg's cache
+without asking find_class), out-of-band buffers, and memo slots larger than the
+stream (CPython would allocate and zero a memo table of that size first).
 
 >>> import io, pickle
 >>> data = pickle.dumps({"a": [1, 2.5, None]}, protocol=2)
