@@ -41,3 +41,14 @@ def test_demo_runs_the_main_job(tmp_path):
     assert type(model).__name__ == "Regressor"
     with ms.open(tmp_path / "best-model.safetensors") as r:
         assert r.metadata["exported_from"]["checkpoint"] == best.name
+
+
+def test_demo_without_torch_says_how_to_install_it(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from modelsafe.cli import main\n"
+        f"main(['demo', {str(tmp_path)!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "torch is not installed" in proc.stderr and "pip install 'modelsafe[torch]'" in proc.stderr

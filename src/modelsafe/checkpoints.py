@@ -13,7 +13,9 @@
 
 The pieces live in small modules: :mod:`.retention` (pure keep policies),
 :mod:`.checkpoint_names`, :mod:`.checkpoint_dir` (directory format),
-:mod:`.storage.commit` (staging, fsync, atomic rename, lock) and :mod:`.async_save`.
+:mod:`.storage.commit` (staging, fsync, atomic rename, lock), :mod:`.async_save`
+(snapshots, background writer) and :mod:`.checkpoint_copy` (fork and export).
+docs/checkpoints.md specifies the layout and the commit protocol.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ from .storage.local import storage_error
 from .tree import flatten
 
 __all__ = ["Checkpoints", "CheckpointInfo", "PendingSave", "RUN_FILE"]
-
 
 
 @dataclass(frozen=True)
