@@ -266,3 +266,14 @@ def test_torch_files_convert_without_torch_installed(tmp_path):
     for k, v in oracle["model"].items():
         assert isinstance(back["model"][k], np.ndarray) and np.array_equal(back["model"][k], v.numpy()), k
     assert back["epoch"] == 7
+
+
+def test_a_checkpoint_lightning_itself_wrote(tmp_path):
+    """tests/golden/lightning.ckpt (Lightning 2: state_dict, loops, callbacks, optimizer_states, lr_schedulers)."""
+    src = os.path.join(os.path.dirname(__file__), "golden", "lightning.ckpt")
+    oracle = torch.load(src, weights_only=True)
+    summary = convert(src, tmp_path / "lightning.safetensors")
+    assert summary.source_format == "torch"
+    back = ms.load(tmp_path / "lightning.safetensors")
+    assert_equal_values(back, oracle)
+    assert back["hyper_parameters"] == {"lr": 0.1, "hidden": 4} and set(back) >= {"loops", "optimizer_states", "lr_schedulers"}
