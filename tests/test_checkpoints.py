@@ -395,3 +395,60 @@ def test_infos_of_the_writer_equal_those_read_back_from_disk(tmp_path):
     on_disk = [sum(f.stat().st_size for f in (tmp_path / i.name).rglob("*") if f.is_file()) for i in fresh]
     assert [i.size for i in fresh] == on_disk
     ck.close()
+
+
+def _mutations():
+    from hypothesis import strategies as st
+
+    junk = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**12), st.floats(allow_nan=False), st.text(max_size=8),
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+    return st.tuples(st.integers(0, 10**6), junk)
+
+
+def test_hostile_manifests_give_corruption_errors_never_crashes(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    ck = ms.Checkpoints(tmp_path / "run")
+    ck.bind(save=lambda p: open(os.path.join(p, "f.bin"), "wb").write(b"abc"))
+    info = ck.save({"w": np.arange(4), "n": [1, "x"]}, step=3, metrics={"loss": 0.5})
+    ck.close()
+    path = os.path.join(info.path, "manifest.json")
+    original = json.load(open(path))
+
+    def paths(node, prefix=()):
+        yield prefix
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from paths(v, prefix + (k,))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from paths(v, prefix + (i,))
+
+    all_paths = [p for p in paths(original) if p]
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_mutations())
+    def check(mutation):
+        index, value = mutation
+        target = all_paths[index % len(all_paths)]
+        doc = json.loads(json.dumps(original))
+        node = doc
+        for part in target[:-1]:
+            node = node[part]
+        node[target[-1]] = value
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        try:
+            with CheckpointSource(info.path) as source:
+                ms.load(info.path)
+                source.verify_files()
+        except ms.ModelsafeError:
+            pass
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            listed = ms.Checkpoints(tmp_path / "run").list()  # a damaged manifest is skipped with a warning
+        assert len(listed) <= 1
+
+    check()

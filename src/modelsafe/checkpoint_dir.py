@@ -188,17 +188,22 @@ def parse_manifest(data: bytes, path: str) -> dict:
         if not isinstance(manifest.get(key), kind):
             raise _corrupt(path, f"manifest.json has no {key!r} {kind.__name__}")
     for shard in manifest["shards"]:
-        if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and _SHARD_RE.match(shard["file"])):
-            raise _corrupt(path, f"shard entry {shard!r} is not {{'file': 'state-NNNNN-of-NNNNN.safetensors', ...}}")
+        if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and _SHARD_RE.match(shard["file"])
+                and type(shard.get("size")) is int and shard["size"] >= 0):
+            raise _corrupt(path, f"shard entry {str(shard)[:200]} is not {{'file': 'state-NNNNN-of-NNNNN.safetensors', 'size': N}}")
     for rel, entry in manifest["files"].items():
         parts = rel.split("/")
         if parts[0] != FILES_DIR or len(parts) < 2 or any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
             raise _corrupt(path, f"bound file {rel!r} lies outside files/")
-        if not (isinstance(entry, dict) and isinstance(entry.get("xxh3"), str) and type(entry.get("size")) is int):
+        if not (isinstance(entry, dict) and isinstance(entry.get("xxh3"), str) and type(entry.get("size")) is int
+                and entry["size"] >= 0):
             raise _corrupt(path, f"bound file {rel!r} has no size and xxh3")
     info = manifest["checkpoint"]
-    if type(info.get("step")) is not int or not isinstance(info.get("name"), str) or not isinstance(info.get("metrics"), dict):
-        raise _corrupt(path, "manifest.json 'checkpoint' needs an integer step, a name and a metrics object")
+    if (type(info.get("step")) is not int or info["step"] < 0 or not isinstance(info.get("name"), str)
+            or not isinstance(info.get("metrics"), dict) or not isinstance(info.get("lineage", []), list)
+            or not isinstance(info.get("time", ""), str) or not isinstance(info.get("run_id", ""), (str, type(None)))):
+        raise _corrupt(path, "manifest.json 'checkpoint' needs a non-negative integer step, a name, a metrics object, "
+                             "a time string and a lineage list")
     return manifest
 
 
@@ -265,6 +270,8 @@ class CheckpointSource:
                 if spec.get("xxh3") != record.checksum:
                     raise _corrupt(self.path, f"tensor {record.name!r}: manifest.json and {name} disagree on its checksum")
                 framework = spec.get("framework", self.manifest.get("framework")) if record.kind == "tensor" else None
+                if framework is not None and not isinstance(framework, str):
+                    raise _corrupt(self.path, f"tensor {record.name!r}: framework {str(framework)[:50]} is not a name")
                 records[record.name] = dataclasses.replace(record, file=name, framework=framework or record.framework)
         missing = sorted(set(tensors) - set(records))
         if missing:
