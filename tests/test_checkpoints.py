@@ -452,3 +452,12 @@ def test_hostile_manifests_give_corruption_errors_never_crashes(tmp_path):
         assert len(listed) <= 1
 
     check()
+
+
+@pytest.mark.parametrize("module", ["checkpoints", "retention", "checkpoint_names"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"modelsafe.{module}"))
+    assert result.attempted > 0 and result.failed == 0
