@@ -459,9 +459,13 @@ def _what(node: Any) -> str:
 
 def _optimizer_problem(opt: Any, state: Any) -> tuple[str, str] | None:
     groups = state.get("param_groups") if isinstance(state, dict) else None
-    if not isinstance(groups, list) or not isinstance(state.get("state"), dict):
+    if (
+        not isinstance(groups, list)
+        or not isinstance(state.get("state"), dict)
+        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+    ):
         return "not an optimizer state_dict", type(opt).__name__
-    saved = [len(g.get("params", ())) for g in groups]
+    saved = [len(g["params"]) for g in groups]
     mine = [len(g["params"]) for g in opt.param_groups]
     if saved != mine:
         return f"param groups of sizes {saved}", f"param groups of sizes {mine}"
