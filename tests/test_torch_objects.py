@@ -668,3 +668,54 @@ def test_rebuilt_objects_hold_aligned_memory_and_do_not_pin_the_file_buffer(tmp_
     assert all(t.data_ptr() % 64 == 0 for t in tensors if t.numel())
     storages = {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
     assert len(storages) == len([t for t in tensors if t.numel()])  # each its own memory, no shared file buffer
+
+
+class WarmStep(L.LRScheduler):
+    """A user scheduler whose argument is not kept under its own name."""
+
+    def __init__(self, optimizer, warm_steps, last_epoch=-1):
+        self.w = warm_steps
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        return [base * min(1.0, (self.last_epoch + 1) / self.w) for base in self.base_lrs]
+
+
+@ms.rebuildable(name="tests.torch_objects.DecoratedWarmStep")
+class DecoratedWarmStep(WarmStep):
+    pass
+
+
+def test_user_schedulers_without_recipe_save_and_say_how_to_restore(tmp_path):
+    model, opt = _sgd()
+    sched = WarmStep(opt, 4)
+    _advance(sched, opt, model, 2)
+    p = tmp_path / "s.safetensors"
+    ms.save({"model": model, "optimizer": opt, "scheduler": sched}, p)
+    with pytest.raises(MissingRecipeError, match="load_into"):
+        ms.load(p)
+    m2, o2 = _sgd()
+    s2 = WarmStep(o2, 4)
+    assert ms.load_into({"model": m2, "optimizer": o2, "scheduler": s2}, p).ok
+    assert s2.state_dict() == sched.state_dict()
+
+
+def test_decorated_user_schedulers_round_trip(tmp_path):
+    model, opt = _sgd()
+    sched = DecoratedWarmStep(opt, warm_steps=4)
+    _advance(sched, opt, model, 2)
+    back = _roundtrip({"model": model, "optimizer": opt, "scheduler": sched}, tmp_path)
+    s2 = back["scheduler"]
+    assert type(s2) is DecoratedWarmStep and s2.optimizer is back["optimizer"] and s2.w == 4
+    state = {k: v for k, v in sched.state_dict().items() if k != "_modelsafe_recipe"}
+    assert {k: v for k, v in s2.state_dict().items() if k != "_modelsafe_recipe"} == state
+    _advance(sched, opt, model, 3)
+    _advance(s2, back["optimizer"], back["model"], 3)
+    assert s2.get_last_lr() == sched.get_last_lr()
+
+
+def test_lambda_inside_a_sequential_scheduler_is_refused_clearly(tmp_path):
+    model, opt = _sgd()
+    seq = L.SequentialLR(opt, [L.LambdaLR(opt, lambda e: 1.0), L.ExponentialLR(opt, 0.9)], [2])
+    with pytest.raises(ms.UnsupportedObjectError, match="lr_lambda"):
+        ms.save({"scheduler": seq}, tmp_path / "s.safetensors")

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, UnsupportedObjectError
 from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, resolve_recipe
-from ..recipes import Recipe, qualified_name, recipe_of, register, registered_name
+from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
 
 _MISSING = object()
@@ -545,9 +545,9 @@ def _callables_of(sched: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _scheduler_kwargs(sched: Any, state: dict, path: tuple) -> dict:
-    cls = type(sched)
-    label = _class_label(cls)
+def _refuse_callables(sched: Any, path: tuple) -> None:
+    """Schedulers holding Python functions (LambdaLR, ...) cannot be stored: say so, clearly, at save."""
+    label = _class_label(sched)
     for arg, fn in _callables_of(sched):
         if recipe_of(fn) is None:
             raise UnsupportedObjectError(
@@ -557,15 +557,24 @@ def _scheduler_kwargs(sched: Any, state: dict, path: tuple) -> dict:
                 "@ms.rebuildable class, or save scheduler.state_dict() and restore it with ms.load_into(scheduler, path)",
                 key=format_path(path),
             )
+    for i, child in enumerate(getattr(sched, "_schedulers", None) or ()):
+        if isinstance(child, _SCHEDULER_BASE):
+            _refuse_callables(child, path + ("_schedulers", i))
+
+
+def _scheduler_kwargs(sched: Any, state: dict) -> tuple[dict | None, str]:
+    """Constructor arguments read back from the scheduler, or (None, why not)."""
+    cls = type(sched)
+    label = _class_label(cls)
     kwargs: dict[str, Any] = {}
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("optimizer", "last_epoch", "verbose"):
             continue
         value: Any = _MISSING
         if p.name == "schedulers":
-            value = list(getattr(sched, "_schedulers"))
+            value = list(getattr(sched, "_schedulers", None) or [])
         elif p.name == "lr_lambda":
-            value = list(sched.lr_lambdas)
+            value = list(getattr(sched, "lr_lambdas", None) or [])
         elif p.name == "scale_fn":
             value = getattr(sched, "_scale_fn_custom", None)
         else:
@@ -579,16 +588,12 @@ def _scheduler_kwargs(sched: Any, state: dict, path: tuple) -> dict:
                     value = [g[_GROUP_SOURCES[p.name]] for g in groups]
         if value is _MISSING:
             if p.default is p.empty:
-                raise UnsupportedObjectError(
-                    f"cannot save {format_path(path)}: the constructor argument {p.name!r} of {label} cannot be "
-                    "recovered from the scheduler; save scheduler.state_dict() and restore it with ms.load_into",
-                    key=format_path(path),
-                )
+                return None, f"the constructor argument {p.name!r} of {label} cannot be read back from the scheduler"
             continue
         if isinstance(value, collections.Counter):
             value = sorted(value.elements())
         kwargs[p.name] = value
-    return kwargs
+    return kwargs, ""
 
 
 def _group_settings(opt: torch.optim.Optimizer) -> list[dict]:
@@ -609,14 +614,28 @@ class SchedulerCodec:
         return issubclass(tp, _SCHEDULER_BASE)
 
     def encode(self, fl: Flattener, sched: Any, path: tuple) -> dict:
-        state = sched.state_dict()
-        kwargs = _scheduler_kwargs(sched, state, path)
+        # a scheduler's state_dict is its __dict__, where @ms.rebuildable keeps the recipe: not state
+        state = {k: v for k, v in sched.state_dict().items() if k != RECIPE_ATTR}
         label = _class_label(sched)
+        recipe, why = recipe_of(sched), ""
+        if recipe is None:
+            _refuse_callables(sched, path)
+            kwargs, why = _scheduler_kwargs(sched, state)
+            recipe = None if kwargs is None else Recipe(type(sched), (), kwargs)
+            if recipe is not None:
+                why = _dry_run(recipe, path, label)
+                recipe = None if why else recipe
         with_state = not in_recipe(fl)
+        if recipe is None and not with_state:
+            raise UnsupportedObjectError(f"the scheduler {label} has no recipe: {why}", key=format_path(path))
 
         def body(node: dict) -> None:
             node["optimizer"] = None  # decoded first; filled once the whole tree is known
-            node["recipe"] = encode_recipe(fl, Recipe(type(sched), (), kwargs), path, label)
+            if recipe is None:
+                node["recipe"] = None
+                node["why"] = why
+            else:
+                node["recipe"] = encode_recipe(fl, recipe, path, label)
             if with_state:
                 node["state"] = fl.encode(state, path)
 
@@ -628,13 +647,16 @@ class SchedulerCodec:
         return encode_object(fl, sched, path, "torch.lr_scheduler", body, with_state=with_state)
 
     def decode(self, un: Unflattener, node: dict) -> Any:
+        if node.get("recipe") is None:
+            raise _no_recipe(un, node, "torch LR scheduler")
         align_loaded_tensors(un)
         opt = un.decode(node.get("optimizer"))
         if not isinstance(opt, torch.optim.Optimizer):
             raise un.bad(node, "a scheduler must refer to an optimizer")
         settings = _group_settings(opt)
-        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False)
-        if "optimizer" in inspect.signature(cls.__init__).parameters:
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"))
+        given = any(a is opt for a in args) or any(v is opt for v in kwargs.values())  # an @ms.rebuildable scheduler
+        if not given and "optimizer" in inspect.signature(cls.__init__).parameters:
             kwargs["optimizer"] = opt
         try:
             with warnings.catch_warnings():
