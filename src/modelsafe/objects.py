@@ -319,8 +319,10 @@ def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
     import that module (its decorators register the stable name) and look again."""
     try:
         return resolve(name, un.trusted, source=un.source)
-    except UnknownClassError:
-        if isinstance(class_hint, str) and un.trusted:
+    except UnknownClassError as exc:
+        if not isinstance(class_hint, str):
+            raise
+        if un.trusted:
             try:
                 resolve(class_hint, un.trusted, source=un.source)  # imports only a trusted module
             except UnknownClassError:
@@ -328,7 +330,14 @@ def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
             found = lookup(name)
             if found is not None:
                 return found
-        raise
+        module = class_hint.partition(":")[0]
+        raise UnknownClassError(
+            f"{un.source}: the file names class {name!r} (saved from {class_hint}), which is not registered here. "
+            "Nothing was imported or called. Import the module that defines it before loading (its "
+            f"@ms.rebuildable registers it), pass trusted=[{module!r}] to let modelsafe import that module, or "
+            "register the class with ms.register (with aliases=(...) if it moved)",
+            path=un.source, key=name,
+        ) from exc
 
 
 def resolve_recipe(un: Unflattener, rnode: Any, *, class_hint: Any = None) -> Any:
