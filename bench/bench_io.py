@@ -522,7 +522,7 @@ def render(workloads: list[Workload], rows: list[Row], memory: dict[str, dict], 
             if r.workload != w.key:
                 continue
             ratio = f"{r.ratio:8.2f}" if r.ratio is not None else f"{'-':>8}"
-            runs = " ".join(f"{x * 1e3:.0f}" if x >= 0.01 else f"{x * 1e3:.2f}" for x in r.runs[:7])
+            runs = " ".join(f"{x * 1e3:.0f}" if x >= 0.01 else f"{x * 1e3:.2f}" for x in r.runs[:11])
             note = f"  [{r.note}]" if r.note else ""
             out.append(f"  {r.op:<32}{_format_time(r.seconds):>12}{r.gbps:9.2f}{ratio}  ({runs} ms){note}")
         if w.key in memory:

@@ -54,10 +54,9 @@ def test_patched_header_equals_a_header_built_with_the_checksums(tmp_path, monke
 
 
 @pytest.mark.parametrize("threshold", [1, 1 << 40])
-def test_hashing_beside_the_write_or_inline_gives_the_same_file(tmp_path, monkeypatch, threshold):
+def test_large_and_small_payload_paths_give_the_same_file(tmp_path, monkeypatch, threshold):
     reference = _write(tmp_path / "ref", _tree())
-    monkeypatch.setattr(writer, "HASH_BESIDE_WRITE_BYTES", threshold)
-    monkeypatch.setattr(writer, "MAX_PENDING_HASHES", 1)
+    monkeypatch.setattr(writer, "LARGE_PAYLOAD_BYTES", threshold)
     assert _write(tmp_path / "other", _tree()) == reference
 
 
@@ -82,27 +81,18 @@ def test_placeholder_tokens_are_distinct_hex():
     assert len(set(tokens)) == 5000 and all(len(t) == 16 and int(t, 16) >= 0 for t in tokens)
 
 
-def test_a_failed_hash_does_not_leave_the_hash_thread_or_the_file_behind(tmp_path, monkeypatch):
-    import threading
+def test_a_tensor_that_changes_size_during_the_save_fails_cleanly(tmp_path, monkeypatch):
+    from modelsafe.adapters.numpy import NumpyAdapter
 
-    monkeypatch.setattr(writer, "HASH_BESIDE_WRITE_BYTES", 1)
-    before = {t.name for t in threading.enumerate()}
-
-    real = writer.checksum.digest
-    hashed_in_thread = []
-
-    def digest(data):
-        if threading.current_thread().name.startswith("modelsafe-hash"):
-            hashed_in_thread.append(1)
-            raise RuntimeError("hash failed")
-        return real(data)
-
-    monkeypatch.setattr(writer.checksum, "digest", digest)
-    with pytest.raises(RuntimeError, match="hash failed"):
-        ms.save({"a": np.ones(10), "b": np.zeros(3)}, tmp_path / "f")
-    assert hashed_in_thread
-    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
-    assert not [t for t in threading.enumerate() if t.name.startswith("modelsafe-hash") and t.name not in before]
+    state = {"a": np.ones(10), "b": np.zeros(300_000)}
+    ms.save(state, tmp_path / "f")
+    before = (tmp_path / "f").read_bytes()
+    real = NumpyAdapter.host_bytes
+    monkeypatch.setattr(NumpyAdapter, "host_bytes", lambda self, obj: real(self, obj)[: max(0, obj.nbytes - 8)])
+    with pytest.raises(ms.UnsupportedObjectError, match="changed size"):
+        ms.save(state, tmp_path / "f")
+    assert (tmp_path / "f").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]  # no temporary file left
 
 
 def test_the_header_is_built_once_per_save(tmp_path, monkeypatch):

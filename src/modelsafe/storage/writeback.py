@@ -26,7 +26,7 @@ import sys
 from typing import Any, Callable
 
 WRITE_BUFFER = 4 << 20
-WINDOW = 32 << 20   # start writeback each time this much more has been written
+WINDOW = 64 << 20   # start writeback each time this much more has been written
 LAG = 4             # then wait for the window this many steps back: <= LAG * WINDOW dirty
 
 # sync_file_range flags (linux/fs.h)
