@@ -453,17 +453,18 @@ class Check:
     target: str
     measured: str
     ok: bool
+    required: bool = True  # False: shown for context, not a target of DESIGN.md
 
 
 def check_targets(rows: list[Row], memory: dict[str, dict]) -> list[Check]:
     t = {(r.workload, r.op): r for r in rows}
     checks: list[Check] = []
 
-    def faster(w: str, op: str, other: str, factor: float = 1.0, label: str | None = None) -> None:
+    def faster(w: str, op: str, other: str, factor: float = 1.0, label: str | None = None, required: bool = True) -> None:
         if (w, op) in t and (w, other) in t:
             speedup = t[(w, other)].seconds / t[(w, op)].seconds
             checks.append(Check(label or f"({w}) {op} faster than {other}" + (f" x{factor:g}" if factor != 1 else ""),
-                                f"{speedup:.2f}x", speedup >= factor if factor != 1 else speedup > 1))
+                                f"{speedup:.2f}x", speedup >= factor if factor != 1 else speedup > 1, required))
 
     def ratio(w: str, op: str, at_least: float, label: str) -> None:
         if (w, op) in t:
@@ -474,8 +475,9 @@ def check_targets(rows: list[Row], memory: dict[str, dict]) -> list[Check]:
     for w in "ab":
         faster(w, "ms.save (durable)", "torch.save + fsync")
         faster(w, "ms.save (durable)", "safetensors.save_file + fsync")
-        faster(w, "ms.save (durable)", "torch.save", label=f"({w}) ms.save faster than torch.save without its fsync (info)")
-        faster(w, "ms.save (durable)", "safetensors.save_file", label=f"({w}) ms.save faster than safetensors.save_file without its fsync (info)")
+        faster(w, "ms.save (durable)", "torch.save", label=f"({w}) ms.save vs torch.save without its fsync", required=False)
+        faster(w, "ms.save (durable)", "safetensors.save_file", label=f"({w}) ms.save vs safetensors.save_file without its fsync",
+               required=False)
     for w in "ac":
         ratio(w, "ms.load (verify=True)", 0.8, f"({w}) ms.load verify=True >= 0.8x plain readinto")
     if ("a", "safetensors.load_file (mmap)") in t:
@@ -530,9 +532,12 @@ def render(workloads: list[Workload], rows: list[Row], memory: dict[str, dict], 
             parts = ", ".join(f"{k} {_size(max(v, 0))} ({v / m['state']:.1%})" for k, v in m.items() if k not in ("state", "method"))
             out.append(f"  peak extra memory during save ({m['method']}, fresh process): {parts}")
     out.append("")
-    out.append("targets")
+    out.append("targets (DESIGN.md; 'info' lines are context, not targets)")
+    if meta["quick"]:
+        out.append("  (small sizes: fixed costs dominate, so these do not judge the targets, which are set for the full sizes)")
     for c in checks:
-        out.append(f"  {'PASS' if c.ok else 'FAIL'}  {c.target:<72} {c.measured}")
+        status = ("PASS" if c.ok else "FAIL") if c.required else "info"
+        out.append(f"  {status}  {c.target:<72} {c.measured}")
     return "\n".join(out)
 
 
