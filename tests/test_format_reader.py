@@ -1,5 +1,7 @@
 """Whole loads map the file (POSIX) or read it; either way the loaded tensors are the caller's own."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -64,3 +66,26 @@ def test_a_file_system_that_cannot_map_falls_back_to_reading(tmp_path, monkeypat
     monkeypatch.setattr(reader.FileSource, "map_data", no_map)
     monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", True)
     assert torch.equal(ms.load(path)["w"], torch.arange(10))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+def test_loaded_states_hold_no_file_descriptor_and_unmap_when_freed(tmp_path, monkeypatch):
+    monkeypatch.setattr(reader, "MAP_WHOLE_LOADS", True)
+    paths = []
+    for i in range(30):
+        paths.append(tmp_path / f"s{i}.safetensors")
+        ms.save({"w": torch.full((1000,), float(i)), "n": np.arange(i + 1)}, paths[-1])
+    fds_before = len(os.listdir("/proc/self/fd"))
+    states = [ms.load(p) for p in paths]
+    assert len(os.listdir("/proc/self/fd")) <= fds_before  # 30 states alive, no descriptor kept
+    for p in paths:
+        p.unlink()  # the mappings keep the bytes readable
+    assert all(s["w"][3].item() == i and s["n"][-1] == i for i, s in enumerate(states))
+
+    def mapped():
+        with open("/proc/self/maps") as f:
+            return sum(str(tmp_path) in line for line in f)
+
+    assert mapped() >= 30
+    del states
+    assert mapped() == 0  # the last tensors gone, every mapping is released

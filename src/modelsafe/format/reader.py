@@ -16,6 +16,7 @@ from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
 from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
 from .manifest import TensorRecord
+from .mapping import map_private
 
 
 # Whole-file loads map the file instead of reading it where a mapped file can still be
@@ -100,16 +101,21 @@ class FileSource:
             done += n
         return buf
 
-    def map_data(self, *, will_need: bool = False) -> np.ndarray:
+    def map_data(self, *, whole: bool = False) -> np.ndarray:
         """The data section as a private copy-on-write memory map (zero-copy, lazy).
 
-        ``will_need`` asks the kernel to start reading the whole file ahead (for loads
-        that touch every byte).  Writes to the returned memory never reach the file.
+        Writes to the returned memory never reach the file.  ``whole`` is for loads that
+        read everything and return long-lived tensors: the kernel is asked to read the
+        whole file ahead, and the mapping keeps no file descriptor open.
         """
         if self.file_size == self.data_start:
             return np.empty(0, dtype=np.uint8)
+        if whole:
+            buffer = map_private(self._fd, self.file_size, will_need=True)
+            if buffer is not None:
+                return np.frombuffer(buffer, dtype=np.uint8, offset=self.data_start)
         mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_COPY, **_MMAP_OPTIONS)
-        if will_need and _MADV_WILLNEED is not None:
+        if whole and _MADV_WILLNEED is not None:
             mm.madvise(_MADV_WILLNEED)
         return np.frombuffer(mm, dtype=np.uint8, offset=self.data_start)
 
@@ -119,7 +125,7 @@ class FileSource:
             return {None: self.map_data()}
         if MAP_WHOLE_LOADS:
             try:
-                return {None: self.map_data(will_need=True)}
+                return {None: self.map_data(whole=True)}
             except OSError:  # a file system that cannot map files: read instead
                 pass
         return {None: self.read_data()}
