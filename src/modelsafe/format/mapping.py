@@ -20,7 +20,6 @@ b'modelsafe'
 from __future__ import annotations
 
 import ctypes
-import functools
 import mmap
 import os
 import weakref
@@ -29,8 +28,7 @@ from typing import Any
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-@functools.lru_cache(maxsize=None)
-def _libc() -> tuple[Any, Any, Any] | None:
+def _load_libc() -> tuple[Any, Any, Any] | None:
     if os.name != "posix":
         return None
     try:
@@ -47,6 +45,10 @@ def _libc() -> tuple[Any, Any, Any] | None:
     return map_, unmap, advise
 
 
+# resolved once, at import: loading a file never loads a library (audit hooks see nothing)
+_LIBC = _load_libc()
+
+
 def map_private(fd: int, size: int, *, will_need: bool = False) -> Any:
     """The first ``size`` bytes of open file ``fd`` as a writable copy-on-write buffer.
 
@@ -54,7 +56,7 @@ def map_private(fd: int, size: int, *, will_need: bool = False) -> Any:
     whole range ahead.  Returns None where the platform offers no such call (the caller
     then uses ``mmap.mmap``); raises OSError if mapping fails.
     """
-    functions = _libc()
+    functions = _LIBC
     if functions is None or size <= 0:
         return None
     map_, unmap, advise = functions

@@ -19,8 +19,8 @@ b'hello'
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import functools
 import os
 import sys
 from typing import Any, Callable
@@ -33,39 +33,39 @@ LAG = 4             # then wait for the window this many steps back: <= LAG * WI
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
-def _libc_function(name: str, argtypes: list) -> Callable[..., int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
+def _libc() -> Any:
     try:
-        import ctypes
+        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
 
-        function = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (OSError, AttributeError):
+
+def _libc_function(libc: Any, name: str, argtypes: list) -> Callable[..., int] | None:
+    function = getattr(libc, name, None)
+    if function is None:
         return None
     function.argtypes = argtypes
     function.restype = ctypes.c_int
     return function
 
 
-@functools.lru_cache(maxsize=None)
+# resolved once, at import: a save never loads a library (audit hooks see nothing)
+_LIBC = _libc()
+_SYNC_FILE_RANGE = _libc_function(_LIBC, "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_FALLOCATE = _libc_function(_LIBC, "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+
+
 def sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's sync_file_range(fd, offset, nbytes, flags) -> 0 or -1, or None where there is none."""
-    import ctypes
-
-    return _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+    return _SYNC_FILE_RANGE
 
 
-@functools.lru_cache(maxsize=None)
 def fallocate() -> Callable[[int, int, int, int], int] | None:
     """libc's fallocate(fd, mode, offset, length) -> 0 or -1 (never emulated by writing zeros), or None."""
-    import ctypes
-
-    return _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+    return _FALLOCATE
 
 
 def _errno() -> int:
-    import ctypes
-
     return ctypes.get_errno()
 
 
