@@ -88,9 +88,11 @@ def _patch_checksums(header: bytes, tokens: list[str], checksums: list[str]) -> 
     """
     out = bytearray(header)
     position = 0
+    context = len(_TOKEN_CONTEXT)
+    find, startswith = header.find, header.startswith
     for token, value in zip(tokens, checksums):
-        position = header.find(token.encode("ascii"), position)
-        if position < 0 or header[position - len(_TOKEN_CONTEXT) : position] != _TOKEN_CONTEXT:
+        position = find(token.encode("ascii"), position)
+        if position < context or not startswith(_TOKEN_CONTEXT, position - context):
             return None
         out[position : position + 16] = value.encode("ascii")
         position += 16

@@ -74,7 +74,7 @@ _IOV_MAX = 1024  # buffers per writev call (POSIX minimum of IOV_MAX)
 
 def writev_all(fd: int, buffers: list) -> int:
     """Write every buffer in order with as few ``writev`` calls as possible; returns the bytes written."""
-    views = [memoryview(b).cast("B") for b in buffers]
+    views = [b if type(b) is memoryview and b.format == "B" and b.ndim == 1 else memoryview(b).cast("B") for b in buffers]
     total = sum(v.nbytes for v in views)
     i = 0
     while i < len(views):
