@@ -32,15 +32,6 @@ def torch_dtype(name: str) -> torch.dtype:
         raise UnsupportedObjectError(f"this torch build has no dtype {name}; upgrade torch or load with framework='numpy'") from None
 
 
-def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides = []
-    step = 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
-
-
 class TorchAdapter:
     framework = "torch"
 
@@ -107,12 +98,13 @@ class TorchAdapter:
         return memoryview(flat.view(torch.uint8).numpy())
 
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
-        flat = torch.from_numpy(base) if base.size else torch.empty(0, dtype=torch.uint8)
-        typed_views: dict[torch.dtype, tuple[torch.Tensor, int]] = {}
+        # Each tensor gets a storage of its own over its bytes (storage_offset 0): torch.save of
+        # one loaded tensor then writes that tensor only, and APIs that read a storage from its
+        # start (torch.set_rng_state) see the right bytes.
         address = base.ctypes.data if base.size else 0
         kinds: dict[str, tuple[torch.dtype, int]] = {}   # per call: dtype name -> (torch dtype, item size)
-        strides_of: dict[tuple, tuple[int, ...]] = {}    # optimizer states repeat a few shapes many times
         map_location = options.map_location
+        frombuffer = torch.frombuffer
         out = []
         for spec in specs:
             kind = kinds.get(spec.dtype)
@@ -122,20 +114,10 @@ class TorchAdapter:
             if spec.nbytes == 0:
                 t = torch.empty(spec.shape, dtype=dt)
             elif options.copy or (address + spec.offset) % size:
-                t = flat[spec.offset : spec.offset + spec.nbytes].clone().view(dt).view(spec.shape)
+                chunk = torch.from_numpy(base[spec.offset : spec.offset + spec.nbytes]).clone()  # torch's 64-aligned memory
+                t = chunk.view(dt).view(spec.shape)
             else:
-                typed, start = typed_views.get(dt) or (None, 0)
-                if typed is None:
-                    # one typed view of the whole aligned buffer per dtype; each tensor is a strided window
-                    start = (-address) % size
-                    usable = (flat.numel() - start) // size * size
-                    typed = flat[start : start + usable].view(dt)
-                    typed_views[dt] = (typed, start)
-                shape = spec.shape if type(spec.shape) is tuple else tuple(spec.shape)
-                strides = strides_of.get(shape)
-                if strides is None:
-                    strides = strides_of[shape] = _contiguous_strides(shape)
-                t = typed.as_strided(shape, strides, (spec.offset - start) // size)
+                t = frombuffer(base, dtype=dt, count=spec.nbytes // size, offset=spec.offset).view(spec.shape)
             out.append(t if map_location is None and not spec.attrs else _restore(t, spec.attrs, map_location))
         return out
 

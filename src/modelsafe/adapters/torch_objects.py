@@ -92,32 +92,21 @@ def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
 def align_loaded_tensors(un: Unflattener) -> None:
     """Give every loaded torch tensor that is not 64-byte aligned its own aligned memory, once per load.
 
-    Tensors in a file are only naturally aligned, and torch's reductions (dot, sum,
+    The writer puts payloads whose size is a multiple of 64 bytes on 64-byte boundaries;
+    the small remainder is only naturally aligned, and torch's reductions (dot, sum,
     matmul) can round differently at other alignments: without this a resumed run
-    would drift from an uninterrupted one.  When the aligned views left in a loaded
-    buffer would pin more memory than they use (under half of it), they are copied too,
-    so the buffer is freed.  Tied tensors stay one object.
+    would drift from an uninterrupted one.  Tied tensors stay one object.
     """
     if un.context.get("torch.aligned"):
         return
     un.context["torch.aligned"] = True
     tensors: dict[int, torch.Tensor] = {}
     for value in un.values.values():
-        if isinstance(value, torch.Tensor) and value.numel():
+        if isinstance(value, torch.Tensor) and value.numel() and value.data_ptr() % ALIGNMENT:
             tensors[id(value)] = value
-    by_buffer: dict[int, list[torch.Tensor]] = {}
-    for t in tensors.values():
-        by_buffer.setdefault(t.untyped_storage().data_ptr(), []).append(t)
-    copy: set[int] = set()
-    for views in by_buffer.values():
-        kept = [t for t in views if t.data_ptr() % ALIGNMENT == 0]
-        copy.update(id(t) for t in views if t.data_ptr() % ALIGNMENT)
-        kept_bytes = sum(t.numel() * t.element_size() for t in kept)
-        if kept and len(kept) < len(views) and 2 * kept_bytes < views[0].untyped_storage().nbytes():
-            copy.update(id(t) for t in kept)
-    if not copy:
+    if not tensors:
         return
-    copies = {key: _aligned_copy(tensors[key]) for key in copy}
+    copies = {key: _aligned_copy(t) for key, t in tensors.items()}
     for name, value in un.values.items():
         new = copies.get(id(value))
         if new is not None:

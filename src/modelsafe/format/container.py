@@ -21,7 +21,7 @@ from .dtypes import STORAGE_CODES, DType
 
 MAX_HEADER_BYTES = 100_000_000   # the limit safetensors itself applies
 MAX_DIMS = 64
-HEADER_ALIGN = 8
+HEADER_ALIGN = 64  # the data section starts 64-byte aligned (safetensors needs 8)
 MANIFEST_KEY = "modelsafe"
 HEADER_CHECKSUM_KEY = "modelsafe.header_xxh3"
 _HEADER_CHECKSUM_RE = re.compile(rb'"modelsafe\.header_xxh3"\s*:\s*"([0-9a-f]{16})"')

@@ -23,6 +23,7 @@ from .mapping import map_private
 # replaced (POSIX): no copy, memory shared with the page cache, and since every save
 # renames a new file into place, the bytes of a mapped file never change under it.
 # On Windows a mapped file cannot be replaced by a later save, so loads read there.
+_ALIGN = 64
 MAP_WHOLE_LOADS = os.name == "posix"
 _MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None
 # Python 3.13+ can map without keeping a duplicate descriptor open per mapping
@@ -91,7 +92,9 @@ class FileSource:
     def read_data(self) -> np.ndarray:
         """The whole data section, read into fresh memory."""
         size = self.file_size - self.data_start
-        buf = np.empty(size, dtype=np.uint8)
+        raw = np.empty(size + _ALIGN, dtype=np.uint8)
+        start = -raw.ctypes.data % _ALIGN  # aligned like a mapped file, so tensors view it in place
+        buf = raw[start : start + size]
         view = memoryview(buf)
         done = 0
         while done < size:

@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from ..errors import ModelsafeError, UnsupportedObjectError
 from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
-from .container import HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_header, reseal
+from .container import HEADER_ALIGN, HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_header, reseal
 from .dtypes import BY_NAME
 
 _FORMAT_TAGS = {"torch": "pt", "numpy": "np", "tensorflow": "tf", "jax": "flax", "mxnet": "mx"}
@@ -36,9 +36,18 @@ def payload_size(leaf: Any) -> int:
     return _ITEMSIZE[leaf.info.dtype] * math.prod(leaf.info.shape)
 
 
+DATA_ALIGN = HEADER_ALIGN
+
+
 def plan_layout(leaves: list) -> list[tuple[Any, int, int]]:
-    """(leaf, begin, end) in file order: larger element sizes first, so every offset is aligned."""
-    ordered = sorted(leaves, key=lambda leaf: -_ITEMSIZE[leaf.info.dtype])
+    """(leaf, begin, end) in file order.
+
+    Payloads whose size is a multiple of DATA_ALIGN come first, so each of them starts
+    DATA_ALIGN-aligned (the data section itself is); the rest follow by falling element
+    size, so each is at least naturally aligned.  Aligned memory matters beyond speed:
+    vectorised torch reductions sum in a different order on misaligned data.
+    """
+    ordered = sorted(leaves, key=lambda leaf: (payload_size(leaf) % DATA_ALIGN != 0, -_ITEMSIZE[leaf.info.dtype]))
     position = 0
     layout = []
     for leaf in ordered:
