@@ -255,3 +255,32 @@ def test_reading_after_close_is_an_error_not_a_crash(saved):
     with pytest.raises(ms.ModelsafeError, match="closed") as info:
         reader["head"]
     assert info.value.path == str(path)
+
+
+def test_loaded_tensors_own_their_storage(tmp_path):
+    """APIs that read a storage from its start, and torch.save of one tensor, see only that tensor."""
+    import io
+
+    import torch
+
+    path = tmp_path / "state.safetensors"
+    ms.save({"big": torch.randn(256, 256), "rng": torch.get_rng_state(), "w": torch.randn(7)}, path)
+    for loaded in (ms.load(path), ms.load(path, verify=False)):
+        torch.set_rng_state(loaded["rng"])  # raised "Invalid mt19937 state" on shared storages
+        assert torch.equal(torch.get_rng_state(), loaded["rng"])
+        buf = io.BytesIO()
+        torch.save(loaded["w"], buf)
+        assert len(buf.getvalue()) < 4096  # not the 256 KiB of the whole file
+        assert all(t.storage_offset() == 0 for t in loaded.values())
+
+
+def test_payloads_sized_in_multiples_of_64_bytes_load_64_byte_aligned(tmp_path):
+    import torch
+
+    state = {"step": torch.tensor(3.0), "odd": torch.randn(5), "w": torch.randn(16, 16), "b": torch.randn(16)}
+    path = tmp_path / "aligned.safetensors"
+    ms.save(state, path)
+    loaded = ms.load(path)
+    assert loaded["w"].data_ptr() % 64 == 0 and loaded["b"].data_ptr() % 64 == 0
+    with ms.open(path) as reader:
+        assert reader["w"].data_ptr() % 64 == 0
