@@ -284,3 +284,28 @@ def test_payloads_sized_in_multiples_of_64_bytes_load_64_byte_aligned(tmp_path):
     assert loaded["w"].data_ptr() % 64 == 0 and loaded["b"].data_ptr() % 64 == 0
     with ms.open(path) as reader:
         assert reader["w"].data_ptr() % 64 == 0
+
+
+def test_mmap_false_loads_survive_in_place_rewrites(tmp_path):
+    """A foreign writer truncating and rewriting the file in place leaves mmap=False loads intact."""
+    import numpy as np
+
+    path = tmp_path / "state.safetensors"
+    ms.save({"w": np.arange(4096, dtype=np.float32)}, path)
+    for target in (path, _checkpoint_dir(tmp_path)):
+        loaded = ms.load(target, mmap=False)
+        for shard in [target] if target == path else sorted(target.glob("*.safetensors")):
+            with open(shard, "r+b") as f:  # what torch.save or `cp` over the file does
+                f.truncate(0)
+                f.write(b"\0" * 64)
+        assert np.array_equal(loaded["w"], np.arange(4096, dtype=np.float32))
+
+
+def _checkpoint_dir(tmp_path):
+    import pathlib
+
+    import numpy as np
+
+    run = ms.Checkpoints(tmp_path / "run")
+    info = run.save({"w": np.arange(4096, dtype=np.float32)}, step=1)
+    return pathlib.Path(info.path)

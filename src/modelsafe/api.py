@@ -69,11 +69,17 @@ def load(
     allow_pickle: bool = False,
     verify: bool = True,
     storage_options: dict | None = None,
+    mmap: bool = True,
 ) -> Any:
     """Load what :func:`save` wrote (or any safetensors file), checksums verified.
 
     ``framework`` ("numpy", "torch", ...) converts every tensor; by default each comes
     back as the framework it was saved from.  ``map_location`` works as in ``torch.load``.
+    Tensors view a private copy-on-write mapping of the file (like safetensors and
+    ``torch.load(mmap=True)``): writes to them never reach the file, and modelsafe's own
+    saves replace files by rename, so loaded tensors never change.  Pass ``mmap=False``
+    to read into private memory when another program may rewrite the file in place
+    while the tensors are alive (truncating a mapped file makes reads of it fail).
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> p = os.path.join(tempfile.mkdtemp(), "t.safetensors")
@@ -83,7 +89,7 @@ def load(
     """
     with gc_paused(), open_source(path, storage_options=storage_options) as source:
         refuse_pickles(source, allow_pickle)
-        buffers = source.buffers(lazy=False)
+        buffers = source.buffers(lazy=False, mmap=mmap)
         values = materialize(
             source, buffers, source.records.values(), framework=framework, map_location=map_location, verify=verify
         )

@@ -280,8 +280,8 @@ class CheckpointSource:
             raise _corrupt(self.path, "aliases must map names to stored tensors")
         return records
 
-    def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]:
-        return {name: (s.map_data() if lazy else s.read_data()) for name, s in self._shards.items()}
+    def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
+        return {name: s.buffers(lazy=lazy, mmap=mmap)[None] for name, s in self._shards.items()}
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)

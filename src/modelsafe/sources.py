@@ -1,7 +1,7 @@
 """Open whatever a path names — a single file or a checkpoint directory — as a Source.
 
 A Source exposes ``path``, ``manifest``, ``records`` (name -> TensorRecord),
-``aliases``, ``buffers(lazy=...)``, ``verify_record(record, base)`` and ``close()``.
+``aliases``, ``buffers(lazy=..., mmap=...)``, ``verify_record(record, base)`` and ``close()``.
 Directory layouts register an opener with :func:`register_directory_opener`.
 """
 
@@ -24,7 +24,7 @@ class Source(Protocol):
     records: dict[str, TensorRecord]
     aliases: dict[str, str]
 
-    def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]: ...
+    def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]: ...
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None: ...
     def close(self) -> None: ...
 

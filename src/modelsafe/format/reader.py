@@ -122,11 +122,15 @@ class FileSource:
             mm.madvise(_MADV_WILLNEED)
         return np.frombuffer(mm, dtype=np.uint8, offset=self.data_start)
 
-    def buffers(self, *, lazy: bool = False) -> dict[str | None, np.ndarray]:
-        """The data section: mapped (lazy, or whole loads where mapping is safe), else read."""
+    def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
+        """The data section: mapped (lazy, or whole loads where mapping works), else read.
+
+        ``mmap=False`` reads a whole load into private memory instead, for files another
+        program may rewrite in place while the loaded tensors are alive.
+        """
         if lazy:
             return {None: self.map_data()}
-        if MAP_WHOLE_LOADS:
+        if mmap and MAP_WHOLE_LOADS:
             try:
                 return {None: self.map_data(whole=True)}
             except OSError:  # a file system that cannot map files: read instead
