@@ -66,7 +66,12 @@ class Leaf:
     value: Any                     # the tensor, or the bytes to write
     info: TensorInfo
     adapter: TensorAdapter | None  # None for bytes and pickle payloads
-    path: str = ""                 # tree path, for error messages
+    where: tuple | str = ()        # tree path (parts, formatted only for messages) or a ready label
+
+    @property
+    def path(self) -> str:
+        """The tree path, as Python would index it: ``obj["model"]["w"]``."""
+        return self.where if isinstance(self.where, str) else format_path(self.where)
 
     def host_bytes(self) -> memoryview:
         if self.adapter is None:
@@ -191,12 +196,12 @@ class Flattener:
         name = self.leaf_name(path)
         if info.identity is not None:
             self._by_identity[info.identity] = name
-        self.leaves.append(Leaf(name, "tensor", obj, info, adapter, format_path(path)))
+        self.leaves.append(Leaf(name, "tensor", obj, info, adapter, path))
         return {"tensor": name}
 
     def add_bytes(self, data: bytes, path: tuple, kind: str = "bytes") -> str:
         name = self.leaf_name(path)
-        self.leaves.append(Leaf(name, kind, data, TensorInfo("uint8", (len(data),)), None, format_path(path)))
+        self.leaves.append(Leaf(name, kind, data, TensorInfo("uint8", (len(data),)), None, path))
         return name
 
     def add_pickle(self, obj: Any, path: tuple) -> dict:

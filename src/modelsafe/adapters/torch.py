@@ -117,7 +117,9 @@ class TorchAdapter:
                 chunk = torch.from_numpy(base[spec.offset : spec.offset + spec.nbytes]).clone()  # torch's 64-aligned memory
                 t = chunk.view(dt).view(spec.shape)
             else:
-                t = frombuffer(base, dtype=dt, count=spec.nbytes // size, offset=spec.offset).view(spec.shape)
+                t = frombuffer(base, dtype=dt, count=spec.nbytes // size, offset=spec.offset)
+                if len(spec.shape) != 1:
+                    t = t.view(spec.shape)
             out.append(t if map_location is None and not spec.attrs else _restore(t, spec.attrs, map_location))
         return out
 
