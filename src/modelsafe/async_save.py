@@ -51,44 +51,40 @@ class _NotPlain(Exception):
 
 
 def _copy_torch(t: Any, memo: dict) -> Any:
+    dtype = t.dtype
+    plain = _PLAIN_DTYPES.get(dtype)
+    if plain is None:
+        # quantized and complex (conj/neg views) tensors take the general path
+        plain = _PLAIN_DTYPES[dtype] = not (dtype.is_complex or str(dtype).startswith("torch.q"))
     torch = sys.modules["torch"]  # a torch tensor exists, so torch is imported
-    if not t.is_cpu or t.layout is not torch.strided or t.dtype in _UNPLAIN_DTYPES:
+    if not plain or not t.is_cpu or t.layout is not torch.strided:
         raise _NotPlain
-    key = (t.data_ptr(), t.dtype, t.shape, t.stride())
-    copy = memo.get(key)
-    if copy is None:  # tied views stay tied: one copy per distinct view, as the flattener sees them
-        copy = t.detach().clone() if t.requires_grad else t.clone()
-        if type(t) is not torch.Tensor:
-            if type(t) is not torch.nn.Parameter:
-                raise _NotPlain
-            copy = torch.nn.Parameter(copy, requires_grad=t.requires_grad)
-        elif t.requires_grad:
-            copy.requires_grad_(True)
-        memo[key] = copy
+    address = t.data_ptr()
+    seen = memo.get(address) if address else None
+    if seen is not None:  # tied views stay tied: one copy per distinct view, as the flattener sees them
+        for original, copy in seen:
+            if original.dtype == dtype and original.shape == t.shape and original.stride() == t.stride():
+                return copy
+    copy = t.detach().clone() if t.requires_grad else t.clone()
+    if type(t) is not torch.Tensor:
+        if type(t) is not torch.nn.Parameter:
+            raise _NotPlain
+        copy = torch.nn.Parameter(copy, requires_grad=t.requires_grad)
+    elif t.requires_grad:
+        copy.requires_grad_(True)
+    if address:
+        memo.setdefault(address, []).append((t, copy))
     return copy
 
 
-class _UnplainDtypes:
-    """Quantized and complex torch dtypes (conj/neg views): copied by the general path."""
-
-    def __init__(self) -> None:
-        self._known: dict[Any, bool] = {}
-
-    def __contains__(self, dtype: Any) -> bool:
-        answer = self._known.get(dtype)
-        if answer is None:
-            name = str(dtype)
-            answer = self._known[dtype] = dtype.is_complex or name.startswith("torch.q")
-        return answer
-
-
-_UNPLAIN_DTYPES = _UnplainDtypes()
+# torch dtype -> whether the fast copy handles it (looked up once per dtype)
+_PLAIN_DTYPES: dict[Any, bool] = {}
 
 
 def _copy_numpy(a: Any, memo: dict) -> Any:
     if a.dtype.hasobject:
         raise _NotPlain
-    key = (a.__array_interface__["data"][0], a.dtype.str, a.shape, a.strides) if a.size else id(a)
+    key = ("numpy", a.__array_interface__["data"][0], a.dtype.str, a.shape, a.strides) if a.size else ("id", id(a))
     copy = memo.get(key)
     if copy is None:
         copy = memo[key] = a.copy()
