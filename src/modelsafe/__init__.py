@@ -1,8 +1,9 @@
 """modelsafe: save and load models and checkpoints safely, fast, across frameworks.
 
->>> import modelsafe as ms
->>> ms.save({"weights": [1.0, 2.0]}, "/tmp/modelsafe-doctest.safetensors")
->>> ms.load("/tmp/modelsafe-doctest.safetensors")
+>>> import os, tempfile, modelsafe as ms
+>>> path = os.path.join(tempfile.mkdtemp(), "state.safetensors")
+>>> ms.save({"weights": [1.0, 2.0]}, path)
+>>> ms.load(path)
 {'weights': [1.0, 2.0]}
 
 Importing modelsafe imports no ML framework; adapters load on first use.
