@@ -309,3 +309,19 @@ def _checkpoint_dir(tmp_path):
     run = ms.Checkpoints(tmp_path / "run")
     info = run.save({"w": np.arange(4096, dtype=np.float32)}, step=1)
     return pathlib.Path(info.path)
+
+
+def test_small_edges_of_names_and_errors(tmp_path):
+    """An empty state_dict key stays a tensor name; adapter errors name the file; bytes are not tensors."""
+    import torch
+    from safetensors import safe_open
+
+    path = tmp_path / "edges.safetensors"
+    ms.save({"": torch.ones(2), "c": torch.zeros(2, dtype=torch.complex32), "b": b"xy"}, path)
+    with safe_open(path, "pt") as f:
+        assert "" in f.keys()
+    with pytest.raises(ms.UnsupportedObjectError) as info:
+        ms.load(path, framework="numpy")  # numpy has no complex32
+    assert info.value.path == str(path) and str(path) in str(info.value)
+    with ms.open(path) as reader, pytest.raises(KeyError, match="bytes payload"):
+        reader["b"]

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .adapters import LoadOptions, TensorSpec, adapter_named
-from .errors import CorruptCheckpointError, UnsafeObjectError
+from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
 from .format.manifest import TensorRecord
 from .gc_pause import gc_paused
 from .tree import Unflattener
@@ -53,7 +53,13 @@ def materialize(
     for (file, framework_name), group in groups.items():
         adapter = adapter_named(framework_name)
         specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs) for r in group]
-        for record, value in zip(group, adapter.from_buffer(buffers[file], specs, options)):
+        try:
+            tensors = adapter.from_buffer(buffers[file], specs, options)
+        except ModelsafeError as exc:
+            if exc.path is not None:
+                raise
+            raise type(exc)(f"{source.path}: {exc.message}", path=source.path, key=exc.key) from exc
+        for record, value in zip(group, tensors):
             values[record.name] = value
     return values
 

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import CorruptCheckpointError, ModelsafeError
+from .errors import ModelsafeError
 from .format.manifest import TensorRecord
 from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles
 from .tree import walk_refs
@@ -94,7 +94,7 @@ class Reader:
         """One tensor, zero-copy from the mapped file where the dtype allows."""
         record = self.record(key)
         if record.kind != "tensor":
-            raise CorruptCheckpointError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor", path=self.path, key=key)
+            raise KeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor; ms.load returns it in its place in the tree")
         verify = self._verify and record.name not in self._verified
         values = materialize(
             self._source, self._mapped(), [record], framework=framework or self._framework,

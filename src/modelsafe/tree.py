@@ -169,7 +169,7 @@ class Flattener:
 
     # -- leaves --------------------------------------------------------------
     def leaf_name(self, path: tuple) -> str:
-        base = ".".join(map(str, path)) or ROOT_NAME
+        base = ".".join(map(str, path)) if path else ROOT_NAME
         name = base
         n = 1
         while name in self._names or name in RESERVED_NAMES:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import click
-
-from .._version import __version__
 from .app import cli
 from .errors import run
 

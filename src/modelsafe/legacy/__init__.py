@@ -67,7 +67,13 @@ def register_reader(
 ) -> None:
     """Register a reader module for a foreign format; signatures are tried before extensions.
 
-    >>> register_reader("npz", "modelsafe.legacy.npz", extensions=(".npz",), description="numpy .npz archives")
+    ``module`` is imported only when a file of that format is read; it provides
+    ``read(path, options) -> ForeignFile``.
+
+    >>> register_reader("myformat", "mypackage.myformat_reader", extensions=(".myformat",),
+    ...                 description="weights written by my tool")
+    >>> "myformat" in [name for name, _, _ in known_formats()]
+    True
     """
     _READERS[:] = [r for r in _READERS if r.name != name]
     _READERS.append(ReaderEntry(name, module, tuple(e.lower() for e in extensions), sniff, description))
