@@ -89,6 +89,14 @@ def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
     return copy.requires_grad_(t.requires_grad)
 
 
+def _rebuild_failed(un: Unflattener, node: dict, what: str, exc: Exception) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{un.source}: rebuilding the {what} at {node.get('path')} failed: {exc}. "
+        f"Build it yourself and restore its state with ms.load_into({what}, path)",
+        path=un.source, key=str(node.get("path")),
+    )
+
+
 def align_loaded_tensors(un: Unflattener) -> None:
     """Give every loaded torch tensor that is not 64-byte aligned its own aligned memory, once per load.
 
@@ -491,11 +499,7 @@ class OptimizerCodec:
             opt = cls([{"params": group} for group in params], **defaults)
             opt.load_state_dict(state)
         except (TypeError, ValueError, KeyError) as exc:
-            raise CorruptCheckpointError(
-                f"{un.source}: rebuilding the optimizer at {node.get('path')} failed: {exc}. "
-                "Build it yourself and restore its state with ms.load_into(optimizer, path)",
-                path=un.source, key=str(node.get("path")),
-            ) from exc
+            raise _rebuild_failed(un, node, "optimizer", exc) from exc
         return opt
 
 
@@ -654,11 +658,7 @@ class SchedulerCodec:
                 if "state" in node:
                     sched.load_state_dict(un.decode(node["state"]))
         except (TypeError, ValueError, KeyError) as exc:
-            raise CorruptCheckpointError(
-                f"{un.source}: rebuilding the scheduler at {node.get('path')} failed: {exc}. "
-                "Build it yourself and restore its state with ms.load_into(scheduler, path)",
-                path=un.source, key=str(node.get("path")),
-            ) from exc
+            raise _rebuild_failed(un, node, "scheduler", exc) from exc
         finally:
             _restore_group_settings(opt, settings)  # building a scheduler steps it; the file has the truth
         return sched
