@@ -325,3 +325,21 @@ def test_small_edges_of_names_and_errors(tmp_path):
     assert info.value.path == str(path) and str(path) in str(info.value)
     with ms.open(path) as reader, pytest.raises(KeyError, match="bytes payload"):
         reader["b"]
+
+
+@pytest.mark.parametrize("call", ["save", "load", "open", "Checkpoints"])
+def test_remote_urls_get_a_clear_error_and_file_urls_work(call, tmp_path):
+    import numpy as np
+
+    url = "s3://bucket/runs/x.safetensors"
+    with pytest.raises(ms.StorageError, match="remote paths .* not supported") as info:
+        if call == "save":
+            ms.save({"a": np.ones(2)}, url)
+        elif call == "Checkpoints":
+            ms.Checkpoints(url)
+        else:
+            getattr(ms, call)(url)
+    assert info.value.path == url
+    target = f"file://{tmp_path}/x.safetensors"
+    ms.save({"a": np.ones(2)}, target)
+    assert np.array_equal(ms.load(target)["a"], np.ones(2))

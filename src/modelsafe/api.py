@@ -11,6 +11,7 @@ from .gc_pause import gc_paused
 from .loading import add_aliases, decode_tree, materialize, refuse_pickles
 from .reader import Reader
 from .sources import open_source
+from .storage import local_path
 from .storage.local import atomic_file
 from .tree import Flattener, flatten
 
@@ -53,6 +54,7 @@ def save(
     >>> ms.load(p)["epoch"]
     5
     """
+    path = local_path(path)
     with gc_paused():
         fl = flatten(obj, allow_pickle=allow_pickle)
         metadata_node = encode_metadata(metadata)

@@ -48,11 +48,12 @@ from .checkpoint_dir import (
 )
 from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import format_name, normalize_metrics
-from .errors import CheckpointNotFoundError, ModelsafeError, StorageError
+from .errors import CheckpointNotFoundError, ModelsafeError
 from .format import checksum
 from .gc_pause import gc_paused
 from .sources import register_directory_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
+from .storage import local_path
 from .storage.local import storage_error
 from .tree import flatten
 
@@ -99,14 +100,7 @@ def _metrics_from_json(metrics: dict) -> dict:
 
 
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
-    text = os.fspath(directory)
-    if "://" in text and not text.startswith("file://"):
-        raise StorageError(
-            f"{text}: remote run directories (fsspec URLs) are not supported by this modelsafe yet; "
-            "save to a local directory and upload it",
-            path=text,
-        )
-    return LocalRunStorage(text[len("file://"):] if text.startswith("file://") else text)
+    return LocalRunStorage(local_path(directory, what="run directory"))
 
 
 class Checkpoints:

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
+from .storage import local_path
 
 
 class Source(Protocol):
@@ -39,7 +40,7 @@ def register_directory_opener(matches: Callable[[str], bool], opener: Callable[.
 
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
     """Open ``path`` (file or checkpoint directory) for reading."""
-    path = os.fspath(path)
+    path = local_path(path)
     if os.path.isdir(path):
         for matches, opener in _DIRECTORY_OPENERS:
             if matches(path):
