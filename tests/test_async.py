@@ -18,6 +18,19 @@ from modelsafe.tree import flatten
 torch = pytest.importorskip("torch")
 
 
+def hold_background_writes(monkeypatch) -> threading.Event:
+    """Make background writes wait until the returned event is set."""
+    gate = threading.Event()
+    real = checkpoints_mod.write_shards
+
+    def slow_write(*args, **kwargs):
+        assert gate.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints_mod, "write_shards", slow_write)
+    return gate
+
+
 def test_save_returns_a_handle_and_wait_gives_the_info(tmp_path):
     ck = ms.Checkpoints(tmp_path, async_save=True, keep_last=2)
     handles = [ck.save({"w": torch.full((100,), float(i))}, step=i) for i in range(4)]
@@ -29,14 +42,7 @@ def test_save_returns_a_handle_and_wait_gives_the_info(tmp_path):
 
 
 def test_tensors_changed_right_after_save_do_not_leak_in(tmp_path, monkeypatch):
-    gate = threading.Event()
-    real = checkpoints_mod.write_shards
-
-    def slow_write(*args, **kwargs):
-        assert gate.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoints_mod, "write_shards", slow_write)
+    gate = hold_background_writes(monkeypatch)
     model = torch.nn.Linear(50, 50)
     numpy_state = np.arange(10, dtype=np.float32)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
@@ -189,14 +195,7 @@ def test_trees_with_other_objects_take_the_flatten_and_snapshot_path(tmp_path, m
     assert copy_plain_tree({"model": model}) is None
     assert copy_plain_tree({"c": torch.ones(2, dtype=torch.complex64).conj()}) is None
     assert copy_plain_tree({("tuple", "key"): torch.ones(1)}) is None
-    gate = threading.Event()
-    real = checkpoints_mod.write_shards
-
-    def slow_write(*args, **kwargs):
-        assert gate.wait(30)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(checkpoints_mod, "write_shards", slow_write)
+    gate = hold_background_writes(monkeypatch)
     ck = ms.Checkpoints(tmp_path, async_save=True)
     layer = torch.nn.Linear(3, 3)
     expected = layer.weight.detach().clone()
