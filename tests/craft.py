@@ -56,3 +56,18 @@ def edit_manifest(path, edit: Callable[[dict], Any]) -> None:
 def manifest_of(path) -> dict:
     header, _ = read_parts(path)
     return json.loads(header["__metadata__"][MANIFEST_KEY])
+
+
+def replace_tree_node(path, tree: Any, where: tuple, value: Any) -> None:
+    """Rewrite ``path`` (resealed) with the manifest tree's node at index path ``where`` set to ``value``."""
+    import copy
+
+    def edit(manifest: dict) -> None:
+        new = copy.deepcopy(tree)
+        node = new
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
+        manifest["tree"] = new
+
+    edit_manifest(path, edit)

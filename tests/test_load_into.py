@@ -261,7 +261,7 @@ def test_report_partitions_the_keys(tmp_path_factory, keep, hidden):
 
 # -- damaged files: load_into raises ModelsafeErrors ---------------------------------------------------
 
-from craft import edit_manifest, manifest_of  # noqa: E402
+from craft import manifest_of, replace_tree_node  # noqa: E402
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 2**40) | st.floats(allow_nan=False)
@@ -296,7 +296,6 @@ def resume_file(tmp_path_factory):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_files_give_modelsafe_errors(resume_file, data):
-    import copy
     import shutil
 
     d, base, tree, paths = resume_file
@@ -304,15 +303,7 @@ def test_damaged_files_give_modelsafe_errors(resume_file, data):
     p = d / "damaged.safetensors"
     shutil.copyfile(base, p)
 
-    def edit(manifest):
-        new = copy.deepcopy(tree)
-        node = new
-        for part in where[:-1]:
-            node = node[part]
-        node[where[-1]] = value
-        manifest["tree"] = new
-
-    edit_manifest(p, edit)
+    replace_tree_node(p, tree, where, value)
     m = mlp()
     target = {"model": m, "optimizer": torch.optim.Adam(m.parameters()), "epoch": 0}
     for strict in (True, False):

@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 import torch
-from craft import edit_manifest
+from craft import edit_manifest, replace_tree_node
 from torch import nn
 
 import modelsafe as ms
@@ -327,15 +327,7 @@ def test_damaged_object_nodes_load_or_raise_modelsafe_errors(training_file, data
     p = d / "damaged.safetensors"
     shutil.copyfile(base, p)
 
-    def edit(manifest):
-        tree = _json.loads(tree_text)
-        node = tree
-        for part in where[:-1]:
-            node = node[part]
-        node[where[-1]] = value
-        manifest["tree"] = tree
-
-    edit_manifest(p, edit)
+    replace_tree_node(p, _json.loads(tree_text), where, value)
     try:
         ms.load(p)
     except ms.ModelsafeError:
