@@ -14,6 +14,10 @@ from .api import load, open, save
 from .checkpoints import CheckpointInfo, Checkpoints
 from .errors import (
     CheckpointNotFoundError,
+    CheckpointRemovedError,
+    InvalidArgumentError,
+    RunConflictError,
+    RunLockedError,
     CorruptCheckpointError,
     FrameworkNotInstalledError,
     IncompatibleStateError,
@@ -53,4 +57,8 @@ __all__ = [
     "IncompatibleStateError",
     "StorageError",
     "FrameworkNotInstalledError",
+    "InvalidArgumentError",
+    "RunConflictError",
+    "RunLockedError",
+    "CheckpointRemovedError",
 ]

@@ -23,7 +23,11 @@ __all__ = [
     "MissingRecipeError",
     "IncompatibleStateError",
     "StorageError",
+    "RunLockedError",
     "FrameworkNotInstalledError",
+    "InvalidArgumentError",
+    "RunConflictError",
+    "CheckpointRemovedError",
 ]
 
 
@@ -115,5 +119,29 @@ class StorageError(ModelsafeError, OSError):
         return self.message
 
 
+class RunLockedError(StorageError):
+    """Another writer holds the run: two writers would interleave their checkpoints."""
+
+
 class FrameworkNotInstalledError(ModelsafeError, ImportError):
     """A file or object needs a framework that is not installed."""
+
+
+class InvalidArgumentError(ModelsafeError, ValueError, TypeError):
+    """An argument of a modelsafe call has the wrong type or value; the message names it.
+
+    It is also a ``ValueError`` and a ``TypeError``, so code written against the
+    builtins keeps working.
+
+    >>> issubclass(InvalidArgumentError, (ValueError, TypeError))
+    True
+    """
+
+
+class RunConflictError(ModelsafeError, ValueError):
+    """The state of a run forbids the operation: a step or name already taken, a fork
+    into a directory that holds checkpoints, a directory that belongs to another run."""
+
+
+class CheckpointRemovedError(CheckpointNotFoundError):
+    """The checkpoint was removed (by retention or ``delete``) while it was being read."""

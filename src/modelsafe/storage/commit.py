@@ -28,7 +28,7 @@ import shutil
 import sys
 from typing import Protocol
 
-from ..errors import ModelsafeError, StorageError
+from ..errors import ModelsafeError, RunLockedError, StorageError
 from .local import atomic_file, fsync_directory, storage_error
 
 try:  # POSIX advisory locks; released by the kernel when the holder exits or is killed
@@ -45,10 +45,6 @@ LOCK_NAME = ".modelsafe.lock"
 MANIFEST = "manifest.json"
 RUN_FILE = ".modelsafe-run.json"
 MAX_RUN_FILE = 1 << 20
-
-
-class RunLockedError(StorageError):
-    """Another writer holds the run: two writers would interleave their checkpoints."""
 
 
 class RunStorage(Protocol):
