@@ -182,7 +182,7 @@ def test_no_limits_keeps_everything_and_never_touches_foreign_files(tmp_path):
     assert [i.step for i in ck.list()] == [3]
     assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "other").is_dir()
     ck.close()
-    ck = ms.Checkpoints(tmp_path)
+    ck = ms.Checkpoints(tmp_path, keep_last=None)  # given: overrides the run's keep_last=1
     for i in range(4, 7):
         ck.save({"i": i}, step=i)
     assert len(ck.list()) == 4

@@ -70,10 +70,10 @@ def test_unknown_step_or_name_names_the_run_and_what_it_has(run):
     with pytest.raises(ms.CheckpointNotFoundError) as excinfo:
         resolve(f"{run}@99")
     message = str(excinfo.value)
-    assert str(run) in message and "'99'" in message and "step003" in message
+    assert str(run) in message and "checkpoint 99" in message and "step003" in message
     result = invoke("show", f"{run}@nope")
     assert result.code == 1
-    assert "no checkpoint 'nope'" in result.err
+    assert "no committed checkpoint 'nope'" in result.err
 
 
 def test_best_needs_a_monitored_metric(tmp_path):

@@ -47,11 +47,11 @@ from .checkpoint_dir import (
     write_shards,
 )
 from .checkpoint_copy import export_checkpoint, link_payloads
-from .checkpoint_names import format_name, normalize_metrics
-from .errors import CheckpointNotFoundError, ModelsafeError
+from .checkpoint_names import check_template, format_name, normalize_metrics
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError, RunConflictError
 from .format import checksum
 from .gc_pause import gc_paused
-from .sources import register_directory_opener
+from .sources import register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
 from .storage.local import storage_error
@@ -100,7 +100,56 @@ def _metrics_from_json(metrics: dict) -> dict:
 
 
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
-    return LocalRunStorage(local_path(directory, what="run directory"))
+    location = local_path(directory, what="run directory")
+    if storage_options is not None:  # they only mean something to an fsspec backend
+        raise InvalidArgumentError(
+            f"{location}: storage_options= apply to remote (fsspec) URLs such as s3://, and this is a local path; "
+            "drop storage_options", path=location, key="storage_options",
+        )
+    return LocalRunStorage(location)
+
+
+class _FromRun:
+    """Default of the settings of Checkpoints: the value the run recorded, else the built-in default."""
+
+    def __repr__(self) -> str:
+        return "<the run's>"
+
+
+FROM_RUN: Any = _FromRun()
+# settings a run records in its run file, with their defaults for a new run
+SETTING_DEFAULTS = {"keep_last": None, "keep_best": None, "monitor": None, "mode": "min", "name": "step{step}"}
+
+
+def _check_settings(settings: dict, given: Iterable[str]) -> None:
+    """Raise InvalidArgumentError for settings that are wrong, or that would be silently ignored."""
+    if settings["mode"] not in retention.MODES:
+        raise InvalidArgumentError(f"mode must be 'min' or 'max', not {settings['mode']!r}", key="mode")
+    for label in ("keep_last", "keep_best"):
+        value = settings[label]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise InvalidArgumentError(f"{label} must be a non-negative integer or None, not {value!r}", key=label)
+    monitor = settings["monitor"]
+    if monitor is not None and (not isinstance(monitor, str) or not monitor):
+        raise InvalidArgumentError(f"monitor must be a metric name (a non-empty string) or None, not {monitor!r}", key="monitor")
+    if settings["keep_best"] and not monitor:
+        raise InvalidArgumentError("keep_best needs monitor= (the name of the metric that ranks checkpoints)", key="keep_best")
+    if "mode" in given and not monitor:
+        raise InvalidArgumentError("mode= says how monitor= ranks checkpoints, but no monitor= is set; give monitor= too", key="mode")
+    check_template(settings["name"])
+
+
+def _settings(given: dict, recorded: dict) -> dict:
+    """The settings of a Checkpoints: what the caller gave, else what the run recorded, else the defaults.
+
+    ``mode`` goes with ``monitor``: naming another monitor without a mode ranks by "min",
+    never by the mode the run recorded for its own monitor.
+    """
+    settings = {**SETTING_DEFAULTS, **recorded, **given}
+    if "monitor" in given and "mode" not in given:
+        settings["mode"] = SETTING_DEFAULTS["mode"]
+    _check_settings(settings, given)
+    return settings
 
 
 class Checkpoints:
@@ -112,35 +161,36 @@ class Checkpoints:
     and the metrics, e.g. ``"epoch{step:03d}-val_loss{val_loss:.4f}"``.  With
     ``async_save=True``, ``save`` returns a :class:`PendingSave` once the state is
     copied, and writing continues in the background.
+
+    A run remembers these settings: each of ``keep_last``, ``keep_best``, ``monitor``,
+    ``mode`` and ``name`` left out comes from the run (as its last writer saved them),
+    else from the defaults (keep all, no monitor, "min", ``"step{step}"``); one given
+    overrides it, and the next ``save`` records it.
     """
 
     def __init__(
         self,
         directory: str | os.PathLike,
         *,
-        keep_last: int | None = None,
-        keep_best: int | None = None,
-        monitor: str | None = None,
-        mode: str = "min",
-        name: str = "step{step}",
+        keep_last: int | None = FROM_RUN,
+        keep_best: int | None = FROM_RUN,
+        monitor: str | None = FROM_RUN,
+        mode: str = FROM_RUN,
+        name: str = FROM_RUN,
         async_save: bool = False,
         storage_options: dict | None = None,
     ) -> None:
-        if mode not in retention.MODES:
-            raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
-        for label, value in (("keep_last", keep_last), ("keep_best", keep_best)):
-            if value is not None and (isinstance(value, bool) or operator.index(value) < 0):
-                raise ValueError(f"{label} must be a non-negative integer or None, not {value!r}")
-        if keep_best and not monitor:
-            raise ValueError("keep_best needs monitor= (the name of the metric that ranks checkpoints)")
         self._storage = _storage_for(directory, storage_options)
         self.directory = self._storage.location
-        self.keep_last, self.keep_best, self.monitor, self.mode = keep_last, keep_best, monitor, mode
-        self.name_template = name
+        given = {k: v for k, v in (("keep_last", keep_last), ("keep_best", keep_best), ("monitor", monitor),
+                                   ("mode", mode), ("name", name)) if v is not FROM_RUN}
+        settings = _settings(given, self._recorded_settings())
+        self.keep_last, self.keep_best = settings["keep_last"], settings["keep_best"]
+        self.monitor, self.mode, self.name_template = settings["monitor"], settings["mode"], settings["name"]
         self.async_save = async_save
         self.storage_options = storage_options
-        self._policy = retention.policy_for(keep_last, keep_best, monitor, mode)
-        self._prunes = keep_last is not None or keep_best is not None
+        self._policy = retention.policy_for(self.keep_last, self.keep_best, self.monitor, self.mode)
+        self._prunes = self.keep_last is not None or self.keep_best is not None
         self._writer = BackgroundWriter(os.path.basename(self.directory)) if async_save else None
         self._binding: _Binding | None = None
         self._run: dict | None = None
@@ -191,12 +241,30 @@ class Checkpoints:
     def best(self) -> CheckpointInfo | None:
         """The best committed checkpoint by ``monitor``/``mode``, or None (none has the metric)."""
         if not self.monitor:
-            raise ValueError(f"{self.directory}: best() needs monitor= on Checkpoints (the metric that ranks checkpoints)")
+            raise InvalidArgumentError(
+                f"{self.directory}: the run records no monitor, so no checkpoint is best; pass monitor= to Checkpoints "
+                "(the metric that ranks checkpoints)", path=self.directory, key="monitor",
+            )
         infos = self.list()
         ranked = retention.rank_best([i.candidate for i in infos], self.monitor, self.mode)
         if not ranked:
             return None
         return next(i for i in infos if i.name == ranked[0].name)
+
+    def info(self, which: Any = "latest") -> CheckpointInfo:
+        """The committed checkpoint ``which`` names: ``"latest"``, ``"best"``, a step or a name.
+
+        This is what ``RUN@which`` addresses.  A missing one is a CheckpointNotFoundError;
+        a step that several checkpoints hold (runs of older versions) a RunConflictError.
+
+        >>> import tempfile, modelsafe as ms
+        >>> ck = ms.Checkpoints(tempfile.mkdtemp())
+        >>> _ = ck.save({"a": 1}, step=3)
+        >>> ck.info(3).name, ck.info("latest").step
+        ('step3', 3)
+        >>> ck.close()
+        """
+        return self._resolve(which)
 
     def _resolve(self, which: Any) -> CheckpointInfo:
         if isinstance(which, CheckpointInfo):
@@ -206,22 +274,47 @@ class Checkpoints:
         if which == "latest":
             found = infos[-1] if infos else None
         elif which == "best":
-            found = self.best()
+            found = self._best_or_explain()
         elif isinstance(which, int) and not isinstance(which, bool):
-            matches = [i for i in infos if i.step == which]
-            found = matches[-1] if matches else None
+            found = self._at_step(infos, which)
         elif isinstance(which, str):
             found = next((i for i in infos if i.name == which), None)
             if found is None and which.isdigit():
                 return self._resolve(int(which))
         else:
-            raise TypeError(f"which must be 'latest', 'best', a step (int) or a checkpoint name, not {which!r}")
+            raise InvalidArgumentError(f"which must be 'latest', 'best', a step (int) or a checkpoint name, not {which!r}", key="which")
         if found is None:
             have = ", ".join(i.name for i in infos[-5:]) or "none"
             raise CheckpointNotFoundError(
                 f"{self.directory}: no committed checkpoint {which!r} (latest checkpoints: {have})", path=self.directory, key=str(which)
             )
         return found
+
+    def _best_or_explain(self) -> CheckpointInfo:
+        """The best checkpoint, or a CheckpointNotFoundError saying why none is best."""
+        if not self.monitor:
+            raise CheckpointNotFoundError(
+                f"{self.directory}: the run records no monitored metric, so no checkpoint is 'best'; pass monitor= "
+                "to Checkpoints, or name a step or a checkpoint", path=self.directory, key="best",
+            )
+        best = self.best()
+        if best is None and self.list():
+            raise CheckpointNotFoundError(
+                f"{self.directory}: no checkpoint records a finite value of the metric {self.monitor!r}, so none is "
+                "'best'; name a step or a checkpoint instead", path=self.directory, key="best",
+            )
+        return best
+
+    def _at_step(self, infos: list[CheckpointInfo], step: int) -> CheckpointInfo | None:
+        """The checkpoint of ``step``; several (a run written by an older modelsafe) are an error, never a guess."""
+        matches = [i for i in infos if i.step == step]
+        if len(matches) > 1:
+            names = ", ".join(repr(i.name) for i in matches)
+            raise RunConflictError(
+                f"{self.directory}: step {step} is held by {len(matches)} checkpoints ({names}); "
+                "address one by its name", path=self.directory, key=str(step),
+            )
+        return matches[0] if matches else None
 
     # -- the writer side ------------------------------------------------------------------
     def _become_writer(self, *, record_settings: bool = False) -> dict:
@@ -249,6 +342,20 @@ class Checkpoints:
         except ValueError:
             return None
         return run if isinstance(run, dict) and isinstance(run.get("run_id"), str) else None
+
+    def _recorded_settings(self) -> dict:
+        """The settings the run file holds (none for a new run); a wrong one is a CorruptCheckpointError."""
+        run = self._read_run() or {}
+        recorded = {k: run[k] for k in SETTING_DEFAULTS if run.get(k) is not None}
+        try:
+            _check_settings({**SETTING_DEFAULTS, **recorded}, ())
+        except InvalidArgumentError as exc:
+            where = self._storage.path(RUN_FILE)
+            raise CorruptCheckpointError(
+                f"{where}: the run file records settings that cannot be used ({exc}); fix or delete the run file",
+                path=where, key=exc.key,
+            ) from None
+        return recorded
 
     def _settings(self) -> dict:
         return {"monitor": self.monitor, "mode": self.mode, "keep_last": self.keep_last,
@@ -279,29 +386,18 @@ class Checkpoints:
         ``step`` defaults to one past the latest; ``metrics`` fill the name template and
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
         """
+        # every argument is checked before anything is written or deleted
+        metrics = self._checked_metrics(metrics)
+        step = _checked_step(step)
+        format_name(self.name_template, 0 if step is None else step, metrics)
         if self._writer is not None:
             self._writer.wait()  # one save in flight at a time; re-raises a failed one
         run = self._become_writer(record_settings=True)
-        metrics = normalize_metrics(metrics)
         infos = self.list()
         if step is None:
             step = infos[-1].step + 1 if infos else 0
-        if isinstance(step, bool) or operator.index(step) < 0:
-            raise ValueError(f"step must be a non-negative integer, not {step!r}")
-        step = operator.index(step)
         name = format_name(self.name_template, step, metrics)
-        same = next((i for i in infos if i.name == name), None)
-        if same is not None and same.run_id != run["run_id"]:
-            raise ValueError(
-                f"{self.directory}: checkpoint {name!r} exists but was not written by this run; "
-                "modelsafe never replaces it. Change name= or remove it yourself"
-            )
-        clash = same if same is not None and same.step != step else None
-        if clash is not None:
-            raise ValueError(
-                f"{self.directory}: checkpoint name {name!r} for step {step} is already taken by step {clash.step}; "
-                f"put {{step}} in the name template ({self.name_template!r})"
-            )
+        self._check_free(infos, name, step, run["run_id"])
         if infos and step < infos[-1].step:
             warnings.warn(
                 f"{self.directory}: saving step {step} after step {infos[-1].step}; retention orders checkpoints by step, "
@@ -340,6 +436,38 @@ class Checkpoints:
         if self._writer is not None:
             return self._writer.submit(name, step, job)
         return job()
+
+    def _checked_metrics(self, metrics: dict | None) -> dict:
+        """``metrics`` as numbers; the monitored one must be there (a typo would silently disable best-K)."""
+        metrics = normalize_metrics(metrics)
+        if self.monitor is not None and self.monitor not in metrics:
+            raise InvalidArgumentError(
+                f"{self.directory}: this run monitors {self.monitor!r}, but the metrics of this save are "
+                f"{sorted(metrics)}; pass metrics={{{self.monitor!r}: value}} or fix monitor= (nothing was saved)",
+                path=self.directory, key=self.monitor,
+            )
+        return metrics
+
+    def _check_free(self, infos: list[CheckpointInfo], name: str, step: int, run_id: str) -> None:
+        """Refuse a save whose name or step another committed checkpoint holds (same name and step: a replace)."""
+        same = next((i for i in infos if i.name == name), None)
+        if same is not None and same.run_id != run_id:
+            raise RunConflictError(
+                f"{self.directory}: checkpoint {name!r} exists but was not written by this run; "
+                "modelsafe never replaces it. Change name= or remove it yourself", path=self.directory, key=name,
+            )
+        if same is not None and same.step != step:
+            raise RunConflictError(
+                f"{self.directory}: checkpoint name {name!r} for step {step} is already taken by step {same.step}; "
+                f"put {{step}} in the name template ({self.name_template!r})", path=self.directory, key=name,
+            )
+        other = next((i for i in infos if i.step == step and i.name != name), None)
+        if other is not None:
+            raise RunConflictError(
+                f"{self.directory}: step {step} is already committed as {other.name!r}, and a step names one "
+                f"checkpoint (RUN@{step}); save it under that name to replace it, or delete it first "
+                f"(ck.delete({other.name!r}))", path=self.directory, key=other.name,
+            )
 
     def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict) -> CheckpointInfo:
         name = checkpoint["name"]
@@ -497,11 +625,11 @@ class Checkpoints:
         options.update(settings)
         target = Checkpoints(dst, **options)
         if os.path.abspath(target.directory) == os.path.abspath(self.directory):
-            raise ValueError(f"{self.directory}: fork needs a different destination directory")
+            raise InvalidArgumentError(f"{self.directory}: fork needs a different destination directory", path=self.directory)
         target._become_writer()
         if target.list():
             target.close()
-            raise ValueError(f"{target.directory}: already holds checkpoints; fork into a new directory")
+            raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
         raw = _read_bytes(os.path.join(info.path, MANIFEST))
         manifest = parse_manifest(raw, info.path)
         lineage = list(manifest["checkpoint"].get("lineage") or []) + [{
@@ -541,6 +669,18 @@ class Checkpoints:
 
 # -- helpers ------------------------------------------------------------------------------
 
+def _checked_step(step: Any) -> int | None:
+    if step is None:
+        return None
+    try:
+        value = None if isinstance(step, bool) else operator.index(step)  # numpy integers too
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise InvalidArgumentError(f"step must be a non-negative integer, not {step!r}", key="step")
+    return value
+
+
 def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> Any:
     try:
         with gc_paused():
@@ -572,11 +712,13 @@ def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RUN_FILE))
 
 
-def _open_run(path: str, **_: Any) -> CheckpointSource:
-    latest = Checkpoints(path).latest()
-    if latest is None:
+def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource:
+    """Checkpoint ``selector`` of the run in ``path`` (``ms.load(run)``, ``ms.load("run@best")``)."""
+    run = Checkpoints(path)
+    if selector == "latest" and run.latest() is None:
         raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
-    return CheckpointSource(latest.path)
+    return CheckpointSource(run.info(selector).path)
 
 
 register_directory_opener(_is_run_dir, _open_run)
+register_run_opener(_open_run)

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
+from .errors import InvalidArgumentError
+
 __all__ = [
     "Candidate",
     "Policy",
@@ -72,7 +74,7 @@ def metric_value(candidate: Candidate, monitor: str) -> float | None:
 def rank_best(candidates: Sequence[Candidate], monitor: str, mode: str) -> list[Candidate]:
     """Candidates with a finite ``monitor`` value, best first; ties go to the newer one."""
     if mode not in MODES:
-        raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        raise InvalidArgumentError(f"mode must be 'min' or 'max', not {mode!r}")
     sign = 1.0 if mode == "min" else -1.0
     scored = [(metric_value(c, monitor), c) for c in candidates]
     ranked = sorted(
@@ -90,16 +92,16 @@ def keep_all() -> Policy:
 def keep_last(n: int) -> Policy:
     """Keep the ``n`` newest checkpoints by step."""
     if n < 0:
-        raise ValueError(f"keep_last must be >= 0, not {n}")
+        raise InvalidArgumentError(f"keep_last must be >= 0, not {n}")
     return lambda candidates: frozenset(c.name for c in newest_first(candidates)[:n])
 
 
 def keep_best(n: int, monitor: str, mode: str = "min") -> Policy:
     """Keep the ``n`` best checkpoints by ``monitor`` (``mode`` "min" or "max")."""
     if n < 0:
-        raise ValueError(f"keep_best must be >= 0, not {n}")
+        raise InvalidArgumentError(f"keep_best must be >= 0, not {n}")
     if mode not in MODES:
-        raise ValueError(f"mode must be 'min' or 'max', not {mode!r}")
+        raise InvalidArgumentError(f"mode must be 'min' or 'max', not {mode!r}")
     return lambda candidates: frozenset(c.name for c in rank_best(candidates, monitor, mode)[:n])
 
 
@@ -125,7 +127,7 @@ def policy_for(keep_last_n: int | None, keep_best_n: int | None, monitor: str | 
     parts = [keep_last(max(keep_last_n or 0, 1))]
     if keep_best_n:
         if not monitor:
-            raise ValueError("keep_best needs monitor= (the metric name to rank checkpoints by)")
+            raise InvalidArgumentError("keep_best needs monitor= (the metric name to rank checkpoints by)")
         parts.append(keep_best(keep_best_n, monitor, mode))
     return keep_any(*parts)
 

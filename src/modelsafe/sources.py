@@ -1,8 +1,10 @@
-"""Open whatever a path names — a single file or a checkpoint directory — as a Source.
+"""Open whatever a path names — a single file, a checkpoint directory, a run or ``RUN@selector`` — as a Source.
 
 A Source exposes ``path``, ``manifest``, ``records`` (name -> TensorRecord),
 ``aliases``, ``buffers(lazy=..., mmap=...)``, ``verify_record(record, base)`` and ``close()``.
-Directory layouts register an opener with :func:`register_directory_opener`.
+Directory layouts register an opener with :func:`register_directory_opener`; the
+checkpoint manager registers the opener of ``RUN@selector`` addresses with
+:func:`register_run_opener` (parsing: :mod:`modelsafe.addresses`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .addresses import SELECTORS, Address, parse_address
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
 from .storage import local_path
@@ -34,13 +37,24 @@ class Source(Protocol):
 _DIRECTORY_OPENERS: list[tuple[Callable[[str], bool], Callable[..., Source]]] = []
 
 
+# opens checkpoint ``selector`` of the run in a directory: (run, selector) -> Source
+_RUN_OPENERS: list[Callable[[str, str], Source]] = []
+
+
 def register_directory_opener(matches: Callable[[str], bool], opener: Callable[..., Source]) -> None:
     _DIRECTORY_OPENERS.append((matches, opener))
 
 
+def register_run_opener(opener: Callable[[str, str], Source]) -> None:
+    _RUN_OPENERS.append(opener)
+
+
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
-    """Open ``path`` (file or checkpoint directory) for reading."""
+    """Open ``path`` (file, checkpoint directory, run or ``RUN@selector``) for reading."""
     path = local_path(path)
+    address = parse_address(path)
+    if address.selector is not None:
+        return _open_address(address)
     if os.path.isdir(path):
         for matches, opener in _DIRECTORY_OPENERS:
             if matches(path):
@@ -57,3 +71,18 @@ def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
             f"{path}: is not a regular file (a pipe, socket or device); give a file saved with ms.save", path=path
         )
     return FileSource(path)
+
+
+def _open_address(address: Address) -> Source:
+    """Open the checkpoint ``RUN@selector`` names; the run's Checkpoints decides which one it is."""
+    if not os.path.isdir(address.path):
+        if os.path.exists(address.path):
+            raise InvalidArgumentError(
+                f"{address.text}: {address.path} is a file, not a run directory; '@' picks one checkpoint of a run "
+                f"({SELECTORS})", path=address.text, key="path",
+            )
+        raise CheckpointNotFoundError(
+            f"{address.text}: no such file or checkpoint, and no run directory {address.path!r} "
+            f"for {SELECTORS}; check the path", path=address.text,
+        )
+    return _RUN_OPENERS[-1](address.path, address.selector)

@@ -1,10 +1,8 @@
 """Paths on the command line: files, checkpoint directories, runs and ``RUN@selector``.
 
-``RUN@best``, ``RUN@latest``, ``RUN@<step>`` and ``RUN@<name>`` address one checkpoint
-of the run in directory ``RUN``; anywhere a path is taken, such an address works too.
-A path that exists is always taken literally, so files with ``@`` in their names
-still work; otherwise the text is split at the right-most ``@`` whose left part is
-an existing directory.
+The library parses and resolves addresses (:mod:`modelsafe.addresses`,
+``Checkpoints.info``); this module only turns their argument errors into usage
+errors (exit 2) and adds what commands need around them.
 
 >>> parse_address("runs/exp1@best").selector
 'best'
@@ -20,46 +18,25 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CheckpointNotFoundError
+from .. import addresses
+from ..addresses import SELECTORS, Address
+from ..errors import CheckpointNotFoundError, InvalidArgumentError
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
-KEYWORDS = ("best", "latest")
 
-
-@dataclass(frozen=True)
-class Address:
-    """``text`` as given; ``path`` the file or directory; ``selector`` what follows ``@``."""
-
-    text: str
-    path: str
-    selector: str | None = None
-
-    @property
-    def step(self) -> int | None:
-        """The step a numeric selector names (``RUN@7``), else None."""
-        if self.selector is not None and self.selector.isdigit():
-            return int(self.selector)
-        return None
+__all__ = ["Address", "parse_address", "resolve", "resolve_checkpoint", "resolve_run", "open_run", "select"]
 
 
 def parse_address(text: str) -> Address:
-    """Split ``text`` into a path and an optional ``@`` selector (see module docs)."""
-    if not text:
-        raise UsageProblem("an empty path was given")
-    if "@" not in text or os.path.exists(text):
-        return Address(text, text)
-    candidates = [i for i, c in enumerate(text) if c == "@"]
-    for i in reversed(candidates):
-        run, selector = text[:i], text[i + 1 :]
-        if run and os.path.isdir(run):
-            if not selector:
-                raise UsageProblem(f"{text!r}: nothing after '@'; use RUN@best, RUN@latest, RUN@<step> or RUN@<name>")
-            return Address(text, run, selector)
-    run, _, selector = text.rpartition("@")
-    if not run or not selector:
-        raise UsageProblem(f"{text!r} is not a path or RUN@selector (RUN@best, RUN@latest, RUN@<step>, RUN@<name>)")
-    return Address(text, run, selector)  # the run is missing; resolution reports it
+    """Split ``text`` into a path and an optional ``@`` selector (:func:`modelsafe.addresses.parse_address`)."""
+    try:
+        address = addresses.parse_address(text)
+    except InvalidArgumentError as exc:
+        raise UsageProblem(str(exc)) from None
+    if address.selector is None and "@" in text and not os.path.exists(text):
+        raise UsageProblem(f"{text!r} is not a path or an address ({SELECTORS})")
+    return address
 
 
 def is_checkpoint_dir(path: str) -> bool:
@@ -87,7 +64,7 @@ def run_settings(path: str) -> dict[str, Any]:
 
 
 def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) -> Any:
-    """``ms.Checkpoints`` reading the run in ``path``, ranking by its recorded monitor unless overridden.
+    """``ms.Checkpoints`` reading the run in ``path`` with its recorded settings, ``monitor``/``mode`` overriding.
 
     Opening for reading takes no lock and writes nothing.
     """
@@ -97,17 +74,8 @@ def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) 
         raise CheckpointNotFoundError(f"{path}: no such run directory; check the path", path=path)
     from ..checkpoints import Checkpoints
 
-    settings = run_settings(path)
-    monitor = monitor or settings.get("monitor") or None
-    mode = mode or settings.get("mode") or "min"
-    if mode not in ("min", "max"):
-        mode = "min"
-    monitor = monitor if isinstance(monitor, str) else None
-    recorded = {k: settings[k] for k in ("keep_last", "keep_best", "name") if settings.get(k) is not None}
-    try:  # the run's own settings travel on (fork copies them); reading never prunes
-        return Checkpoints(path, monitor=monitor, mode=mode, **recorded)
-    except (TypeError, ValueError):
-        return Checkpoints(path, monitor=monitor, mode=mode)
+    overrides = {k: v for k, v in (("monitor", monitor), ("mode", mode)) if v is not None}
+    return Checkpoints(path, **overrides)
 
 
 def listing(run: Any) -> tuple[list[Any], list[str]]:
@@ -119,41 +87,10 @@ def listing(run: Any) -> tuple[list[Any], list[str]]:
 
 
 def select(run: Any, run_path: str, selector: str) -> Any:
-    """The CheckpointInfo that ``selector`` names in ``run`` (best, latest, step or name)."""
-    infos, _ = listing(run)
-    if not infos:
-        raise CheckpointNotFoundError(f"{run_path}: the run has no committed checkpoints", path=run_path)
-    if selector == "latest":
-        return infos[-1]
-    if selector == "best":
-        if not run.monitor:
-            raise CheckpointNotFoundError(
-                f"{run_path}: the run records no monitored metric, so no checkpoint is 'best'; "
-                "pass --monitor METRIC where the command has it, or address one by step or name (RUN@<step>, RUN@<name>)",
-                path=run_path, key="best",
-            )
-        best = run.best()
-        if best is None:
-            raise CheckpointNotFoundError(
-                f"{run_path}: no checkpoint records the metric {run.monitor!r}, so none is 'best'; "
-                "address one by step or name instead (RUN@<step>, RUN@<name>)",
-                path=run_path, key="best",
-            )
-        return best
-    if selector.isdigit():
-        step = int(selector)
-        matches = [i for i in infos if i.step == step]
-        if matches:
-            return matches[-1]
-    for info in infos:
-        if info.name == selector:
-            return info
-    names = ", ".join(i.name for i in infos[-5:])
-    raise CheckpointNotFoundError(
-        f"{run_path}: no checkpoint {selector!r} (by step or name); it has {len(infos)} checkpoints, "
-        f"the latest: {names}. Use `modelsafe ls {run_path}` to see them",
-        path=run_path, key=selector,
-    )
+    """The CheckpointInfo that ``selector`` names in ``run`` (best, latest, step or name): ``run.info``."""
+    with warnings.catch_warnings():  # unreadable entries are reported by the commands that list
+        warnings.simplefilter("ignore")
+        return run.info(selector)
 
 
 @dataclass(frozen=True)
