@@ -184,3 +184,32 @@ def test_best_without_a_monitor_is_a_modelsafe_error(tmp_path):
     with pytest.raises(ms.CheckpointNotFoundError, match="no monitor"):
         ck.load("best")
     ck.close()
+
+
+# -- 2. the recorded RNG states are checked like any field of a file --------------------------
+
+@pytest.mark.parametrize("block", [
+    [], {"python": {"version": 3, "state": [1, 2], "gauss": None}}, {"numpy": {"bit_generator": "PCG64"}},
+    {"numpy": {"bit_generator": "MT19937", "key": [2**32] * 624, "pos": 0, "has_gauss": 0, "gauss": 0.0}},
+    {"torch": "not base64!"}, {"torch": 5}, {"cuda": "x"}, {"os": "system"},
+])
+def test_a_hostile_rng_block_is_refused_and_changes_no_generator(tmp_path, block):
+    import json
+    import random
+
+    ck = ms.Checkpoints(tmp_path)
+    info = ck.save({"a": 1}, step=0)
+    manifest_path = os.path.join(info.path, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    manifest["rng"] = block
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    random.seed(11)
+    np.random.seed(11)
+    with pytest.raises(ms.CorruptCheckpointError, match="RNG states"):
+        ck.load_into({"a": 0})
+    assert random.random() == random.Random(11).random()
+    assert np.random.rand() == np.random.RandomState(11).rand()
+    assert ck.load_into({"a": 0}, rng=False).step == 0  # rng=False reads no RNG state
+    ck.close()

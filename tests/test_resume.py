@@ -1,4 +1,7 @@
-"""Exact resume: N steps, save, N more == restore at N in a fresh process, N more (bit for bit, RNG included)."""
+"""Exact resume: N steps, save, N more == restore at N in a fresh process, N more (bit for bit, RNG included).
+
+Through ``ms.Checkpoints`` the global RNG states travel with every checkpoint by default.
+"""
 
 from __future__ import annotations
 
@@ -72,6 +75,26 @@ SCRIPT = textwrap.dedent(
         assert report.ok, report
         state["rng"].restore()
         train(model, opt, sched, scaler, state["step"], 2 * n)
+    elif mode == "ck_train":  # ckpt is a folder: an uninterrupted run, and one stopped at n, as two runs
+        for run, stop in (("straight", 2 * n), ("interrupted", n)):
+            model, opt, sched, scaler = fresh(0)
+            ck = ms.Checkpoints(f"{ckpt}/{run}", keep_last=2, async_save=run == "interrupted")
+            for step in range(stop):  # a checkpoint after every step
+                train(model, opt, sched, scaler, step, step + 1)
+                ck.save({"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}, step=step)
+            ck.close()
+            ms.save(dict(model.state_dict()), f"{ckpt}/{run}.safetensors")
+        sys.exit()
+    elif mode == "ck_resume":  # a fresh process resumes the interrupted run, with and without the RNG states
+        for rng in (True, False):
+            model, opt, sched, scaler = fresh(123)
+            state = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
+            ck = ms.Checkpoints(f"{ckpt}/interrupted")
+            info = ck.load_into(state, n - 1, rng=rng)
+            assert info.step == n - 1, info
+            train(model, opt, sched, scaler, n, 2 * n)
+            ms.save(dict(model.state_dict()), f"{ckpt}/resumed-rng-{rng}.safetensors")
+        sys.exit()
     ms.save(dict(model.state_dict()), out)
     """
 )
@@ -104,3 +127,63 @@ def test_resume_is_bit_identical(tmp_path, steps):
     with ms.open(ckpt) as r:  # (this process does not know resume.Net; reading tensors needs no class)
         assert any(not torch.equal(r[f"model.{k}"], ref[k]) for k in ref)
         assert r.metadata == {"loss": 0.5}
+
+
+def test_checkpoints_resume_is_bit_identical_with_the_global_rngs(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    _run(script, "ck_train", tmp_path, "-", 5)
+    _run(script, "ck_resume", tmp_path, "-", 5)
+    ref = ms.load(tmp_path / "straight.safetensors")
+    resumed = ms.load(tmp_path / "resumed-rng-True.safetensors")
+    assert list(resumed) == list(ref)
+    assert all(torch.equal(resumed[k], ref[k]) for k in ref)
+    # the controls: the run really moved on from the checkpoint, and without the RNG
+    # states, dropout and the data differ after the resume
+    interrupted = ms.load(tmp_path / "interrupted.safetensors")
+    assert any(not torch.equal(interrupted[k], ref[k]) for k in ref)
+    no_rng = ms.load(tmp_path / "resumed-rng-False.safetensors")
+    assert any(not torch.equal(no_rng[k], ref[k]) for k in ref)
+
+
+def test_the_recorded_rng_is_not_part_of_the_state_and_ms_load_leaves_the_generators_alone(tmp_path):
+    import random
+
+    import numpy as np
+
+    ck = ms.Checkpoints(tmp_path)
+    torch.manual_seed(3)
+    ck.save({"w": torch.ones(2)}, step=0)
+    expected = torch.rand(1)
+    torch.manual_seed(4)
+    for loaded in (ck.load(), ms.load(tmp_path), ms.load(f"{tmp_path}@0")):
+        assert list(loaded) == ["w"]
+    ms.load_into({"w": torch.zeros(2)}, tmp_path)
+    with ms.open(tmp_path) as reader:
+        assert reader.keys() == ["w"]
+    assert not torch.equal(torch.rand(1), expected)  # nothing above touched the generators
+    random.seed(0)
+    np.random.seed(0)
+    ck.load_into({"w": torch.zeros(2)})
+    assert torch.equal(torch.rand(1), expected)
+    ck.close()
+
+
+def test_a_torch_state_torch_refuses_rolls_every_generator_back(tmp_path):
+    import base64
+    import json
+    import random
+
+    ck = ms.Checkpoints(tmp_path)
+    info = ck.save({"a": 1}, step=0)
+    manifest_path = tmp_path / "step0" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["rng"]["torch"] = base64.b64encode(b"short").decode()  # python and numpy are restored first
+    manifest_path.write_text(json.dumps(manifest))
+    random.seed(11)
+    torch.manual_seed(11)
+    with pytest.raises(ms.CorruptCheckpointError, match="a generator refused it"):
+        ck.load_into({"a": 0}, info.name)
+    assert random.random() == random.Random(11).random()
+    assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(11)))
+    ck.close()

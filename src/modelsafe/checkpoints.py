@@ -42,6 +42,7 @@ from .checkpoint_dir import (
     CheckpointSource,
     build_manifest,
     hash_files,
+    load_manifest,
     parse_manifest,
     write_manifest,
     write_shards,
@@ -51,6 +52,7 @@ from .checkpoint_names import check_template, format_name, normalize_metrics
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError, RunConflictError
 from .format import checksum
 from .gc_pause import gc_paused
+from .rng import RNGState, restore_json
 from .sources import register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
@@ -398,6 +400,7 @@ class Checkpoints:
             step = infos[-1].step + 1 if infos else 0
         name = format_name(self.name_template, step, metrics)
         self._check_free(infos, name, step, run["run_id"])
+        rng = RNGState.capture().to_json()  # the global generators as they are now: ck.load_into resumes here
         if infos and step < infos[-1].step:
             warnings.warn(
                 f"{self.directory}: saving step {step} after step {infos[-1].step}; retention orders checkpoints by step, "
@@ -431,7 +434,7 @@ class Checkpoints:
 
         def job() -> CheckpointInfo:
             flat = fl if fl is not None else _flatten_or_discard(plain, staging, self._storage)
-            return self._write_and_commit(staging, flat, metadata_node, checkpoint)
+            return self._write_and_commit(staging, flat, metadata_node, checkpoint, rng)
 
         if self._writer is not None:
             return self._writer.submit(name, step, job)
@@ -469,13 +472,14 @@ class Checkpoints:
                 f"(ck.delete({other.name!r}))", path=self.directory, key=other.name,
             )
 
-    def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict) -> CheckpointInfo:
+    def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict, rng: dict) -> CheckpointInfo:
         name = checkpoint["name"]
         try:
             checksums, placement, shards = write_shards(staging, fl)
             files = hash_files(staging)
             with gc_paused():  # many small objects, none of them cyclic garbage
                 manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
+                manifest["rng"] = rng  # beside the user's tree, never in it: ms.load and ck.load do not see it
                 manifest_size = write_manifest(staging, manifest)
             path = self._storage.commit(staging, name)
         except BaseException as exc:
@@ -594,11 +598,16 @@ class Checkpoints:
                 source.verify_files()
         return self._binding.load(os.path.join(info.path, FILES_DIR))
 
-    def load_into(self, state: Any, which: Any = "latest", *, strict: bool = True, verify: bool = True) -> CheckpointInfo | None:
+    def load_into(
+        self, state: Any, which: Any = "latest", *, strict: bool = True, verify: bool = True, rng: bool = True
+    ) -> CheckpointInfo | None:
         """Resume: restore ``state`` in place from the latest checkpoint (or ``which``).
 
         Returns the CheckpointInfo (its ``report`` holds the load report), or None when the
         run has no committed checkpoint yet, so ``start = info.step + 1 if info else 0``.
+        ``rng``: also set the global generators (Python ``random``, numpy's ``np.random``,
+        torch CPU and CUDA) to the states ``save`` recorded, so the resumed run draws the
+        same numbers as an uninterrupted one; ``rng=False`` leaves them alone.
         """
         if which == "latest" and self.latest() is None:
             return None
@@ -609,7 +618,15 @@ class Checkpoints:
 
             report = ms_load_into(state, info.path, strict=strict, verify=verify)
         self._call_bound_load(info, verify)
+        if rng:
+            self._restore_rng(info)
         return dataclasses.replace(info, report=report)
+
+    def _restore_rng(self, info: CheckpointInfo) -> None:
+        """Put back the RNG states recorded with ``info`` (none recorded: a checkpoint of an older modelsafe)."""
+        block = load_manifest(info.path).get("rng")
+        if block is not None:
+            restore_json(block, info.path)
 
     # -- fork and export ----------------------------------------------------------------------
     def fork(self, dst: str | os.PathLike, which: Any = "best", **settings: Any) -> "Checkpoints":
