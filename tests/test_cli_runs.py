@@ -204,3 +204,16 @@ def test_subprocess(run, tmp_path):
     assert run_process("export", tmp_path / "forked", tmp_path / "m.safetensors").code == 0
     assert os.path.getsize(tmp_path / "m.safetensors") > 0
     assert run_process("prune", run).code == 2
+
+
+def test_ls_shows_metrics_exactly_as_recorded(tmp_path):
+    ck = ms.Checkpoints(tmp_path / "r", monitor="loss", name="s{step}-loss{loss:.4f}")
+    ck.save({"w": np.zeros(1)}, step=0, metrics={"loss": 1.0845})
+    ck.save({"w": np.zeros(1)}, step=1, metrics={"loss": 123456.789})
+    ck.close()
+    result = invoke("ls", tmp_path / "r")
+    assert result.code == 0, result.err
+    row = next(line for line in result.out.splitlines() if "s0-loss1.0845" in line)
+    assert "1.0845" in row.replace("s0-loss1.0845", "")  # not the 4 digits 1.084
+    assert "123456.789" in result.out
+    assert invoke("ls", tmp_path / "r", "--json").json()["checkpoints"][0]["metrics"] == {"loss": 1.0845}

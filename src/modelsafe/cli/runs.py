@@ -15,7 +15,7 @@ from .. import retention
 from ..errors import CheckpointNotFoundError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
 from .errors import CommandError, UsageProblem
-from .output import Column, TableSpec, emit_json, escape, format_number, format_time, human_bytes, json_option, say
+from .output import Column, TableSpec, emit_json, escape, format_time, human_bytes, json_option, say
 
 _MODE = click.Choice(["min", "max"])
 
@@ -50,10 +50,21 @@ def checkpoint_table(infos: list[Any], *, best: str | None = None, latest: str |
     for info in infos:
         marks = [m for m, on in (("best", info.name == best), ("latest", info.name == latest)) if on]
         cells = [info.name, str(info.step), format_time(info.time)]
-        cells += [format_number(info.metrics[m]) if m in info.metrics else "" for m in metric_names]
+        cells += [exact_number(info.metrics[m]) if m in info.metrics else "" for m in metric_names]
         cells += [human_bytes(info.size), " ".join(marks)]
         table.add(*cells, style="bold" if marks else None)
     return table
+
+
+def exact_number(value: Any) -> str:
+    """A metric as recorded: the shortest text that reads back as the same number (``repr``).
+
+    Rounding here would show 1.084 for a checkpoint named ``...loss1.0845``.
+
+    >>> exact_number(1.0845), exact_number(0.1 + 0.2), exact_number(3), exact_number(float("nan"))
+    ('1.0845', '0.30000000000000004', '3', 'nan')
+    """
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _best_name(run: Any, infos: list[Any]) -> str | None:
