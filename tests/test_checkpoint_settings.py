@@ -213,3 +213,36 @@ def test_a_hostile_rng_block_is_refused_and_changes_no_generator(tmp_path, block
     assert np.random.rand() == np.random.RandomState(11).rand()
     assert ck.load_into({"a": 0}, rng=False).step == 0  # rng=False reads no RNG state
     ck.close()
+
+
+# -- more settings that were silently ignored ---------------------------------------------------
+
+def test_a_metric_named_step_is_refused(tmp_path):
+    ck = ms.Checkpoints(tmp_path, name="s{step}")
+    with pytest.raises(InvalidArgumentError, match="named 'step'"):
+        ck.save({"a": 1}, step=3, metrics={"step": 100})
+    assert ck.list() == []
+    ck.close()
+
+
+def test_bind_keyword_arguments_need_a_save_function(tmp_path):
+    ck = ms.Checkpoints(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="no save= function"):
+        ck.bind(load=lambda path: None, real=True)
+    ck.close()
+
+
+def test_export_of_a_key_the_state_lacks_is_an_error_not_the_whole_state(tmp_path):
+    ck = ms.Checkpoints(tmp_path / "run")
+    ck.save({"model": {"w": np.ones(2)}, "optimizer": {"m": np.zeros(2)}}, step=0)
+    with pytest.raises(InvalidArgumentError, match=r"no entry 'modle'.*'model', 'optimizer'"):
+        ck.export(tmp_path / "out.safetensors", which="latest", key="modle")
+    assert not (tmp_path / "out.safetensors").exists()
+    ck.export(tmp_path / "out.safetensors", which="latest")
+    assert set(ms.load(tmp_path / "out.safetensors")) == {"w"}
+    ck.close()
+    plain = ms.Checkpoints(tmp_path / "plain")  # a state_dict: the default key falls back to the whole state
+    plain.save({"w": np.ones(2)}, step=0)
+    plain.export(tmp_path / "plain.safetensors", which="latest")
+    assert set(ms.load(tmp_path / "plain.safetensors")) == {"w"}
+    plain.close()

@@ -15,6 +15,7 @@ from typing import Any
 from .api import encode_metadata
 from .async_save import frozen_adapter
 from .checkpoint_dir import CheckpointSource
+from .errors import InvalidArgumentError
 from .format.writer import write_file
 from .loading import decode_metadata
 from .storage.local import atomic_file
@@ -38,10 +39,16 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin:
 
     The subtree is copied as stored, recipe included; tensor names lose the ``key.``
     prefix, so an exported state_dict keeps its keys.  ``origin`` is recorded in the
-    metadata as ``exported_from``.
+    metadata as ``exported_from``.  Only the default ``"model"`` falls back to the whole
+    state; another ``key`` the saved dict lacks is an error (a typo never exports everything).
     """
     with CheckpointSource(checkpoint) as source:
         node, prefix = _subtree(source.manifest.get("tree"), key)
+        if not prefix and key != "model":
+            raise InvalidArgumentError(
+                f"{checkpoint}: the saved state has no entry {key!r} to export (entries: {_entries(node)}); "
+                "pass one of them as key=", path=checkpoint, key=key,
+            )
         fl = _copy_subtree(source, node, prefix)
         metadata = decode_metadata(source)
         metadata = dict(metadata) if isinstance(metadata, dict) else {}
@@ -67,6 +74,14 @@ def _subtree(tree: Any, key: str) -> tuple[Any, str]:
             if isinstance(item, list) and len(item) == 2 and item[0] == key:
                 return item[1], f"{key}."
     return tree, ""
+
+
+def _entries(tree: Any) -> str:
+    """The keys of a saved dict, for messages."""
+    if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
+        keys = [repr(item[0]) for item in tree["dict"] if isinstance(item, list) and len(item) == 2]
+        return ", ".join(keys[:20]) or "none"
+    return "none: it is not a dict"
 
 
 def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:

@@ -443,6 +443,11 @@ class Checkpoints:
     def _checked_metrics(self, metrics: dict | None) -> dict:
         """``metrics`` as numbers; the monitored one must be there (a typo would silently disable best-K)."""
         metrics = normalize_metrics(metrics)
+        if "step" in metrics:  # the name template's {step} would silently show the step instead
+            raise InvalidArgumentError(
+                f"{self.directory}: a metric may not be named 'step' (that is the save's step= argument); rename it",
+                path=self.directory, key="step",
+            )
         if self.monitor is not None and self.monitor not in metrics:
             raise InvalidArgumentError(
                 f"{self.directory}: this run monitors {self.monitor!r}, but the metrics of this save are "
@@ -561,6 +566,10 @@ class Checkpoints:
         'real=True'
         >>> ck.close()
         """
+        if kwargs and save is None:
+            raise InvalidArgumentError(
+                f"bind() got keyword arguments {sorted(kwargs)} but no save= function to pass them to", key=sorted(kwargs)[0]
+            )
         self._binding = _Binding(save, load, dict(kwargs))
         return self
 
