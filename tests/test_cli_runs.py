@@ -163,6 +163,8 @@ def test_fork_into_a_run_with_checkpoints_fails(run, tmp_path):
     make_run(other, [0.4])
     result = invoke("fork", run, other)
     assert result.code == 1 and "already holds checkpoints" in result.err
+    error = json.loads(invoke("fork", run, other, "--json").err)
+    assert error["error"] == "RunConflictError" and error["exit_code"] == 1
 
 
 def test_export_best_model_weights(run, tmp_path):

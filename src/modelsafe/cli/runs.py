@@ -14,7 +14,7 @@ import click
 from .. import retention
 from ..errors import CheckpointNotFoundError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
-from .errors import CommandError, UsageProblem
+from .errors import UsageProblem
 from .output import Column, TableSpec, emit_json, escape, format_time, human_bytes, json_option, say
 
 _MODE = click.Choice(["min", "max"])
@@ -206,10 +206,7 @@ def fork(src: str, dst: str, which: str | None, as_json: bool) -> None:
     source = _checkpoint_in_run(address.path, address.selector or which, "fork")
     checkpoints, info = source.run, source.info
     run_path = checkpoints.directory
-    try:
-        new_run = checkpoints.fork(dst, which=info)
-    except ValueError as exc:
-        raise CommandError(str(exc), kind="ValueError", path=dst) from exc
+    new_run = checkpoints.fork(dst, which=info)  # RunConflictError & co. reach the one error map
     try:
         first = new_run.latest()
     finally:
@@ -243,10 +240,7 @@ def export(source: str, out: str, which: str | None, key: str, as_json: bool) ->
     if address.selector is not None and which is not None:
         raise UsageProblem(f"give the checkpoint once: either {source!r} or --from {which}")
     target = _checkpoint_in_run(address.path, address.selector or which, "export")
-    try:
-        info = target.run.export(out, which=target.info, key=key)
-    except ValueError as exc:
-        raise CommandError(str(exc), kind="ValueError", path=out) from exc
+    info = target.run.export(out, which=target.info, key=key)
     size = os.path.getsize(out)
     if as_json:
         emit_json({"source": info_dict(info), "output": out, "bytes": size})
