@@ -85,6 +85,7 @@ def test_bad_save_arguments_are_invalid_argument_errors(tmp_path):
     ck.save({"a": 1}, step=np.int64(3), metrics={"loss": 1.0})  # numpy integers are steps
     assert ck.latest().step == 3
     ck.close()
+    assert ms.Checkpoints(tmp_path, keep_last=np.int64(2)).keep_last == 2
 
 
 # -- 4. a run remembers its settings ------------------------------------------------------

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import operator
 import os
 import secrets
@@ -150,6 +151,9 @@ def _settings(given: dict, recorded: dict) -> dict:
     settings = {**SETTING_DEFAULTS, **recorded, **given}
     if "monitor" in given and "mode" not in given:
         settings["mode"] = SETTING_DEFAULTS["mode"]
+    for label in ("keep_last", "keep_best"):  # numpy integers count too; the run file gets plain ints
+        if isinstance(settings[label], numbers.Integral) and not isinstance(settings[label], bool):
+            settings[label] = int(settings[label])
     _check_settings(settings, given)
     return settings
 
