@@ -247,3 +247,18 @@ def test_export_of_a_key_the_state_lacks_is_an_error_not_the_whole_state(tmp_pat
     plain.export(tmp_path / "plain.safetensors", which="latest")
     assert set(ms.load(tmp_path / "plain.safetensors")) == {"w"}
     plain.close()
+
+
+def test_recording_and_restoring_the_rngs_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, random, numpy as np, modelsafe as ms\n"
+        f"ck = ms.Checkpoints({str(tmp_path)!r})\n"
+        "random.seed(1); ck.save({'a': np.ones(2)}, step=0); x = random.random()\n"
+        "ck.load_into({'a': np.zeros(2)}); assert random.random() == x\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

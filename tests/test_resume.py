@@ -187,3 +187,22 @@ def test_a_torch_state_torch_refuses_rolls_every_generator_back(tmp_path):
     assert random.random() == random.Random(11).random()
     assert torch.equal(torch.rand(2), torch.rand(2, generator=torch.Generator().manual_seed(11)))
     ck.close()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the restore of CUDA states on a machine without CUDA")
+def test_cuda_states_on_a_machine_without_cuda_are_skipped_with_a_warning(tmp_path):
+    import base64
+    import json
+
+    ck = ms.Checkpoints(tmp_path)
+    torch.manual_seed(5)
+    ck.save({"a": 1}, step=0)
+    expected = torch.rand(3)
+    manifest_path = tmp_path / "step0" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["rng"]["cuda"] = [base64.b64encode(bytes(16)).decode()]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="CUDA is not available"):
+        ck.load_into({"a": 0})
+    assert torch.equal(torch.rand(3), expected)  # the CPU generator was restored all the same
+    ck.close()
