@@ -80,3 +80,11 @@ def test_parse_address():
     assert parse_address("model.safetensors").selector is None
     assert parse_address("runs/exp1@12").step == 12
     assert parse_address("runs/exp1@step012").step is None
+
+
+def test_an_at_sign_in_a_parent_folder_is_not_an_address(tmp_path):
+    (tmp_path / "user").mkdir()
+    missing = tmp_path / "user@host" / "model.safetensors"
+    with pytest.raises(ms.CheckpointNotFoundError, match="no such file"):
+        ms.load(missing)
+    assert parse_address(str(missing)).selector is None

@@ -58,11 +58,13 @@ def parse_address(text: str) -> Address:
         return Address(text, text)
     for i in reversed([i for i, c in enumerate(text) if c == "@"]):
         run, selector = text[:i], text[i + 1:]
+        if "/" in selector or os.sep in selector:  # no checkpoint name holds a separator: '@' of a parent folder
+            continue
         if run and os.path.isdir(run):
             if not selector:
                 raise InvalidArgumentError(f"{text!r}: nothing after '@'; use {SELECTORS}", path=text, key="path")
             return Address(text, run, selector)
     run, _, selector = text.rpartition("@")
-    if not run or not selector:
+    if not run or not selector or "/" in selector or os.sep in selector:
         return Address(text, text)  # not an address: a path that does not exist
     return Address(text, run, selector)

@@ -34,7 +34,8 @@ def parse_address(text: str) -> Address:
         address = addresses.parse_address(text)
     except InvalidArgumentError as exc:
         raise UsageProblem(str(exc)) from None
-    if address.selector is None and "@" in text and not os.path.exists(text):
+    run, _, selector = text.rpartition("@")
+    if address.selector is None and "@" in text and not os.path.exists(text) and (not run or not selector):
         raise UsageProblem(f"{text!r} is not a path or an address ({SELECTORS})")
     return address
 
