@@ -53,12 +53,15 @@ def is_run_dir(path: str) -> bool:
 # -- resolution ---------------------------------------------------------------------------
 
 def run_settings(path: str) -> dict[str, Any]:
-    """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}."""
-    from ..checkpoints import RUN_FILE
+    """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}.
+
+    Read through the run's storage, the one reader of the run file.
+    """
+    from ..storage.commit import LocalRunStorage
 
     try:
-        with open(os.path.join(path, RUN_FILE), "rb") as f:
-            settings = json.loads(f.read(1 << 20))
+        data = LocalRunStorage(path).read_run_file()
+        settings = json.loads(data) if data is not None else {}
     except (OSError, ValueError):
         return {}
     return settings if isinstance(settings, dict) else {}
