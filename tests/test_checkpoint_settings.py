@@ -71,6 +71,12 @@ def test_settings_that_cannot_work_are_refused_when_given(tmp_path, kwargs, key)
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("directory", [None, 3, b"run", ""])
+def test_the_run_directory_must_be_a_path(directory):
+    with pytest.raises(InvalidArgumentError, match="must be a path"):
+        ms.Checkpoints(directory)
+
+
 def test_bad_save_arguments_are_invalid_argument_errors(tmp_path):
     ck = ms.Checkpoints(tmp_path, name="s{step}-{loss:.2f}")
     with pytest.raises(InvalidArgumentError, match="uses {loss}"):
@@ -79,6 +85,8 @@ def test_bad_save_arguments_are_invalid_argument_errors(tmp_path):
         ck.save({"a": 1}, step=-1, metrics={"loss": 1.0})
     with pytest.raises(InvalidArgumentError, match="metric 'loss' must be a number"):
         ck.save({"a": 1}, step=0, metrics={"loss": "low"})
+    with pytest.raises(InvalidArgumentError, match="metrics must be a dict"):
+        ck.save({"a": 1}, step=0, metrics=[("loss", 1.0)])
     with pytest.raises(InvalidArgumentError, match="which must be"):
         ck.load(1.5)
     assert ck.list() == [] and not os.path.exists(tmp_path / ".modelsafe-run.json")

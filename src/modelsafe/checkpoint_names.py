@@ -23,6 +23,8 @@ _UNSAFE = {"/": "_", "\\": "_", "\0": "_", ":": "_"}
 
 def normalize_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | int]:
     """Metrics as plain JSON-able numbers (tensors and numpy scalars become floats)."""
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise InvalidArgumentError(f"metrics must be a dict of metric name -> number, not {type(metrics).__name__}", key="metrics")
     out: dict[str, float | int] = {}
     for key, value in (metrics or {}).items():
         if not isinstance(key, str) or not key:

@@ -103,6 +103,8 @@ def _metrics_from_json(metrics: dict) -> dict:
 
 
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
+        raise InvalidArgumentError(f"the run directory must be a path (str or os.PathLike), not {directory!r}", key="directory")
     location = local_path(directory, what="run directory")
     if storage_options is not None:  # they only mean something to an fsspec backend
         raise InvalidArgumentError(
