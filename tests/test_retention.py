@@ -233,3 +233,10 @@ class AsyncRunMachine(RunMachine):
 
 AsyncRunMachine.TestCase.settings = settings(max_examples=20, stateful_step_count=15, deadline=None)
 test_async_run_retention = AsyncRunMachine.TestCase
+
+
+def test_policies_are_values_with_a_readable_repr():
+    policy = policy_for(2, 1, "val_loss", "max")
+    assert repr(policy) == "KeepAny(policies=(KeepLast(n=2), KeepBest(n=1, monitor='val_loss', mode='max')))"
+    assert policy == policy_for(2, 1, "val_loss", "max") and policy != policy_for(2, 1, "val_loss", "min")
+    assert repr(policy_for(None, None, None)) == "KeepAll()"

@@ -7,6 +7,8 @@ one: everything they look at (step, time, metrics) comes from committed manifest
 
 >>> runs = [Candidate(f"s{i}", i, float(i), {"loss": l}) for i, l in enumerate([0.5, 0.2, 0.4, 0.3])]
 >>> policy = keep_any(keep_last(1), keep_best(2, "loss", "min"))
+>>> policy
+KeepAny(policies=(KeepLast(n=1), KeepBest(n=2, monitor='loss', mode='min')))
 >>> sorted(policy(runs))
 ['s1', 's3']
 >>> [c.name for c in to_delete(runs, policy)]
@@ -24,6 +26,10 @@ from .errors import InvalidArgumentError
 __all__ = [
     "Candidate",
     "Policy",
+    "KeepAll",
+    "KeepLast",
+    "KeepBest",
+    "KeepAny",
     "order_key",
     "newest_first",
     "metric_value",
@@ -84,36 +90,81 @@ def rank_best(candidates: Sequence[Candidate], monitor: str, mode: str) -> list[
     return [c for _, c in ranked]
 
 
+@dataclass(frozen=True)
+class KeepAll:
+    """Keep every checkpoint (no limits given)."""
+
+    def __call__(self, candidates: Sequence[Candidate]) -> frozenset:
+        return frozenset(c.name for c in candidates)
+
+
+@dataclass(frozen=True)
+class KeepLast:
+    """Keep the ``n`` newest checkpoints by step."""
+
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise InvalidArgumentError(f"keep_last must be >= 0, not {self.n}")
+
+    def __call__(self, candidates: Sequence[Candidate]) -> frozenset:
+        return frozenset(c.name for c in newest_first(candidates)[: self.n])
+
+
+@dataclass(frozen=True)
+class KeepBest:
+    """Keep the ``n`` best checkpoints by ``monitor`` (``mode`` "min" or "max")."""
+
+    n: int
+    monitor: str
+    mode: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.n < 0:
+            raise InvalidArgumentError(f"keep_best must be >= 0, not {self.n}")
+        if self.mode not in MODES:
+            raise InvalidArgumentError(f"mode must be 'min' or 'max', not {self.mode!r}")
+
+    def __call__(self, candidates: Sequence[Candidate]) -> frozenset:
+        return frozenset(c.name for c in rank_best(candidates, self.monitor, self.mode)[: self.n])
+
+
+@dataclass(frozen=True)
+class KeepAny:
+    """Keep what any of ``policies`` keeps."""
+
+    policies: tuple
+
+    def __call__(self, candidates: Sequence[Candidate]) -> frozenset:
+        kept: set[str] = set()
+        for policy in self.policies:
+            kept |= policy(candidates)
+        return frozenset(kept)
+
+
 def keep_all() -> Policy:
     """Keep every checkpoint (no limits given)."""
-    return lambda candidates: frozenset(c.name for c in candidates)
+    return KeepAll()
 
 
 def keep_last(n: int) -> Policy:
     """Keep the ``n`` newest checkpoints by step."""
-    if n < 0:
-        raise InvalidArgumentError(f"keep_last must be >= 0, not {n}")
-    return lambda candidates: frozenset(c.name for c in newest_first(candidates)[:n])
+    return KeepLast(n)
 
 
 def keep_best(n: int, monitor: str, mode: str = "min") -> Policy:
-    """Keep the ``n`` best checkpoints by ``monitor`` (``mode`` "min" or "max")."""
-    if n < 0:
-        raise InvalidArgumentError(f"keep_best must be >= 0, not {n}")
-    if mode not in MODES:
-        raise InvalidArgumentError(f"mode must be 'min' or 'max', not {mode!r}")
-    return lambda candidates: frozenset(c.name for c in rank_best(candidates, monitor, mode)[:n])
+    """Keep the ``n`` best checkpoints by ``monitor`` (``mode`` "min" or "max").
+
+    >>> keep_best(2, "val_loss")
+    KeepBest(n=2, monitor='val_loss', mode='min')
+    """
+    return KeepBest(n, monitor, mode)
 
 
 def keep_any(*policies: Policy) -> Policy:
     """Keep what any of ``policies`` keeps."""
-    def policy(candidates: Sequence[Candidate]) -> frozenset:
-        kept: set[str] = set()
-        for p in policies:
-            kept |= p(candidates)
-        return frozenset(kept)
-
-    return policy
+    return KeepAny(policies)
 
 
 def policy_for(keep_last_n: int | None, keep_best_n: int | None, monitor: str | None, mode: str = "min") -> Policy:
