@@ -206,7 +206,8 @@ class Checkpoints:
         self._scan_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<modelsafe.Checkpoints {self.directory!r} keep_last={self.keep_last} keep_best={self.keep_best}>"
+        return (f"<modelsafe.Checkpoints {self.directory!r} keep_last={self.keep_last} keep_best={self.keep_best} "
+                f"monitor={self.monitor!r} mode={self.mode!r} name={self.name_template!r}>")
 
     # -- listing -----------------------------------------------------------------------
     def _info(self, name: str, manifest: dict | None = None, manifest_size: int = 0) -> CheckpointInfo | None:
