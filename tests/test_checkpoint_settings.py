@@ -270,3 +270,15 @@ def test_recording_and_restoring_the_rngs_never_imports_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_refused_save_does_not_record_its_settings(tmp_path):
+    ck = ms.Checkpoints(tmp_path, name="s{step}-{loss:.1f}", monitor="loss")
+    ck.save({"v": 1}, step=0, metrics={"loss": 0.5})
+    ck.close()
+    run_file = (tmp_path / ".modelsafe-run.json").read_text()
+    other = ms.Checkpoints(tmp_path, name="t{step}", monitor="loss", mode="max")
+    with pytest.raises(RunConflictError, match="step 0 is already committed"):
+        other.save({"v": 2}, step=0, metrics={"loss": 0.1})
+    other.close()
+    assert (tmp_path / ".modelsafe-run.json").read_text() == run_file

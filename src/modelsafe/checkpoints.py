@@ -401,12 +401,13 @@ class Checkpoints:
         format_name(self.name_template, 0 if step is None else step, metrics)
         if self._writer is not None:
             self._writer.wait()  # one save in flight at a time; re-raises a failed one
-        run = self._become_writer(record_settings=True)
+        run = self._become_writer()
         infos = self.list()
         if step is None:
             step = infos[-1].step + 1 if infos else 0
         name = format_name(self.name_template, step, metrics)
         self._check_free(infos, name, step, run["run_id"])
+        run = self._become_writer(record_settings=True)  # only now: a refused save changes nothing
         rng = RNGState.capture().to_json()  # the global generators as they are now: ck.load_into resumes here
         if infos and step < infos[-1].step:
             warnings.warn(
