@@ -94,6 +94,8 @@ def test_bad_save_arguments_are_invalid_argument_errors(tmp_path):
     assert ck.latest().step == 3
     ck.close()
     assert ms.Checkpoints(tmp_path, keep_last=np.int64(2)).keep_last == 2
+    # the documented defaults, passed explicitly, are fine
+    assert ms.Checkpoints(tmp_path, keep_last=None, keep_best=None, monitor=None, mode="min", name="step{step}").mode == "min"
 
 
 # -- 4. a run remembers its settings ------------------------------------------------------

@@ -139,8 +139,9 @@ def _check_settings(settings: dict, given: Iterable[str]) -> None:
         raise InvalidArgumentError(f"monitor must be a metric name (a non-empty string) or None, not {monitor!r}", key="monitor")
     if settings["keep_best"] and not monitor:
         raise InvalidArgumentError("keep_best needs monitor= (the name of the metric that ranks checkpoints)", key="keep_best")
-    if "mode" in given and not monitor:
-        raise InvalidArgumentError("mode= says how monitor= ranks checkpoints, but no monitor= is set; give monitor= too", key="mode")
+    if settings["mode"] != SETTING_DEFAULTS["mode"] and "mode" in given and not monitor:  # passing the default is fine
+        raise InvalidArgumentError(f"mode={settings['mode']!r} says how monitor= ranks checkpoints, but no monitor= is set; "
+                                   "give monitor= too", key="mode")
     check_template(settings["name"])
 
 
