@@ -197,7 +197,7 @@ def _check_tensors(manifest: dict, path: str) -> None:
             raise _corrupt(path, "manifest.json entry is not an object", name)
         if not (isinstance(spec.get("xxh3"), str) and re.fullmatch(r"[0-9a-f]{16}", spec["xxh3"])):
             raise _corrupt(path, f"checksum {str(spec.get('xxh3'))[:50]!r} is not 16 hex digits", name)
-        if spec.get("file") not in shard_files:
+        if not isinstance(spec.get("file"), str) or spec["file"] not in shard_files:
             raise _corrupt(path, f"placed in {str(spec.get('file'))[:80]!r}, which is not one of the shards", name)
         for key, kind in (("kind", str), ("framework", str), ("attrs", dict)):
             if key in spec and not isinstance(spec[key], kind):
@@ -301,7 +301,7 @@ class CheckpointSource:
         try:
             self._dir_fd = self._open_directory()
             self.manifest_bytes = self._read_manifest()
-            self.manifest = parse_manifest(self.manifest_bytes, self.path)
+            self.manifest = parse_manifest(self.manifest_bytes, self._inside(MANIFEST))
             self.aliases: dict[str, str] = self.manifest.get("aliases") or {}
             self.records = self._records() if shards else {}
         except BaseException:
@@ -503,4 +503,9 @@ def is_checkpoint_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST))
 
 
-sources.register_directory_opener(is_checkpoint_dir, lambda path, **_: CheckpointSource(path))
+def open_checkpoint(path: str, **_: Any) -> CheckpointSource:
+    """The opener of checkpoint directories in :mod:`.sources`' registry."""
+    return CheckpointSource(path)
+
+
+sources.register_directory_opener(is_checkpoint_dir, open_checkpoint)

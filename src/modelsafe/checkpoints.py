@@ -182,7 +182,7 @@ class Checkpoints:
         if data is None:
             return None
         where = self._storage.checkpoint_path(name)
-        return _info_from_manifest(parse_manifest(data, where), name, where, len(data))
+        return _info_from_manifest(parse_manifest(data, os.path.join(where, MANIFEST)), name, where, len(data))
 
     def list(self) -> list[CheckpointInfo]:
         """Committed checkpoints, oldest first (ordered by step, then commit time)."""

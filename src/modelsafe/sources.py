@@ -38,13 +38,18 @@ def register_directory_opener(matches: Callable[[str], bool], opener: Callable[.
     _DIRECTORY_OPENERS.append((matches, opener))
 
 
+def directory_opener(path: str) -> Callable[..., Source] | None:
+    """The opener registered for directory ``path`` (the first whose predicate matches), or None."""
+    return next((opener for matches, opener in _DIRECTORY_OPENERS if matches(path)), None)
+
+
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
     """Open ``path`` (file or checkpoint directory) for reading."""
     path = local_path(path)
     if os.path.isdir(path):
-        for matches, opener in _DIRECTORY_OPENERS:
-            if matches(path):
-                return opener(path)
+        opener = directory_opener(path)
+        if opener is not None:
+            return opener(path)
         raise CheckpointNotFoundError(
             f"{path}: is a directory but not a modelsafe checkpoint (no manifest.json); "
             "give a file saved with ms.save or a checkpoint directory",
