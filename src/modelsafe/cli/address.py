@@ -14,13 +14,12 @@ True
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, ModelsafeError
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
@@ -76,14 +75,14 @@ def is_run_dir(path: str) -> bool:
 
 def run_settings(path: str) -> dict[str, Any]:
     """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}."""
-    from ..checkpoints import RUN_FILE
+    from ..run_file import parse_run_file
+    from ..storage.commit import RUN_FILE, LocalRunStorage
 
-    try:
-        with open(os.path.join(path, RUN_FILE), "rb") as f:
-            settings = json.loads(f.read(1 << 20))
-    except (OSError, ValueError):
+    try:  # the one bounded reader and parser of run files (no link, FIFO or device is opened)
+        data = LocalRunStorage(path).read_run_file()
+        return parse_run_file(data, os.path.join(path, RUN_FILE)) if data is not None else {}
+    except (ModelsafeError, OSError):
         return {}
-    return settings if isinstance(settings, dict) else {}
 
 
 def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) -> Any:
