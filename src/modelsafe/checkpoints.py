@@ -101,6 +101,9 @@ def _metrics_from_json(metrics: dict) -> dict:
     return {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in metrics.items()}
 
 
+_RESCANS = 10  # listings retried while a racing writer commits and prunes (each retry sees a newer state)
+
+
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
     return LocalRunStorage(local_path(directory, what="run directory"))
 
@@ -187,12 +190,21 @@ class Checkpoints:
     def list(self) -> list[CheckpointInfo]:
         """Committed checkpoints, oldest first (ordered by step, then commit time)."""
         with self._scan_lock:
-            names = self._storage.entries()
-            infos = [info for info in map(self._info, names) if info is not None]
+            for _ in range(_RESCANS):
+                names = self._storage.entries()
+                infos = [info for info in map(self._info, names) if info is not None]
+                # a writer committing N+1 then pruning N between our directory read and the
+                # manifest reads would leave neither in view: when a listed entry vanished, look again
+                if all(os.path.lexists(self._storage.checkpoint_path(i)) for i in names if self._cached_none(i)):
+                    break
             for gone in set(self._cache) - set(names):
                 del self._cache[gone]
                 self._skipped.pop(gone, None)
         return sorted(infos, key=lambda i: retention.order_key(i.candidate))
+
+    def _cached_none(self, name: str) -> bool:
+        cached = self._cache.get(name)
+        return cached is None or cached[1] is None
 
     def latest(self) -> CheckpointInfo | None:
         """The committed checkpoint with the highest step, or None."""
