@@ -140,19 +140,28 @@ def _check_file(path: str) -> Iterator[Event]:
         yield from _check_records(source, source.map_data(), lambda record: path)
 
 
+_FORMAT_NAMES = {"torch": "a torch pickle file (torch.save)", "npz": "a NumPy .npz archive",
+                 "keras_h5": "a Keras HDF5 file", "mxnet": "an MXNet .params file"}
+
+
 def _other_format(path: str) -> NotModelsafeError | None:
     """A NotModelsafeError when ``path`` is a valid-looking file of another format (by its signature)."""
-    from .legacy import reader_for
+    from .legacy import HEAD_BYTES, reader_for
 
     try:
         entry = reader_for(path)
-    except ModelsafeError:
+        fd = open_regular(path, follow_symlinks=True)
+    except (ModelsafeError, OSError):
         return None
-    if entry.name == "safetensors":
-        return None
-    what = entry.description or f"a {entry.name} file"
+    try:
+        head = os.pread(fd, HEAD_BYTES, 0)
+    finally:
+        os.close(fd)
+    if entry.name == "safetensors" or entry.sniff is None or not entry.sniff(head, path):
+        return None  # only a file whose first bytes say so is named another format; else it is damage
+    what = _FORMAT_NAMES.get(entry.name, f"a {entry.name} file")
     return NotModelsafeError(
-        f"{path}: is {what} ({entry.name}), not a modelsafe file: it has no modelsafe checksums to verify. "
+        f"{path}: is {what}, not a modelsafe file: it has no modelsafe checksums to verify. "
         f"ms.load reads it; to get checksums, convert it: modelsafe convert {path} OUT.safetensors",
         path=path,
     )
