@@ -41,7 +41,6 @@ __all__ = [
     "hash_files",
     "build_manifest",
     "write_manifest",
-    "load_manifest",
     "parse_manifest",
     "removed_error",
     "CheckpointSource",
@@ -256,12 +255,6 @@ def parse_manifest(data: bytes, path: str) -> dict:
     _check_tensors(manifest, path)
     _check_info(manifest["checkpoint"], path)
     return manifest
-
-
-def load_manifest(directory: str) -> dict:
-    """The parsed manifest of checkpoint ``directory`` (see :class:`CheckpointSource`)."""
-    with CheckpointSource(directory, shards=False) as source:
-        return source.manifest
 
 
 def hash_fd(fd: int) -> tuple[int, str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 from .checkpoint_dir import MANIFEST, CheckpointSource, open_checkpoint, removed_error
 from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
@@ -167,7 +167,7 @@ def _other_format(path: str) -> NotModelsafeError | None:
     )
 
 
-def _check_records(source: FileSource | CheckpointSource, base_of: object, file_of: object) -> Iterator[Event]:
+def _check_records(source: Any, base_of: Any, file_of: Callable[[Any], str]) -> Iterator[Event]:
     """Every record of ``source`` against its checksum (``base_of``: one buffer or a dict per file)."""
     for record in source.records.values():
         file = file_of(record)
@@ -207,7 +207,7 @@ def _file_of(error: BaseException, default: str) -> str:
 
 # -- other directory layouts ------------------------------------------------------------------
 
-def _check_source(path: str, opener: object) -> Iterator[Event]:
+def _check_source(path: str, opener: Callable[..., Any]) -> Iterator[Event]:
     try:
         source = opener(path)
     except _READ_ERRORS as exc:
