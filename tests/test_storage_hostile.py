@@ -22,6 +22,7 @@ from modelsafe.storage.commit import MAX_MANIFEST_BYTES, MAX_RUN_FILE, RUN_FILE
 from cli_support import invoke
 
 SHARD = "state-00001-of-00001.safetensors"
+pytestmark = pytest.mark.filterwarnings("ignore:skipping:UserWarning")  # listing skips what these tests plant
 
 
 @contextlib.contextmanager
