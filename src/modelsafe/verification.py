@@ -27,7 +27,7 @@ from .format.reader import FileSource
 from .sources import directory_opener
 from .storage.local import open_regular
 
-__all__ = ["Checked", "Problem", "check", "run_targets", "NotModelsafeError"]
+__all__ = ["Checked", "Problem", "check", "check_listed", "run_targets"]
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,14 @@ class Problem:
     """What is wrong with ``file`` (and ``tensor``, when it is about one): ``error``, a ModelsafeError.
 
     A :class:`CheckpointRemovedError` means the checkpoint was removed by retention while
-    it was being verified: not damage.  A :class:`NotModelsafeError` is a valid file of
-    another format, which has no modelsafe checksums.
+    it was being verified: not damage.  ``other_format``: the file is one of another
+    format (a torch pickle), which has no modelsafe checksums: not damage either.
     """
 
     file: str
     tensor: str | None
     error: ModelsafeError
+    other_format: bool = False
 
     @property
     def removed(self) -> bool:
@@ -62,11 +63,7 @@ class Problem:
 
     @property
     def corrupt(self) -> bool:
-        return not self.removed and not isinstance(self.error, NotModelsafeError)
-
-
-class NotModelsafeError(ModelsafeError):
-    """A file of another format (a torch pickle, an npz, ...): it has no modelsafe checksums to verify."""
+        return not self.removed and not self.other_format
 
 
 Event = Checked | Problem
@@ -134,7 +131,8 @@ def _check_file(path: str) -> Iterator[Event]:
     try:
         source = FileSource(path, fd=fd)
     except _READ_ERRORS as exc:
-        yield Problem(path, None, _other_format(path) or _as_error(exc, path))
+        other = _other_format(path)
+        yield Problem(path, None, other, other_format=True) if other else Problem(path, None, _as_error(exc, path))
         return
     with source:
         yield from _check_records(source, source.map_data(), lambda record: path)
@@ -144,8 +142,8 @@ _FORMAT_NAMES = {"torch": "a torch pickle file (torch.save)", "npz": "a NumPy .n
                  "keras_h5": "a Keras HDF5 file", "mxnet": "an MXNet .params file"}
 
 
-def _other_format(path: str) -> NotModelsafeError | None:
-    """A NotModelsafeError when ``path`` is a valid-looking file of another format (by its signature)."""
+def _other_format(path: str) -> ModelsafeError | None:
+    """An error saying what ``path`` is when ``path`` is a valid-looking file of another format (by its signature)."""
     from .legacy import HEAD_BYTES, reader_for
 
     try:
@@ -160,7 +158,7 @@ def _other_format(path: str) -> NotModelsafeError | None:
     if entry.name == "safetensors" or entry.sniff is None or not entry.sniff(head, path):
         return None  # only a file whose first bytes say so is named another format; else it is damage
     what = _FORMAT_NAMES.get(entry.name, f"a {entry.name} file")
-    return NotModelsafeError(
+    return ModelsafeError(
         f"{path}: is {what}, not a modelsafe file: it has no modelsafe checksums to verify. "
         f"ms.load reads it; to get checksums, convert it: modelsafe convert {path} OUT.safetensors",
         path=path,

@@ -71,7 +71,8 @@ class TargetReport:
                 return
             error = event.error
             self.findings.append(Finding(event.file, event.tensor if event.tensor is not None else error.key,
-                                         str(error), type(error).__name__, event.corrupt))
+                                         str(error), "NotModelsafeFile" if event.other_format else type(error).__name__,
+                                         event.corrupt))
             return
         if event.tensor is None:  # a bound file
             self.bytes += event.nbytes
