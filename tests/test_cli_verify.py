@@ -253,3 +253,44 @@ def test_progress_bar_is_drawn_when_stderr_is_a_terminal(model_file):
     assert proc.returncode == 0 and b"all checksums match" in out
     assert b"verifying" in drawn and "━".encode() in drawn  # the bar, on the terminal only
     assert b"verifying" not in out
+
+
+def test_a_torch_pickle_is_named_for_what_it_is_not_called_corrupt(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    result = invoke("verify", path)
+    assert result.code == 1
+    text = (result.out + result.err).lower()
+    assert "torch" in text and "modelsafe convert" in text
+    assert "corrupt" not in text and "damaged" not in text
+    document = invoke("verify", path, "--json").json()
+    assert document["ok"] is False and "convert" in document["results"][0]["findings"][0]["problem"]
+
+
+def test_a_shared_payload_is_reported_for_every_checkpoint_that_uses_it(tmp_path):
+    run = tmp_path / "run"
+    ck = ms.Checkpoints(run)
+    state = {"frozen": np.arange(64, dtype=np.float32)}
+    first, second = ck.save(state, step=0), ck.save(state, step=1)
+    ck.close()
+    shared = os.path.join(first.path, SHARD)
+    os.remove(os.path.join(second.path, SHARD))
+    os.link(shared, os.path.join(second.path, SHARD))   # one payload file, two checkpoints
+    begin, _ = tensor_span(shared, "frozen")
+    flip_byte(shared, begin)
+    result = invoke("verify", run, "--json")
+    assert result.code == 1
+    by_name = {r["name"]: r for r in result.json()["results"]}
+    for info in (first, second):
+        assert [(f["file"], f["tensor"]) for f in by_name[info.name]["findings"]] == [(os.path.join(info.path, SHARD), "frozen")]
+
+
+def test_verify_and_load_share_one_verifier():
+    import inspect
+
+    from modelsafe.cli import verify as verify_cli
+
+    source = inspect.getsource(verify_cli)
+    for reimplemented in ("FileSource", "load_manifest", "hash_file", "json.loads", "verify_record"):
+        assert reimplemented not in source

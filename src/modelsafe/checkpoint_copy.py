@@ -18,20 +18,26 @@ from .checkpoint_dir import CheckpointSource
 from .errors import InvalidArgumentError
 from .format.writer import write_file
 from .loading import decode_metadata
-from .storage.local import atomic_file
+from .storage.local import atomic_file, open_directory, open_regular
 from .tree import Leaf, walk_refs
 
 __all__ = ["link_payloads", "export_checkpoint"]
 
 
-def link_payloads(source: str, manifest: dict, staging: str) -> None:
-    """Give ``staging`` the shards and bound files of checkpoint ``source`` (hard links where possible)."""
+def link_payloads(source: CheckpointSource, staging: str) -> None:
+    """Give ``staging`` the shards and bound files of open checkpoint ``source`` (hard links where possible).
+
+    Every name is resolved relative to the checkpoint's open directory and no link is
+    followed, so nothing outside the checkpoint can be linked or copied in (the caller
+    has checked ``files/`` holds no link: :meth:`CheckpointSource.bound_file_checks`).
+    """
+    manifest = source.manifest
     for shard in manifest["shards"]:
-        _link_or_copy(os.path.join(source, shard["file"]), os.path.join(staging, shard["file"]))
+        _link_or_copy(source, shard["file"], os.path.join(staging, shard["file"]))
     for rel in manifest["files"]:
         parts = rel.split("/")
         os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
-        _link_or_copy(os.path.join(source, *parts), os.path.join(staging, *parts))
+        _link_or_copy(source, rel, os.path.join(staging, *parts))
 
 
 def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin: dict | None = None) -> None:
@@ -58,13 +64,24 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin:
             write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
+def _link_or_copy(source: CheckpointSource, rel: str, dst: str) -> None:
+    """Hard-link ``rel`` of the checkpoint to ``dst`` (the link itself, never a target); copy across devices."""
     try:
-        os.link(src, dst)
+        os.link(rel, dst, src_dir_fd=source.dir_fd, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES):
             raise
-        shutil.copyfile(src, dst)
+        parts = rel.split("/")
+        fds = [source.dir_fd]
+        try:
+            for part in parts[:-1]:
+                fds.append(open_directory(part, dir_fd=fds[-1], shown=os.path.join(source.path, part)))
+            fd = open_regular(parts[-1], dir_fd=fds[-1], shown=os.path.join(source.path, rel))
+        finally:
+            for opened in fds[1:]:
+                os.close(opened)
+        with os.fdopen(fd, "rb") as src, open(dst, "xb") as out:
+            shutil.copyfileobj(src, out)
 
 
 def _subtree(tree: Any, key: str) -> tuple[Any, str]:

@@ -18,17 +18,20 @@ import json
 import os
 import re
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import xxhash
 
 from . import sources
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
 from .format import manifest as manifest_mod
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
 from .format.writer import write_file
+from .run_file import MAX_TEXT, check_lineage
+from .storage.commit import MAX_MANIFEST_BYTES
+from .storage.local import open_directory, open_regular, read_small_file
 
 __all__ = [
     "MANIFEST",
@@ -38,9 +41,8 @@ __all__ = [
     "hash_files",
     "build_manifest",
     "write_manifest",
-    "load_manifest",
     "parse_manifest",
-    "verify_files",
+    "removed_error",
     "CheckpointSource",
     "is_checkpoint_dir",
 ]
@@ -48,7 +50,6 @@ __all__ = [
 MANIFEST = "manifest.json"
 FILES_DIR = "files"
 MAX_SHARD_BYTES = 2 << 30
-MAX_MANIFEST_BYTES = 512 << 20
 HASH_CHUNK = 4 << 20
 _SHARD_RE = re.compile(r"state-\d{5}-of-\d{5}\.safetensors\Z")
 
@@ -110,18 +111,6 @@ def _with_file(exc: OSError, path: str) -> OSError:
     return OSError(exc.errno, exc.strerror or str(exc), path)
 
 
-def hash_file(path: str) -> tuple[int, str]:
-    h = xxhash.xxh3_64()
-    size = 0
-    with open(path, "rb") as f:
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-            size += n
-    return size, h.hexdigest()
-
-
 def hash_files(directory: str) -> dict[str, dict]:
     """``files/...`` relative path -> {"size", "xxh3"} for every file a bound save wrote."""
     root = os.path.join(directory, FILES_DIR)
@@ -156,7 +145,12 @@ def build_manifest(fl: Any, metadata_node: Any, checksums: dict, placement: dict
 
 
 def write_manifest(directory: str, manifest: dict) -> int:
-    """Write ``manifest.json`` (the last file of a checkpoint); returns its size."""
+    """Write ``manifest.json`` (the last file of a checkpoint); returns its size.
+
+    The checkpoint block (which carries the run's id and lineage) is checked first, as a
+    reader will check it, so a bad one fails the save before anything is committed.
+    """
+    _check_info(manifest["checkpoint"], directory)
     data = json.dumps(manifest, separators=(",", ":"), allow_nan=False, sort_keys=False).encode()
     path = os.path.join(directory, MANIFEST)
     try:
@@ -168,21 +162,79 @@ def write_manifest(directory: str, manifest: dict) -> int:
 
 
 # -- reading ------------------------------------------------------------------------
+#
+# Every file of a checkpoint is opened relative to a descriptor of the checkpoint
+# directory, refusing links and special files on the opened descriptor (see
+# storage.local.open_regular): nothing is followed out of the checkpoint, nothing blocks,
+# and no read is larger than the file really is (the manifest: MAX_MANIFEST_BYTES).
 
 def _corrupt(path: str, what: str, key: str | None = None) -> CorruptCheckpointError:
-    where = f"{path}: {key}: " if key else f"{path}: "
+    where = f"{path}: tensor {key!r}: " if key is not None else f"{path}: "
     return CorruptCheckpointError(
         f"{where}{what}; the checkpoint is damaged. Load an earlier checkpoint or restore it from a backup",
         path=path, key=key,
     )
 
 
+def removed_error(path: str) -> CheckpointRemovedError:
+    """The error for a checkpoint that vanished while being read: retention, not damage."""
+    return CheckpointRemovedError(
+        f"{path}: the checkpoint was removed while it was being read (by the run's retention, keep_last/keep_best, "
+        "or a delete); it is not damaged. Load one the run keeps, such as RUN@latest",
+        path=path,
+    )
+
+
+_INFO_TYPES = {"name": (str,), "step": (int,), "time": (str,), "metrics": (dict,), "run_id": (str, type(None))}
+_METRIC_STRINGS = ("nan", "inf", "-inf")  # non-finite floats, as the writer stores them
+
+
+def _check_tensors(manifest: dict, path: str) -> None:
+    shard_files = {shard["file"] for shard in manifest["shards"]}
+    for name, spec in manifest["tensors"].items():
+        if not isinstance(spec, dict):
+            raise _corrupt(path, "manifest.json entry is not an object", name)
+        if not (isinstance(spec.get("xxh3"), str) and re.fullmatch(r"[0-9a-f]{16}", spec["xxh3"])):
+            raise _corrupt(path, f"checksum {str(spec.get('xxh3'))[:50]!r} is not 16 hex digits", name)
+        if not isinstance(spec.get("file"), str) or spec["file"] not in shard_files:
+            raise _corrupt(path, f"placed in {str(spec.get('file'))[:80]!r}, which is not one of the shards", name)
+        for key, kind in (("kind", str), ("framework", str), ("attrs", dict)):
+            if key in spec and not isinstance(spec[key], kind):
+                raise _corrupt(path, f"{key!r} is not a {kind.__name__}", name)
+    aliases = manifest.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(a, str) and isinstance(t, str) and t in manifest["tensors"] and a not in manifest["tensors"]
+        for a, t in aliases.items()
+    ):
+        raise _corrupt(path, "manifest.json 'aliases' must map new names to stored tensors")
+    if not isinstance(manifest.get("framework"), (str, type(None))):
+        raise _corrupt(path, "manifest.json 'framework' is not a name")
+
+
+def _check_info(info: dict, path: str) -> None:
+    for key, kinds in _INFO_TYPES.items():
+        if type(info.get(key, "" if key in ("time", "run_id") else None)) not in kinds:
+            raise _corrupt(path, f"manifest.json 'checkpoint' {key!r} is {str(info.get(key))[:50]!r}, not "
+                                 f"a {' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+    if info["step"] < 0 or len(info["name"]) > MAX_TEXT or len(info.get("time", "")) > 64:
+        raise _corrupt(path, "manifest.json 'checkpoint' needs a non-negative step and a short name and time")
+    for metric, value in info["metrics"].items():
+        if len(metric) > MAX_TEXT or not (type(value) in (int, float) or value in _METRIC_STRINGS):
+            raise _corrupt(path, f"manifest.json metric {metric[:80]!r} is {str(value)[:50]!r}, not a number")
+    check_lineage(info.get("lineage", []), path, "manifest.json 'checkpoint' 'lineage'")
+
+
 def parse_manifest(data: bytes, path: str) -> dict:
-    """Parse and validate the structure of a checkpoint ``manifest.json``."""
+    """Parse a checkpoint ``manifest.json`` and check every field the checkpoint layer uses.
+
+    The same parser serves loading, listing, verifying and the writer's read-back
+    before retention, so all of them agree on what is damaged.  (The tree, metadata
+    and per-tensor dtype/shape/attrs are checked where they are decoded.)
+    """
     try:
         manifest = json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise _corrupt(path, f"manifest.json is not valid JSON ({exc})") from None
+        raise _corrupt(path, f"manifest.json is not valid JSON ({str(exc)[:100]})") from None
     manifest_mod.check_version(manifest, path)
     for key, kind in (("tensors", dict), ("shards", list), ("files", dict), ("checkpoint", dict)):
         if not isinstance(manifest.get(key), kind):
@@ -191,112 +243,238 @@ def parse_manifest(data: bytes, path: str) -> dict:
         if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and _SHARD_RE.match(shard["file"])
                 and type(shard.get("size")) is int and shard["size"] >= 0):
             raise _corrupt(path, f"shard entry {str(shard)[:200]} is not {{'file': 'state-NNNNN-of-NNNNN.safetensors', 'size': N}}")
+    if len({shard["file"] for shard in manifest["shards"]}) != len(manifest["shards"]):
+        raise _corrupt(path, "manifest.json lists a shard twice")
     for rel, entry in manifest["files"].items():
         parts = rel.split("/")
         if parts[0] != FILES_DIR or len(parts) < 2 or any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
-            raise _corrupt(path, f"bound file {rel!r} lies outside files/")
+            raise _corrupt(path, f"bound file {rel[:200]!r} lies outside files/")
         if not (isinstance(entry, dict) and isinstance(entry.get("xxh3"), str) and type(entry.get("size")) is int
                 and entry["size"] >= 0):
-            raise _corrupt(path, f"bound file {rel!r} has no size and xxh3")
-    info = manifest["checkpoint"]
-    if (type(info.get("step")) is not int or info["step"] < 0 or not isinstance(info.get("name"), str)
-            or not isinstance(info.get("metrics"), dict) or not isinstance(info.get("lineage", []), list)
-            or not isinstance(info.get("time", ""), str) or not isinstance(info.get("run_id", ""), (str, type(None)))):
-        raise _corrupt(path, "manifest.json 'checkpoint' needs a non-negative integer step, a name, a metrics object, "
-                             "a time string and a lineage list")
+            raise _corrupt(path, f"bound file {rel[:200]!r} has no size and xxh3")
+    _check_tensors(manifest, path)
+    _check_info(manifest["checkpoint"], path)
     return manifest
 
 
-def load_manifest(directory: str) -> dict:
-    path = os.path.join(directory, MANIFEST)
+def hash_fd(fd: int) -> tuple[int, str]:
+    """(size, xxh3) of the open file ``fd``, read in chunks from its start."""
+    h = xxhash.xxh3_64()
+    size = 0
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    while n := os.preadv(fd, [buf], size):
+        h.update(view[:n])
+        size += n
+    return size, h.hexdigest()
+
+
+def hash_file(path: str) -> tuple[int, str]:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        size = os.stat(path).st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise _corrupt(directory, f"manifest.json is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise CheckpointNotFoundError(
-            f"{directory}: no manifest.json, so this is not a committed checkpoint (an unfinished save is invisible)",
-            path=directory,
-        ) from None
-    return parse_manifest(data, directory)
-
-
-def verify_files(directory: str, manifest: dict) -> None:
-    """Hash every bound file and compare with the manifest; CorruptCheckpointError on a mismatch."""
-    for rel, entry in manifest["files"].items():
-        path = os.path.join(directory, *rel.split("/"))
-        try:
-            if os.path.islink(path):
-                raise _corrupt(path, "is a link, but the checkpoint recorded a regular file")
-            size, digest = hash_file(path)
-        except FileNotFoundError:
-            raise _corrupt(directory, "the file is missing", rel) from None
-        if size != entry["size"] or digest != entry["xxh3"]:
-            raise _corrupt(
-                path, f"fails its checksum (stored {entry['xxh3']}, {entry['size']} bytes; computed {digest}, {size} bytes)", rel
-            )
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
 
 
 class CheckpointSource:
-    """A committed checkpoint directory as a Source: records span the shard files."""
+    """A committed checkpoint directory as a Source: records span the shard files.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``problems``: a list to collect every problem into (verify) instead of raising the
+    first one (load); a manifest that cannot be read is raised either way.  ``shards``:
+    False reads the manifest only.  A checkpoint that disappears while it is being
+    opened raises CheckpointRemovedError: removed by retention, not damaged.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, problems: list | None = None, shards: bool = True) -> None:
         self.path = os.fspath(path)
-        self.manifest = load_manifest(self.path)
-        self.aliases: dict[str, str] = self.manifest.get("aliases") or {}
+        self._problems = problems
         self._shards: dict[str, FileSource] = {}
+        self._dir_fd = -1
         try:
-            self.records = self._records()
+            self._dir_fd = self._open_directory()
+            self.manifest_bytes = self._read_manifest()
+            self.manifest = parse_manifest(self.manifest_bytes, self._inside(MANIFEST))
+            self.aliases: dict[str, str] = self.manifest.get("aliases") or {}
+            self.records = self._records() if shards else {}
         except BaseException:
             self.close()
             raise
+
+    # -- opening ---------------------------------------------------------------------
+    def _open_directory(self) -> int:
+        try:  # the path the caller gave may be a link; nothing inside the checkpoint may
+            return open_directory(self.path, shown=self.path, follow_symlinks=True)
+        except FileNotFoundError:
+            raise CheckpointNotFoundError(f"{self.path}: no such checkpoint directory; check the path", path=self.path) from None
+
+    def _inside(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def removed(self) -> bool:
+        """True when the directory opened is no longer at its path (retention renamed it away)."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return True
+        here = os.fstat(self._dir_fd)
+        return (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino)
+
+    def _missing(self, error: ModelsafeError) -> ModelsafeError:
+        """``error`` about a missing file, unless the whole checkpoint was removed meanwhile."""
+        return removed_error(self.path) if self.removed() else error
+
+    def _read_manifest(self) -> bytes:
+        try:
+            return read_small_file(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest", dir_fd=self._dir_fd,
+                                   shown=self._inside(MANIFEST))
+        except FileNotFoundError:
+            raise self._missing(CheckpointNotFoundError(
+                f"{self.path}: no manifest.json, so this is not a committed checkpoint (an unfinished save is invisible)",
+                path=self.path,
+            )) from None
+
+    def _report(self, error: ModelsafeError) -> None:
+        if self._problems is None:
+            raise error
+        self._problems.append(error)
+
+    def _open_shard(self, name: str) -> FileSource | None:
+        shown = self._inside(name)
+        try:
+            fd = open_regular(name, dir_fd=self._dir_fd, shown=shown)
+        except FileNotFoundError:
+            self._report(self._missing(_corrupt(shown, "the shard is missing")))
+            return None
+        except ModelsafeError as exc:
+            self._report(exc)
+            return None
+        try:
+            return FileSource(shown, fd=fd)
+        except ModelsafeError as exc:
+            self._report(exc)
+            return None
 
     def _records(self) -> dict[str, TensorRecord]:
         tensors = self.manifest["tensors"]
         records: dict[str, TensorRecord] = {}
         for shard in self.manifest["shards"]:
             name = shard["file"]
-            try:
-                source = FileSource(os.path.join(self.path, name))
-            except CheckpointNotFoundError:
-                raise _corrupt(self.path, "the shard is missing", name) from None
+            source = self._open_shard(name)
+            if source is None:
+                continue
             self._shards[name] = source
             for record in source.records.values():
-                spec = tensors.get(record.name)
-                if not isinstance(spec, dict) or spec.get("file") != name:
-                    raise _corrupt(self.path, f"tensor {record.name!r} is in {name} but manifest.json does not place it there")
-                if spec.get("xxh3") != record.checksum:
-                    raise _corrupt(self.path, f"tensor {record.name!r}: manifest.json and {name} disagree on its checksum")
-                framework = spec.get("framework", self.manifest.get("framework")) if record.kind == "tensor" else None
-                if framework is not None and not isinstance(framework, str):
-                    raise _corrupt(self.path, f"tensor {record.name!r}: framework {str(framework)[:50]} is not a name")
+                for problem in _placement_problems(self.path, name, record, tensors.get(record.name)):
+                    self._report(problem)
+                framework = tensors.get(record.name, {}).get("framework", self.manifest.get("framework"))
+                framework = framework if record.kind == "tensor" else None
                 records[record.name] = dataclasses.replace(record, file=name, framework=framework or record.framework)
-        missing = sorted(set(tensors) - set(records))
-        if missing:
-            raise _corrupt(self.path, f"manifest.json lists tensors no shard holds (first: {missing[0]!r})")
-        if not all(isinstance(t, str) and t in records for t in self.aliases.values()):
-            raise _corrupt(self.path, "aliases must map names to stored tensors")
+        for name in tensors.keys() - records.keys():
+            if tensors[name]["file"] in self._shards:  # a shard that is unreadable is reported once
+                self._report(_corrupt(self._inside(tensors[name]["file"]), "manifest.json places it in this shard, "
+                                      "which does not hold it", name))
         return records
 
+    # -- bytes -----------------------------------------------------------------------
     def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
         return {name: s.buffers(lazy=lazy, mmap=mmap)[None] for name, s in self._shards.items()}
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)
 
+    def bound_file_checks(self) -> Iterator[tuple[str, int, ModelsafeError | None]]:
+        """(path, bytes hashed, problem or None) for ``files/``: its tree holds only regular
+        files and directories, and every file the manifest records matches its checksum."""
+        for problem in self.bound_tree_problems():
+            yield problem.path or self._inside(FILES_DIR), 0, problem
+        for rel, entry in self.manifest["files"].items():
+            shown = self._inside(*rel.split("/"))
+            try:
+                size, digest = self._hash_bound(rel.split("/"), shown)
+            except FileNotFoundError:
+                yield shown, 0, self._missing(_corrupt(shown, "the bound file is missing"))
+                continue
+            except ModelsafeError as exc:
+                yield shown, 0, exc
+                continue
+            problem = None
+            if size != entry["size"] or digest != entry["xxh3"]:
+                problem = _corrupt(shown, f"fails its checksum (stored {entry['xxh3']}, {entry['size']} bytes; "
+                                          f"computed {digest}, {size} bytes)")
+            yield shown, size, problem
+
     def verify_files(self) -> None:
-        verify_files(self.path, self.manifest)
+        """Raise the first problem of :meth:`bound_file_checks` (links, special files, checksums)."""
+        for _path, _size, problem in self.bound_file_checks():
+            if problem is not None:
+                raise problem
+
+    def _hash_bound(self, parts: list[str], shown: str) -> tuple[int, str]:
+        """Hash ``files/...`` opening each component relative to the last, never following a link."""
+        fds = [self._dir_fd]
+        try:
+            for depth, part in enumerate(parts[:-1]):
+                fds.append(open_directory(part, dir_fd=fds[-1], shown=self._inside(*parts[:depth + 1])))
+            fd = open_regular(parts[-1], dir_fd=fds[-1], shown=shown)
+            try:
+                return hash_fd(fd)
+            finally:
+                os.close(fd)
+        finally:
+            for fd in fds[1:]:
+                os.close(fd)
+
+    def bound_tree_problems(self) -> Iterator[ModelsafeError]:
+        """Every link or special file in ``files/`` (a bound ``load`` would follow it out)."""
+        top = self._inside(FILES_DIR)
+        try:
+            root = open_directory(FILES_DIR, dir_fd=self._dir_fd, shown=top)
+        except FileNotFoundError:
+            return
+        except ModelsafeError as exc:
+            yield exc
+            return
+        pending = [(root, top)]
+        while pending:
+            fd, where = pending.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    found = [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in entries]
+                for name, is_dir, is_file in found:
+                    shown = os.path.join(where, name)
+                    if is_dir:
+                        try:
+                            pending.append((open_directory(name, dir_fd=fd, shown=shown), shown))
+                        except (ModelsafeError, FileNotFoundError) as exc:
+                            if isinstance(exc, ModelsafeError):
+                                yield exc
+                    elif not is_file:
+                        what = "is a symbolic link" if os.path.islink(shown) else "is not a regular file"
+                        yield CorruptCheckpointError(
+                            f"{shown}: {what}; a checkpoint holds only regular files and directories, and modelsafe "
+                            "never follows a link out of it. Remove the entry or restore the checkpoint from a backup",
+                            path=shown,
+                        )
+            finally:
+                os.close(fd)
 
     @property
     def checkpoint(self) -> dict:
         return self.manifest["checkpoint"]
 
+    @property
+    def dir_fd(self) -> int:
+        """The open checkpoint directory (files opened relative to it stay inside it)."""
+        return self._dir_fd
+
     def close(self) -> None:
         for source in self._shards.values():
             source.close()
         self._shards = {}
+        fd, self._dir_fd = self._dir_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __enter__(self) -> "CheckpointSource":
         return self
@@ -305,8 +483,22 @@ class CheckpointSource:
         self.close()
 
 
+def _placement_problems(path: str, shard: str, record: TensorRecord, spec: dict | None) -> Iterator[CorruptCheckpointError]:
+    """A shard's tensor that manifest.json does not place there, or records with another checksum."""
+    shown = os.path.join(path, shard)
+    if spec is None or spec["file"] != shard:
+        yield _corrupt(shown, f"the shard holds tensor {record.name!r}, but manifest.json does not place it there", record.name)
+    elif spec["xxh3"] != record.checksum:
+        yield _corrupt(shown, f"manifest.json and the shard disagree on its checksum ({spec['xxh3']} and {record.checksum})", record.name)
+
+
 def is_checkpoint_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST))
 
 
-sources.register_directory_opener(is_checkpoint_dir, lambda path, **_: CheckpointSource(path))
+def open_checkpoint(path: str, **_: Any) -> CheckpointSource:
+    """The opener of checkpoint directories in :mod:`.sources`' registry."""
+    return CheckpointSource(path)
+
+
+sources.register_directory_opener(is_checkpoint_dir, open_checkpoint)

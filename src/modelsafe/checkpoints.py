@@ -43,17 +43,25 @@ from .checkpoint_dir import (
     CheckpointSource,
     build_manifest,
     hash_files,
-    load_manifest,
     parse_manifest,
+    removed_error,
     write_manifest,
     write_shards,
 )
 from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import check_template, format_name, normalize_metrics
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError, RunConflictError
+from .errors import (
+    CheckpointNotFoundError,
+    CheckpointRemovedError,
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    ModelsafeError,
+    RunConflictError,
+)
 from .format import checksum
 from .gc_pause import gc_paused
 from .rng import RNGState, restore_json
+from .run_file import parse_run_file
 from .sources import register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
@@ -100,6 +108,9 @@ def _metrics_to_json(metrics: dict) -> dict:
 
 def _metrics_from_json(metrics: dict) -> dict:
     return {k: (float(v) if v in ("nan", "inf", "-inf") else v) for k, v in metrics.items()}
+
+
+_RESCANS = 10  # listings retried while a racing writer commits and prunes (each retry sees a newer state)
 
 
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
@@ -204,6 +215,7 @@ class Checkpoints:
         self._binding: _Binding | None = None
         self._run: dict | None = None
         self._cache: dict[str, tuple[tuple, CheckpointInfo | None]] = {}
+        self._skipped: dict[str, ModelsafeError] = {}  # entries listing skips, and why
         self._scan_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -211,37 +223,54 @@ class Checkpoints:
                 f"monitor={self.monitor!r} mode={self.mode!r} name={self.name_template!r}>")
 
     # -- listing -----------------------------------------------------------------------
-    def _info(self, name: str, manifest: dict | None = None, manifest_size: int = 0) -> CheckpointInfo | None:
-        """Info of committed checkpoint ``name`` from its manifest (cached; ``manifest`` if just written)."""
+    def _info(self, name: str) -> CheckpointInfo | None:
+        """Info of committed checkpoint ``name`` from its manifest (cached while the manifest is unchanged).
+
+        An entry whose manifest is damaged, too big, a link or a special file is skipped
+        with a warning, and the reason is kept for when it is asked for by name.
+        """
         signature = self._storage.manifest_signature(name)
         if signature is None:
             return None
         cached = self._cache.get(name)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        if manifest is not None:
-            info = _info_from_manifest(manifest, name, self._storage.checkpoint_path(name), manifest_size)
-            self._cache[name] = (signature, info)
-            return info
-        data = self._storage.read_manifest(name)
         info = None
-        if data is not None:
-            try:
-                where = self._storage.checkpoint_path(name)
-                info = _info_from_manifest(parse_manifest(data, where), name, where, len(data))
-            except ModelsafeError as exc:
-                warnings.warn(f"skipping {self._storage.path(name)}: {exc}", stacklevel=3)
+        try:
+            info = self._read_info(name)
+            self._skipped.pop(name, None)
+        except ModelsafeError as exc:
+            self._skipped[name] = exc
+            warnings.warn(f"skipping {self._storage.path(name)}: {exc}", stacklevel=3)
         self._cache[name] = (signature, info)
         return info
+
+    def _read_info(self, name: str) -> CheckpointInfo | None:
+        """Read and parse checkpoint ``name``'s manifest (as every reader does); None when it has none."""
+        data = self._storage.read_manifest(name)
+        if data is None:
+            return None
+        where = self._storage.checkpoint_path(name)
+        return _info_from_manifest(parse_manifest(data, os.path.join(where, MANIFEST)), name, where, len(data))
 
     def list(self) -> list[CheckpointInfo]:
         """Committed checkpoints, oldest first (ordered by step, then commit time)."""
         with self._scan_lock:
-            names = self._storage.entries()
-            infos = [info for info in map(self._info, names) if info is not None]
+            for _ in range(_RESCANS):
+                names = self._storage.entries()
+                infos = [info for info in map(self._info, names) if info is not None]
+                # a writer committing N+1 then pruning N between our directory read and the
+                # manifest reads would leave neither in view: when a listed entry vanished, look again
+                if all(os.path.lexists(self._storage.checkpoint_path(i)) for i in names if self._cached_none(i)):
+                    break
             for gone in set(self._cache) - set(names):
                 del self._cache[gone]
+                self._skipped.pop(gone, None)
         return sorted(infos, key=lambda i: retention.order_key(i.candidate))
+
+    def _cached_none(self, name: str) -> bool:
+        cached = self._cache.get(name)
+        return cached is None or cached[1] is None
 
     def latest(self) -> CheckpointInfo | None:
         """The committed checkpoint with the highest step, or None."""
@@ -293,6 +322,8 @@ class Checkpoints:
                 return self._resolve(int(which))
         else:
             raise InvalidArgumentError(f"which must be 'latest', 'best', a step (int) or a checkpoint name, not {which!r}", key="which")
+        if found is None and isinstance(which, str) and which in self._skipped:
+            raise self._skipped[which]
         if found is None:
             have = ", ".join(i.name for i in infos[-5:]) or "none"
             raise CheckpointNotFoundError(
@@ -346,12 +377,9 @@ class Checkpoints:
         return self._run
 
     def _read_run(self) -> dict | None:
+        """The run file, every field checked (CorruptCheckpointError naming it), or None when there is none."""
         data = self._storage.read_run_file()
-        try:
-            run = json.loads(data) if data is not None else None
-        except ValueError:
-            return None
-        return run if isinstance(run, dict) and isinstance(run.get("run_id"), str) else None
+        return parse_run_file(data, self._storage.path(RUN_FILE)) if data is not None else None
 
     def _recorded_settings(self) -> dict:
         """The settings the run file holds (none for a new run); a wrong one is a CorruptCheckpointError."""
@@ -494,7 +522,7 @@ class Checkpoints:
             with gc_paused():  # many small objects, none of them cyclic garbage
                 manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
                 manifest["rng"] = rng  # beside the user's tree, never in it: ms.load and ck.load do not see it
-                manifest_size = write_manifest(staging, manifest)
+                write_manifest(staging, manifest)
             path = self._storage.commit(staging, name)
         except BaseException as exc:
             self._storage.discard(staging)
@@ -503,11 +531,32 @@ class Checkpoints:
                 action = f"writing {os.path.relpath(where, staging)}" if where else "saving the checkpoint"
                 raise storage_error(self._storage.path(name), action, exc) from exc
             raise
-        with self._scan_lock:
-            info = self._info(name, manifest, manifest_size)
-        if info is None:  # pragma: no cover - we just committed it
-            raise ModelsafeError(f"{path}: internal error: the committed checkpoint cannot be read back", path=path)
+        info = self._read_back(name, path)
         self._prune()
+        return info
+
+    def _read_back(self, name: str, path: str) -> CheckpointInfo:
+        """The info of the checkpoint just committed, read from disk by the readers' parser.
+
+        Retention decides only on checkpoints that read back: if this one does not, the
+        save fails here and nothing is deleted.
+        """
+        try:
+            with self._scan_lock:
+                self._cache.pop(name, None)
+                info = self._read_info(name)
+        except ModelsafeError as exc:
+            raise CorruptCheckpointError(
+                f"{path}: the checkpoint just committed does not read back ({exc}); no checkpoint was deleted. "
+                "Check the disk and the run file, then save again", path=path,
+            ) from exc
+        if info is None:
+            raise CorruptCheckpointError(f"{path}: the checkpoint just committed has no manifest; no checkpoint was "
+                                         "deleted. Check the disk, then save again", path=path)
+        signature = self._storage.manifest_signature(name)
+        with self._scan_lock:
+            if signature is not None:
+                self._cache[name] = (signature, info)
         return info
 
     def _prune(self) -> list[str]:
@@ -601,19 +650,24 @@ class Checkpoints:
         from .api import load as ms_load
 
         info = self._resolve(which)
-        state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
-                        allow_pickle=allow_pickle, verify=verify)
-        bound = self._call_bound_load(info, verify)
+        with _removal_noticed(info):
+            state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
+                            allow_pickle=allow_pickle, verify=verify)
+            bound = self._call_bound_load(info, verify)
         return bound if state is None and bound is not None else state
 
     def _call_bound_load(self, info: CheckpointInfo, verify: bool) -> Any:
+        """Call the bound ``load`` with ``files/``, once it holds no link (and, with ``verify``, every checksum matches)."""
         if self._binding is None or self._binding.load is None:
             return None
-        with CheckpointSource(info.path) as source:
-            if not source.manifest["files"] and not os.path.isdir(os.path.join(info.path, FILES_DIR)):
+        with CheckpointSource(info.path, shards=False) as source:
+            if not source.manifest["files"] and not os.path.lexists(os.path.join(info.path, FILES_DIR)):
                 return None
-            if verify:
-                source.verify_files()
+            # without verify no file is hashed, but a link out of the checkpoint is still refused
+            checks = source.bound_file_checks() if verify else ((None, 0, p) for p in source.bound_tree_problems())
+            for _path, _size, problem in checks:
+                if problem is not None:
+                    raise problem
         return self._binding.load(os.path.join(info.path, FILES_DIR))
 
     def load_into(
@@ -631,18 +685,20 @@ class Checkpoints:
             return None
         info = self._resolve(which)
         report = None
-        if state is not None:
-            from .load_into import load_into as ms_load_into
+        with _removal_noticed(info):
+            if state is not None:
+                from .load_into import load_into as ms_load_into
 
-            report = ms_load_into(state, info.path, strict=strict, verify=verify)
-        self._call_bound_load(info, verify)
-        if rng:
-            self._restore_rng(info)
+                report = ms_load_into(state, info.path, strict=strict, verify=verify)
+            self._call_bound_load(info, verify)
+            if rng:
+                self._restore_rng(info)
         return dataclasses.replace(info, report=report)
 
     def _restore_rng(self, info: CheckpointInfo) -> None:
         """Put back the RNG states recorded with ``info`` (none recorded: a checkpoint of an older modelsafe)."""
-        block = load_manifest(info.path).get("rng")
+        with CheckpointSource(info.path, shards=False) as source:
+            block = source.manifest.get("rng")
         if block is not None:
             restore_json(block, info.path)
 
@@ -665,10 +721,19 @@ class Checkpoints:
         if target.list():
             target.close()
             raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
-        raw = _read_bytes(os.path.join(info.path, MANIFEST))
-        manifest = parse_manifest(raw, info.path)
+        with _removal_noticed(info), CheckpointSource(info.path) as source:
+            target._fork_from(source, info, self.directory)
+        return target
+
+    def _fork_from(self, source: CheckpointSource, info: CheckpointInfo, origin: str) -> None:
+        """Commit checkpoint ``source`` (of run ``origin``) as this new run's first checkpoint."""
+        for _path, _size, problem in source.bound_file_checks():
+            if problem is not None:  # links out of the checkpoint, or damage, must not be linked in
+                raise problem
+        raw, manifest = source.manifest_bytes, source.manifest
+        target = self
         lineage = list(manifest["checkpoint"].get("lineage") or []) + [{
-            "run": self.directory,
+            "run": origin,
             "run_id": info.run_id,
             "checkpoint": info.name,
             "step": info.step,
@@ -679,7 +744,7 @@ class Checkpoints:
         manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
         staging = target._storage.stage(info.name)
         try:
-            link_payloads(info.path, manifest, staging)
+            link_payloads(source, staging)
             write_manifest(staging, manifest)
             target._storage.commit(staging, info.name)
         except BaseException as exc:
@@ -687,7 +752,6 @@ class Checkpoints:
             if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
                 raise storage_error(target._storage.path(info.name), "forking the checkpoint", exc) from exc
             raise
-        return target
 
     def export(self, path: str | os.PathLike, which: Any = "best", *, key: str = "model") -> CheckpointInfo:
         """Write the inference part of a checkpoint as one safetensors file.
@@ -738,21 +802,41 @@ def _info_from_manifest(manifest: dict, name: str, path: str, manifest_size: int
     )
 
 
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+@contextlib.contextmanager
+def _removal_noticed(info: CheckpointInfo) -> Any:
+    """Turn "not found" about a listed checkpoint that is gone now into CheckpointRemovedError."""
+    try:
+        yield
+    except CheckpointNotFoundError as exc:
+        if isinstance(exc, CheckpointRemovedError) or os.path.lexists(info.path):
+            raise
+        raise removed_error(info.path) from exc
 
 
 def _is_run_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, RUN_FILE))
 
 
+_REMOVED_RETRIES = 10  # each retry follows a newer commit; a writer that fast would need 10 saves in one open
+
+
 def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource:
-    """Checkpoint ``selector`` of the run in ``path`` (``ms.load(run)``, ``ms.load("run@best")``)."""
+    """Checkpoint ``selector`` of the run in ``path`` (``ms.load(run)``, ``ms.load("run@best")``).
+
+    The latest checkpoint, pruned between listing and opening, is looked up again.
+    """
     run = Checkpoints(path)
-    if selector == "latest" and run.latest() is None:
-        raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
-    return CheckpointSource(run.info(selector).path)
+    for attempt in range(_REMOVED_RETRIES + 1):
+        if selector == "latest" and run.latest() is None:
+            raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
+        info = run.info(selector)
+        try:
+            with _removal_noticed(info):
+                return CheckpointSource(info.path)
+        except CheckpointRemovedError:
+            if selector != "latest" or attempt == _REMOVED_RETRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 register_directory_opener(_is_run_dir, _open_run)

@@ -47,6 +47,9 @@ def register_directory_opener(matches: Callable[[str], bool], opener: Callable[.
 
 def register_run_opener(opener: Callable[[str, str], Source]) -> None:
     _RUN_OPENERS.append(opener)
+def directory_opener(path: str) -> Callable[..., Source] | None:
+    """The opener registered for directory ``path`` (the first whose predicate matches), or None."""
+    return next((opener for matches, opener in _DIRECTORY_OPENERS if matches(path)), None)
 
 
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
@@ -56,9 +59,9 @@ def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
     if address.selector is not None:
         return _open_address(address)
     if os.path.isdir(path):
-        for matches, opener in _DIRECTORY_OPENERS:
-            if matches(path):
-                return opener(path)
+        opener = directory_opener(path)
+        if opener is not None:
+            return opener(path)
         raise CheckpointNotFoundError(
             f"{path}: is a directory but not a modelsafe checkpoint (no manifest.json); "
             "give a file saved with ms.save or a checkpoint directory",

@@ -12,7 +12,6 @@ True
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 
 from .. import addresses
 from ..addresses import SELECTORS, Address
-from ..errors import CheckpointNotFoundError, InvalidArgumentError
+from ..errors import CheckpointNotFoundError, InvalidArgumentError, ModelsafeError
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
@@ -53,18 +52,15 @@ def is_run_dir(path: str) -> bool:
 # -- resolution ---------------------------------------------------------------------------
 
 def run_settings(path: str) -> dict[str, Any]:
-    """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}.
+    """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}."""
+    from ..run_file import parse_run_file
+    from ..storage.commit import RUN_FILE, LocalRunStorage
 
-    Read through the run's storage, the one reader of the run file.
-    """
-    from ..storage.commit import LocalRunStorage
-
-    try:
+    try:  # the one bounded reader and parser of run files (no link, FIFO or device is opened)
         data = LocalRunStorage(path).read_run_file()
-        settings = json.loads(data) if data is not None else {}
-    except (OSError, ValueError):
+        return parse_run_file(data, os.path.join(path, RUN_FILE)) if data is not None else {}
+    except (ModelsafeError, OSError):
         return {}
-    return settings if isinstance(settings, dict) else {}
 
 
 def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) -> Any:

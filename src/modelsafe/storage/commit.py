@@ -29,7 +29,7 @@ import sys
 from typing import Protocol
 
 from ..errors import ModelsafeError, RunLockedError, StorageError
-from .local import atomic_file, fsync_directory, storage_error
+from .local import atomic_file, fsync_directory, open_directory, read_small_file, storage_error
 
 try:  # POSIX advisory locks; released by the kernel when the holder exits or is killed
     import fcntl
@@ -44,7 +44,10 @@ REPLACED_MARK = ".modelsafe-old-"
 LOCK_NAME = ".modelsafe.lock"
 MANIFEST = "manifest.json"
 RUN_FILE = ".modelsafe-run.json"
+# Limits no real file reaches (a run file is a few hundred bytes; a manifest takes about
+# 150 bytes per tensor, so 128 MiB is ~800,000 tensors) and a hostile one hits at once.
 MAX_RUN_FILE = 1 << 20
+MAX_MANIFEST_BYTES = 128 << 20
 
 
 class RunStorage(Protocol):
@@ -130,39 +133,52 @@ class LocalRunStorage:
 
     # -- reading -------------------------------------------------------------------
     def entries(self) -> list[str]:
-        """Names of visible (committed-looking) subdirectories; hidden entries are ours or not checkpoints."""
+        """Names of visible entries that may be checkpoints: subdirectories, and links (which
+        are never followed: reading one reports it).  Hidden entries are ours or not checkpoints."""
         try:
-            names = os.listdir(self.location)
+            with os.scandir(self.location) as it:
+                found = [(e.name, e.is_symlink() or e.is_dir(follow_symlinks=False)) for e in it]
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise storage_error(self.location, "listing the run directory", exc) from exc
-        visible = [n for n in names if not n.startswith(".") and os.path.isdir(os.path.join(self.location, n))]
-        if any(REPLACED_MARK in n for n in names):
+        visible = [name for name, maybe in found if maybe and not name.startswith(".")]
+        if any(REPLACED_MARK in name for name, _ in found):
             visible += [n for n in self._asides() if n not in visible]
         return visible
 
     def read_manifest(self, name: str) -> bytes | None:
-        """The committed manifest of checkpoint ``name``, or None when it has none."""
+        """The committed manifest of checkpoint ``name``, or None when it has none.
+
+        A checkpoint or manifest that is a link, a manifest that is not a regular file or
+        is over MAX_MANIFEST_BYTES raise CorruptCheckpointError naming it.
+        """
+        where = self.checkpoint_path(name)
         try:
-            with open(os.path.join(self.checkpoint_path(name), MANIFEST), "rb") as f:
-                return f.read()
+            dir_fd = open_directory(where, shown=where)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            return read_small_file(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest", dir_fd=dir_fd,
+                                   shown=os.path.join(where, MANIFEST))
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dir_fd)
 
     def manifest_signature(self, name: str) -> tuple | None:
         """Changes whenever checkpoint ``name``'s manifest does (cache key); None when it has none."""
         path = os.path.join(self.checkpoint_path(name), MANIFEST)
         try:
-            st = os.stat(path)
+            st = os.stat(path, follow_symlinks=False)
         except OSError:
             return None
         return (path, st.st_ino, st.st_mtime_ns, st.st_size)
 
     def read_run_file(self) -> bytes | None:
+        """The run file's bytes (at most MAX_RUN_FILE; a link or special file is refused), or None."""
         try:
-            with open(os.path.join(self.location, RUN_FILE), "rb") as f:
-                return f.read(MAX_RUN_FILE)
+            return read_small_file(os.path.join(self.location, RUN_FILE), MAX_RUN_FILE, "a run file")
         except (FileNotFoundError, NotADirectoryError):
             return None
 

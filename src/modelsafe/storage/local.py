@@ -11,9 +11,10 @@ import contextlib
 import errno as errno_mod
 import os
 import secrets
+import stat
 from typing import BinaryIO, Iterator
 
-from ..errors import ModelsafeError, StorageError
+from ..errors import CorruptCheckpointError, ModelsafeError, StorageError
 from .writeback import WritebackFile
 
 TMP_MARK = ".modelsafe-tmp-"
@@ -116,3 +117,97 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
             raise storage_error(path, "writing", exc) from exc
         raise
+
+
+# -- reading files a run or checkpoint holds (every one may come from an attacker) ---------
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO opens at once instead of waiting for a writer
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def _refused(shown: str, what: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{shown}: {what}; a checkpoint holds only regular files and directories, and modelsafe never follows "
+        "a link out of it. Remove the entry or restore the checkpoint from a backup",
+        path=shown,
+    )
+
+
+def open_regular(name: str, *, dir_fd: int | None = None, shown: str | None = None, follow_symlinks: bool = False) -> int:
+    """A read-only descriptor of regular file ``name`` (relative to ``dir_fd`` when given).
+
+    The checks are made on the opened descriptor (``fstat``), not before opening, so a
+    file swapped in between cannot slip through: a symbolic link is refused (unless
+    ``follow_symlinks``), and a FIFO, socket or device is refused without blocking.
+    FileNotFoundError passes through; ``shown`` is the path errors name.
+    """
+    shown = shown or name
+    flags = os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC | (0 if follow_symlinks else _O_NOFOLLOW)
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno == errno_mod.ELOOP:
+            raise _refused(shown, "is a symbolic link") from None
+        if exc.errno in (errno_mod.ENXIO, errno_mod.EISDIR):
+            raise _refused(shown, "is not a regular file") from None
+        raise StorageError(f"{shown}: cannot open ({exc.strerror})", path=shown, errno=exc.errno) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refused(shown, "is not a regular file (a directory, pipe, socket or device)")
+    return fd
+
+
+def open_directory(name: str, *, dir_fd: int | None = None, shown: str | None = None, follow_symlinks: bool = False) -> int:
+    """A descriptor of directory ``name``, refusing a symbolic link (unless ``follow_symlinks``).
+
+    Files are then opened relative to it, so a directory renamed or replaced later
+    cannot redirect those opens.  FileNotFoundError passes through.
+    """
+    shown = shown or name
+    flags = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC | (0 if follow_symlinks else _O_NOFOLLOW)
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno_mod.ELOOP, errno_mod.ENOTDIR):
+            link = not follow_symlinks and os.path.islink(shown)  # only to word the refusal
+            raise _refused(shown, "is a symbolic link" if link else "is not a directory") from None
+        raise StorageError(f"{shown}: cannot open ({exc.strerror})", path=shown, errno=exc.errno) from exc
+
+
+def read_limited(fd: int, limit: int, shown: str, what: str) -> bytes:
+    """The whole content of regular file ``fd``, refused when over ``limit`` bytes.
+
+    The size comes from ``fstat`` before anything is allocated; a file that grows while
+    being read is read up to the size it had.
+    """
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise CorruptCheckpointError(
+            f"{shown}: is {size:,} bytes, over the {limit:,}-byte limit for {what} (a real one is far smaller); "
+            "the file is damaged or not modelsafe's. Remove it or restore it from a backup",
+            path=shown,
+        )
+    chunks = []
+    done = 0
+    while done < size:
+        chunk = os.pread(fd, size - done, done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def read_small_file(name: str, limit: int, what: str, *, dir_fd: int | None = None, shown: str | None = None) -> bytes:
+    """Read regular file ``name`` of at most ``limit`` bytes (no link, no FIFO: see :func:`open_regular`)."""
+    fd = open_regular(name, dir_fd=dir_fd, shown=shown)
+    try:
+        return read_limited(fd, limit, shown or name, what)
+    finally:
+        os.close(fd)
