@@ -382,17 +382,19 @@ class Checkpoints:
         return parse_run_file(data, self._storage.path(RUN_FILE)) if data is not None else None
 
     def _recorded_settings(self) -> dict:
-        """The settings the run file holds (none for a new run); a wrong one is a CorruptCheckpointError."""
-        run = self._read_run() or {}
-        recorded = {k: run[k] for k in SETTING_DEFAULTS if run.get(k) is not None}
+        """The settings the run file holds (none for a new run).
+
+        A damaged run file must not stop anyone from reading the checkpoints (a fresh
+        process must still resume): it is a warning here, and the CorruptCheckpointError
+        naming it comes from the first write (save, prune), before anything changes.
+        """
         try:
+            run = self._read_run() or {}
+            recorded = {k: run[k] for k in SETTING_DEFAULTS if run.get(k) is not None}
             _check_settings({**SETTING_DEFAULTS, **recorded}, ())
-        except InvalidArgumentError as exc:
-            where = self._storage.path(RUN_FILE)
-            raise CorruptCheckpointError(
-                f"{where}: the run file records settings that cannot be used ({exc}); fix or delete the run file",
-                path=where, key=exc.key,
-            ) from None
+        except (CorruptCheckpointError, InvalidArgumentError) as exc:
+            warnings.warn(f"the recorded settings of the run are not used: {exc}", stacklevel=3)
+            return {}
         return recorded
 
     def _settings(self) -> dict:
