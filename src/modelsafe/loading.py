@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .adapters import LoadOptions, TensorSpec, adapter_named
-from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
+from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError, UnsupportedFormatError
 from .format.manifest import TensorRecord
 from .gc_pause import gc_paused
 from .tree import Unflattener
@@ -46,6 +46,8 @@ def materialize(
         if verify:
             source.verify_record(record, base)
         if record.kind == "tensor":
+            if not record.dtype.supported:
+                raise unsupported_dtype(source, record)
             groups[(record.file, framework or record.framework)].append(record)
         else:
             values[record.name] = base[record.begin : record.end].tobytes()
@@ -62,6 +64,16 @@ def materialize(
         for record, value in zip(group, tensors):
             values[record.name] = value
     return values
+
+
+def unsupported_dtype(source: Any, record: TensorRecord) -> UnsupportedFormatError:
+    """The error for a tensor whose safetensors dtype code no framework here represents."""
+    return UnsupportedFormatError(
+        f"unsupported dtype {record.dtype.storage} (shape {list(record.shape)}) in tensor {record.name!r} of "
+        f"{source.path}: no torch or numpy dtype holds it. The file is valid; read the other tensors with "
+        "ms.open, or load it with a tool that knows this dtype",
+        path=source.path, key=record.name,
+    )
 
 
 def add_aliases(values: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import CorruptCheckpointError, NewerFormatError
 from . import checksum
 from .container import RawEntry
-from .dtypes import BY_NAME, DType
+from .dtypes import BY_NAME, DType, header_shape, logical_shape
 
 FORMAT_VERSION = (1, 0)
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
@@ -44,6 +44,11 @@ class TensorRecord:
         return self.end - self.begin
 
 
+def needs_logical_entry(dtype: DType, shape: tuple[int, ...]) -> bool:
+    """True when the header's code and shape do not say ``dtype`` x ``shape``: the manifest entry does."""
+    return dtype.stored_as_bytes or logical_shape(dtype, tuple(header_shape(dtype, shape))) != shape
+
+
 def framework_versions(frameworks: set[str]) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in sorted(frameworks):
@@ -68,7 +73,7 @@ def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, c
                 entry["framework"] = leaf.adapter.framework
             if leaf.info.attrs:
                 entry["attrs"] = leaf.info.attrs
-            if BY_NAME[leaf.info.dtype].stored_as_bytes:
+            if needs_logical_entry(BY_NAME[leaf.info.dtype], tuple(leaf.info.shape)):
                 entry["dtype"] = leaf.info.dtype
                 entry["shape"] = list(leaf.info.shape)
         tensors[leaf.name] = entry
@@ -136,8 +141,8 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
             raise _corrupt(path, f"unknown payload kind {kind!r}", name)
         attrs = spec.get("attrs", {})
         framework = spec.get("framework", default_framework)
-        if not isinstance(attrs, dict) or (kind == "tensor" and not isinstance(framework, str)):
-            raise _corrupt(path, "attrs must be an object and framework a string", name)
+        if kind == "tensor" and not isinstance(framework, str):
+            raise _corrupt(path, "framework must be a string", name)
         dtype, shape = raw.storage, raw.shape
         if "dtype" in spec:
             dtype = BY_NAME.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
@@ -152,11 +157,64 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
             if count * dtype.itemsize != raw.nbytes or (raw.storage.name != dtype.name and raw.storage.name != "uint8"):
                 raise _corrupt(path, f"dtype {dtype.name} x shape {shape} does not match the {raw.nbytes} stored bytes", name)
             shape = tuple(shape)
+        check_attrs(attrs, dtype, shape, path, name)
         out[name] = TensorRecord(name, kind, dtype, shape, raw.begin, raw.end, digest, framework, attrs, file)
-    aliases = manifest.get("aliases", {})
-    if not isinstance(aliases, dict) or not all(isinstance(t, str) and t in out for t in aliases.values()):
-        raise _corrupt(path, "aliases must map names to stored tensors")
+    check_aliases(manifest.get("aliases"), out, path)
     return out
+
+
+# Tensor attrs a reader acts on, with the one type each value may have.  Every attr is
+# checked here, before any adapter sees it: a file cannot hand torch a value it was not
+# meant to take (a device that imports a module, requires_grad on an integer tensor).
+ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str}
+# a device is only a hint (the caller's map_location decides), but it must look like one
+_DEVICE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,4})?\Z")
+_GRADIENT_DTYPES = ("float", "bfloat", "complex")
+
+
+def check_attrs(attrs: Any, dtype: DType, shape: tuple[int, ...], path: Any, name: str) -> None:
+    """Refuse tensor ``attrs`` that are not exactly what modelsafe writes (types, values, combinations)."""
+    if not isinstance(attrs, dict):
+        raise _corrupt(path, "attrs must be an object", name)
+    for key, value in attrs.items():
+        expected = ATTR_TYPES.get(key)
+        if expected is None:
+            raise _corrupt(path, f"unknown tensor attr {key!r} (known: {', '.join(ATTR_TYPES)})", name)
+        if type(value) is not expected:
+            raise _corrupt(path, f"attr {key!r} is {value!r}, not a {expected.__name__}", name)
+    device = attrs.get("device")
+    if device is not None and not _DEVICE.match(device):
+        raise _corrupt(path, f"attr 'device' {device[:40]!r} is not a device name such as 'cuda:0'", name)
+    wants_grad = attrs.get("requires_grad", attrs.get("parameter", False))
+    if wants_grad and not dtype.name.startswith(_GRADIENT_DTYPES):
+        raise _corrupt(path, f"a {dtype.name} tensor cannot require gradients (only floating and complex ones can)", name)
+    if attrs.get("scalar") and shape != ():
+        raise _corrupt(path, f"attr 'scalar' is set on a tensor of shape {list(shape)}", name)
+
+
+def check_aliases(aliases: Any, stored: dict[str, TensorRecord], path: Any) -> dict[str, str]:
+    """Validated ``aliases`` (alias -> stored tensor name) of a manifest whose payloads are ``stored``.
+
+    An alias must name a stored tensor payload directly (no chains or cycles) and must
+    not itself be a stored name: otherwise one key would silently get another tensor's
+    bytes while every checksum still matches.  Checkpoint manifests use it too.
+    """
+    if aliases is None:
+        return {}
+    if not isinstance(aliases, dict):
+        raise _corrupt(path, f"aliases must be an object mapping names to stored tensors, not {type(aliases).__name__}")
+    for alias, target in aliases.items():
+        if not isinstance(target, str):
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, not to a tensor name")
+        if alias in stored:
+            raise _corrupt(path, f"alias {alias!r} has the name of a stored tensor; it would hide that tensor's bytes")
+        record = stored.get(target)
+        if record is None:
+            what = "another alias" if target in aliases else "no stored tensor"
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, which is {what}")
+        if record.kind != "tensor":
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, a {record.kind} payload, not a tensor")
+    return aliases
 
 
 def foreign_records(entries: dict[str, RawEntry], default_framework: str) -> dict[str, TensorRecord]:

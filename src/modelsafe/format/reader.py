@@ -86,7 +86,7 @@ class FileSource:
             self.records = manifest_mod.foreign_records(header.entries, default_foreign_framework())
             self.is_modelsafe = False
         self.manifest = manifest
-        self.aliases: dict[str, str] = manifest.get("aliases", {}) or {}
+        self.aliases: dict[str, str] = manifest_mod.check_aliases(manifest.get("aliases"), self.records, self.path)
 
     # -- bytes -------------------------------------------------------------------
     def read_data(self) -> np.ndarray:
