@@ -29,6 +29,8 @@ MAX_TENSORS = 500_000            # tensor entries in one header
 HEADER_BASE_BYTES = 16 << 20     # header bytes allowed besides the tensors' own ...
 HEADER_BYTES_PER_TENSOR = 4096   # ... plus this much per tensor entry
 MAX_NAME_CHARS = 16_384          # characters of a tensor name
+MANIFEST_BASE_NODES = 1_000_000  # JSON objects and arrays in a manifest besides the tensors' own ...
+MANIFEST_NODES_PER_TENSOR = 16   # ... plus this many per tensor
 MAX_DIMS = 64
 HEADER_ALIGN = 64  # the data section starts 64-byte aligned (safetensors needs 8)
 MANIFEST_KEY = "modelsafe"
@@ -172,6 +174,20 @@ def _check_header_budget(raw: bytes, path: Any) -> None:
         raise _too_large(
             path, f"the header is {len(raw)} bytes for {entries} tensors, over the limit of {budget} "
             f"({HEADER_BASE_BYTES} + {HEADER_BYTES_PER_TENSOR} per tensor)"
+        )
+
+
+def check_manifest_budget(text: str, tensors: int, path: Any) -> None:
+    """Refuse a manifest with more JSON objects and arrays than its tensors explain, before parsing it.
+
+    Counting brackets over-counts (strings may hold them), never under-counts.
+    """
+    nodes = text.count("{") + text.count("[")
+    limit = MANIFEST_BASE_NODES + MANIFEST_NODES_PER_TENSOR * tensors
+    if nodes > limit:
+        raise _too_large(
+            path, f"the manifest holds up to {nodes} tree nodes for {tensors} tensors, over the limit of {limit} "
+            f"({MANIFEST_BASE_NODES} + {MANIFEST_NODES_PER_TENSOR} per tensor)"
         )
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
-from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
+from .container import MANIFEST_KEY, check_manifest_budget, parse_header, read_length, verify_header_checksum
 from .manifest import TensorRecord
 from .mapping import map_private
 
@@ -74,6 +74,7 @@ class FileSource:
         meta = header.metadata
         if MANIFEST_KEY in meta:
             verify_header_checksum(prefix + raw, self.path)
+            check_manifest_budget(meta[MANIFEST_KEY], len(header.entries), self.path)
             try:
                 manifest = json.loads(meta[MANIFEST_KEY])
             except (ValueError, RecursionError) as exc:  # bad JSON, or an integer past int_max_str_digits
