@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 from .format.manifest import TensorRecord
-from .format.reader import FileSource
+from .foreign import open_file
 from .storage import local_path
 
 
@@ -56,4 +56,4 @@ def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
         raise CorruptCheckpointError(
             f"{path}: is not a regular file (a pipe, socket or device); give a file saved with ms.save", path=path
         )
-    return FileSource(path)
+    return open_file(path)

@@ -45,10 +45,12 @@ def _read_exact(fd: int, size: int, offset: int, path: Any) -> bytes:
 class FileSource:
     """A validated single-file save.  ``records`` maps tensor names to TensorRecord."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, fd: int | None = None) -> None:
+        """Open ``path``; or, with ``fd``, read that open descriptor (closed with the source) and
+        name ``path`` in messages (a file converted in memory from another format)."""
         self.path = os.fspath(path)
         try:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            self._fd = fd if fd is not None else os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CheckpointNotFoundError(f"{self.path}: no such file; check the path", path=self.path) from None
         except IsADirectoryError:
