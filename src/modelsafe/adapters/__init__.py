@@ -38,6 +38,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     identity: Hashable | None = None  # equal for tensors that are the same memory view
     attrs: dict[str, Any] = field(default_factory=dict)  # JSON, restored by the same adapter
+    storage: Hashable | None = None   # equal for tensors viewing the same memory in any way (views, slices)
 
 
 @dataclass

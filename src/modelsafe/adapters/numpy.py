@@ -28,10 +28,11 @@ class NumpyAdapter:
                 f"numpy dtype {obj.dtype} has no fixed-size tensor equivalent; convert the array "
                 "(for example to a numeric dtype) or save with allow_pickle=True"
             )
-        identity = None
+        identity = storage = None
         if obj.size and "scalar" not in attrs:
             identity = ("numpy", obj.__array_interface__["data"][0], obj.dtype.str, obj.shape, obj.strides)
-        return TensorInfo(dt.name, tuple(obj.shape), identity, attrs)
+            storage = ("numpy", id(_memory_owner(obj)))
+        return TensorInfo(dt.name, tuple(obj.shape), identity, attrs, storage)
 
     def host_bytes(self, obj: Any) -> memoryview:
         arr = np.asarray(obj)
@@ -57,6 +58,15 @@ class NumpyAdapter:
                 arr = arr[()]
             out.append(arr)
         return out
+
+
+def _memory_owner(arr: np.ndarray) -> Any:
+    """The object that owns ``arr``'s memory: every view of one array leads to the same one."""
+    while arr.base is not None:
+        arr = arr.base
+        if not isinstance(arr, np.ndarray):
+            break
+    return arr
 
 
 ADAPTER = NumpyAdapter()

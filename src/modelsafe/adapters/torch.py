@@ -55,13 +55,14 @@ class TorchAdapter:
         if not obj.is_cpu:
             attrs["device"] = str(obj.device)
         shape = tuple(obj.shape)
-        identity = None
+        identity = storage = None
         if obj.numel():
+            storage = ("torch", obj.untyped_storage().data_ptr(), obj.device)
             # conj/neg views read the same memory with different values; a Parameter and a plain
             # tensor over the same memory come back as different types: none of these are ties
             identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device, obj.is_conj(),
                         obj.is_neg(), type(obj), obj.requires_grad)
-        return TensorInfo(name, shape, identity, attrs)
+        return TensorInfo(name, shape, identity, attrs, storage)
 
     @staticmethod
     def _refuse(obj: torch.Tensor) -> None:

@@ -49,6 +49,17 @@ def needs_logical_entry(dtype: DType, shape: tuple[int, ...]) -> bool:
     return dtype.stored_as_bytes or logical_shape(dtype, tuple(header_shape(dtype, shape))) != shape
 
 
+def copied_views(leaves: list) -> list[str]:
+    """Names of tensors that view the memory of another saved tensor differently (``base.t()``,
+    ``base[1:]``): each is stored as its own copy and loads unshared, which ``show`` tells."""
+    groups: dict[Any, list[str]] = {}
+    for leaf in leaves:
+        storage = leaf.info.storage if leaf.kind == "tensor" else None
+        if storage is not None:
+            groups.setdefault(storage, []).append(leaf.name)
+    return [name for names in groups.values() if len(names) > 1 for name in names]
+
+
 def framework_versions(frameworks: set[str]) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in sorted(frameworks):
@@ -86,6 +97,9 @@ def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, c
     }
     if aliases:
         manifest["aliases"] = aliases
+    views = copied_views(leaves)
+    if views:
+        manifest["copied_views"] = views
     if metadata is not None:
         manifest["metadata"] = metadata
     manifest["versions"] = framework_versions(set(frameworks))
@@ -160,6 +174,9 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
         check_attrs(attrs, dtype, shape, path, name)
         out[name] = TensorRecord(name, kind, dtype, shape, raw.begin, raw.end, digest, framework, attrs, file)
     check_aliases(manifest.get("aliases"), out, path)
+    views = manifest.get("copied_views", [])
+    if not (isinstance(views, list) and all(isinstance(v, str) and v in out for v in views)):
+        raise _corrupt(path, "copied_views must list stored tensor names")
     return out
 
 
