@@ -55,14 +55,16 @@ class TorchAdapter:
         if not obj.is_cpu:
             attrs["device"] = str(obj.device)
         shape = tuple(obj.shape)
-        identity = storage = None
+        identity = storage = view = None
         if obj.numel():
             storage = ("torch", obj.untyped_storage().data_ptr(), obj.device)
+            if not (obj.is_conj() or obj.is_neg()):  # those read their memory as other values
+                view = (obj.storage_offset(), tuple(obj.stride()))
             # conj/neg views read the same memory with different values; a Parameter and a plain
             # tensor over the same memory come back as different types: none of these are ties
             identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device, obj.is_conj(),
                         obj.is_neg(), type(obj), obj.requires_grad)
-        return TensorInfo(name, shape, identity, attrs, storage)
+        return TensorInfo(name, shape, identity, attrs, storage, view)
 
     @staticmethod
     def _refuse(obj: torch.Tensor) -> None:
@@ -97,6 +99,9 @@ class TorchAdapter:
         if flat.stride(0) != 1:  # a contiguous one-element view may keep any stride
             flat = flat.as_strided((flat.numel(),), (1,))
         return memoryview(flat.view(torch.uint8).numpy())
+
+    def view_of(self, base: torch.Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+        return base.as_strided(shape, strides, base.storage_offset() + offset)
 
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
         # Each tensor gets a storage of its own over its bytes (storage_offset 0): torch.save of

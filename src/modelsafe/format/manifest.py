@@ -6,6 +6,7 @@ in a checkpoint directory it is ``manifest.json``.  See docs/format.md.
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 import sys
@@ -49,15 +50,56 @@ def needs_logical_entry(dtype: DType, shape: tuple[int, ...]) -> bool:
     return dtype.stored_as_bytes or logical_shape(dtype, tuple(header_shape(dtype, shape))) != shape
 
 
-def copied_views(leaves: list) -> list[str]:
-    """Names of tensors that view the memory of another saved tensor differently (``base.t()``,
-    ``base[1:]``): each is stored as its own copy and loads unshared, which ``show`` tells."""
-    groups: dict[Any, list[str]] = {}
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def _extent(offset: int, shape: Any, strides: Any) -> int:
+    """One past the last element a view of ``shape`` and ``strides`` at ``offset`` reads (non-empty views)."""
+    return offset + sum((d - 1) * s for d, s in zip(shape, strides)) + 1
+
+
+def _shares_as_view(leaf: Any) -> bool:
+    """A tensor whose memory relation survives a load: no gradient state that a view would change."""
+    info = leaf.info
+    return leaf.kind == "tensor" and info.view is not None and not ({"parameter", "requires_grad"} & info.attrs.keys())
+
+
+def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
+    """(views, copied): how tensors that view one memory come back shared.
+
+    In each group of tensors over the same memory, the largest contiguous one is the
+    base; a tensor of the same dtype whose elements all lie inside it is recorded as
+    ``{"of": base, "offset": elements, "strides": [...]}`` and rebuilt as a view of the
+    base on load (its bytes are still stored, so plain readers see it).  The other
+    members of such groups are ``copied``: they load unshared.
+    """
+    groups: dict[Any, list] = {}
     for leaf in leaves:
         storage = leaf.info.storage if leaf.kind == "tensor" else None
         if storage is not None:
-            groups.setdefault(storage, []).append(leaf.name)
-    return [name for names in groups.values() if len(names) > 1 for name in names]
+            groups.setdefault(storage, []).append(leaf)
+    views: dict[str, dict] = {}
+    copied: list[str] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        bases = [l for l in group if _shares_as_view(l) and l.info.view[1] == _contiguous_strides(tuple(l.info.shape))]
+        base = max(bases, key=lambda l: math.prod(l.info.shape), default=None)
+        shared = set()
+        for leaf in group:
+            if base is None or leaf is base or not _shares_as_view(leaf) or leaf.info.dtype != base.info.dtype:
+                continue
+            offset, strides = leaf.info.view[0] - base.info.view[0], leaf.info.view[1]
+            if offset >= 0 and _extent(offset, leaf.info.shape, strides) <= math.prod(base.info.shape):
+                views[leaf.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
+                shared.update((leaf.name, base.name))
+        copied.extend(l.name for l in group if l.name not in shared)
+    return views, copied
 
 
 def framework_versions(frameworks: set[str]) -> dict[str, str]:
@@ -97,9 +139,11 @@ def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, c
     }
     if aliases:
         manifest["aliases"] = aliases
-    views = copied_views(leaves)
+    views, copied = plan_views(leaves)
     if views:
-        manifest["copied_views"] = views
+        manifest["views"] = views
+    if copied:
+        manifest["copied_views"] = copied
     if metadata is not None:
         manifest["metadata"] = metadata
     manifest["versions"] = framework_versions(set(frameworks))
@@ -174,9 +218,10 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
         check_attrs(attrs, dtype, shape, path, name)
         out[name] = TensorRecord(name, kind, dtype, shape, raw.begin, raw.end, digest, framework, attrs, file)
     check_aliases(manifest.get("aliases"), out, path)
-    views = manifest.get("copied_views", [])
-    if not (isinstance(views, list) and all(isinstance(v, str) and v in out for v in views)):
+    copied = manifest.get("copied_views", [])
+    if not (isinstance(copied, list) and all(isinstance(v, str) and v in out for v in copied)):
         raise _corrupt(path, "copied_views must list stored tensor names")
+    check_views(manifest.get("views"), out, path)
     return out
 
 
@@ -207,6 +252,38 @@ def check_attrs(attrs: Any, dtype: DType, shape: tuple[int, ...], path: Any, nam
         raise _corrupt(path, f"a {dtype.name} tensor cannot require gradients (only floating and complex ones can)", name)
     if attrs.get("scalar") and shape != ():
         raise _corrupt(path, f"attr 'scalar' is set on a tensor of shape {list(shape)}", name)
+
+
+def check_views(views: Any, stored: dict[str, TensorRecord], path: Any) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+    """Validated ``views`` of a manifest: name -> (base name, offset, strides), every element inside the base.
+
+    A view and its base are stored tensors of one dtype without gradient attrs; a base
+    is no view itself (no chains or cycles).  The caller still checks that the view's
+    stored bytes equal what it reads from the base.
+    """
+    if views is None:
+        return {}
+    if not isinstance(views, dict):
+        raise _corrupt(path, f"views must be an object, not {type(views).__name__}")
+    out = {}
+    for name, spec in views.items():
+        record = stored.get(name)
+        if not isinstance(spec, dict):
+            raise _corrupt(path, "view entry is not an object", name)
+        base, offset, strides = spec.get("of"), spec.get("offset"), spec.get("strides")
+        of = stored.get(base) if isinstance(base, str) else None
+        if record is None or of is None or record.kind != "tensor" or of.kind != "tensor" or base in views:
+            raise _corrupt(path, f"a view must join two stored tensors, the base no view itself (base {str(base)[:80]!r})", str(name)[:80])
+        if record.dtype != of.dtype or {"parameter", "requires_grad"} & (record.attrs.keys() | of.attrs.keys()):
+            raise _corrupt(path, f"cannot be a view of {base!r} (another dtype, or gradient attrs)", name)
+        if not (type(offset) is int and offset >= 0 and isinstance(strides, list) and len(strides) == len(record.shape)
+                and all(type(s) is int and s >= 0 for s in strides)):
+            raise _corrupt(path, f"view offset {offset!r} and strides {str(strides)[:80]} are not non-negative integers, one per dimension", name)
+        base_count = math.prod(of.shape)
+        if math.prod(record.shape) and _extent(offset, record.shape, strides) > base_count:
+            raise _corrupt(path, f"the view reads past the {base_count} elements of {base!r}", name)
+        out[name] = (base, offset, tuple(strides))
+    return out
 
 
 def check_aliases(aliases: Any, stored: dict[str, TensorRecord], path: Any) -> dict[str, str]:

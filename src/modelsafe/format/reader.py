@@ -90,6 +90,7 @@ class FileSource:
             self.is_modelsafe = False
         self.manifest = manifest
         self.aliases: dict[str, str] = manifest_mod.check_aliases(manifest.get("aliases"), self.records, self.path)
+        self.views = manifest_mod.check_views(manifest.get("views"), self.records, self.path)
 
     # -- bytes -------------------------------------------------------------------
     def read_data(self) -> np.ndarray:
