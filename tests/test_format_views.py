@@ -118,3 +118,23 @@ def test_views_in_a_checkpoint_directory(tmp_path):
     back = ck.load(1)
     back["a"][3] = 9.0
     assert back["tail"][1] == 9.0
+
+
+def test_disjoint_slices_of_one_buffer_are_neither_views_nor_copies(tmp_path):
+    """Arrays loaded from one mapped file, or slices of a flat buffer, overlap nothing: nothing to tell."""
+    first, again = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ms.save({"a": np.arange(4.0), "b": np.ones(3, np.int16), "c": np.zeros(5, np.float32)}, first)
+    ms.save(ms.load(first), again)
+    flat = torch.zeros(10)
+    ms.save({"p": flat[:4], "q": flat[4:]}, first)
+    for path in (first, again):
+        assert "views" not in manifest_of(path) and "copied_views" not in manifest_of(path)
+
+
+def test_overlapping_slices_without_a_saved_whole_load_unshared(tmp_path):
+    base = torch.arange(6.0)
+    path = tmp_path / "o.safetensors"
+    ms.save({"x": base[:4], "y": base[2:]}, path)
+    assert manifest_of(path)["copied_views"] == ["x", "y"] and "views" not in manifest_of(path)
+    back = ms.load(path)
+    assert back["x"].tolist() == [0.0, 1.0, 2.0, 3.0] and back["y"].tolist() == [2.0, 3.0, 4.0, 5.0]

@@ -66,9 +66,9 @@ class NumpyAdapter:
         return out
 
 
-def _view_in(arr: np.ndarray, owner: Any) -> tuple[int, tuple[int, ...]] | None:
+def _view_in(arr: np.ndarray, owner: np.ndarray) -> tuple[int, tuple[int, ...]] | None:
     """(offset, strides) of ``arr`` in elements within ``owner``'s memory, when they are whole elements."""
-    if not isinstance(owner, np.ndarray) or arr.dtype.byteorder == ">":
+    if arr.dtype.byteorder == ">":
         return None
     size = arr.dtype.itemsize
     offset = arr.__array_interface__["data"][0] - owner.__array_interface__["data"][0]
@@ -78,11 +78,9 @@ def _view_in(arr: np.ndarray, owner: Any) -> tuple[int, tuple[int, ...]] | None:
 
 
 def _memory_owner(arr: np.ndarray) -> Any:
-    """The object that owns ``arr``'s memory: every view of one array leads to the same one."""
-    while arr.base is not None:
+    """The outermost array over ``arr``'s memory: every view of one array leads to the same one."""
+    while isinstance(arr.base, np.ndarray):
         arr = arr.base
-        if not isinstance(arr, np.ndarray):
-            break
     return arr
 
 

@@ -65,41 +65,65 @@ def _extent(offset: int, shape: Any, strides: Any) -> int:
 
 def _shares_as_view(leaf: Any) -> bool:
     """A tensor whose memory relation survives a load: no gradient state that a view would change."""
-    info = leaf.info
-    return leaf.kind == "tensor" and info.view is not None and not ({"parameter", "requires_grad"} & info.attrs.keys())
+    return not ({"parameter", "requires_grad"} & leaf.info.attrs.keys())
+
+
+def _byte_span(leaf: Any) -> tuple[int, int]:
+    offset, strides = leaf.info.view
+    size = BY_NAME[leaf.info.dtype].itemsize
+    return offset * size, _extent(offset, leaf.info.shape, strides) * size
+
+
+def _overlapping(group: list) -> list[list]:
+    """``group`` (tensors over one memory) split into clusters whose byte spans overlap."""
+    clusters: list[list] = []
+    end = -1
+    for leaf in sorted(group, key=_byte_span):
+        begin, stop = _byte_span(leaf)
+        if begin < end:
+            clusters[-1].append(leaf)
+        else:
+            clusters.append([leaf])
+        end = max(end, stop)
+    return [c for c in clusters if len(c) > 1]
 
 
 def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
     """(views, copied): how tensors that view one memory come back shared.
 
-    In each group of tensors over the same memory, the largest contiguous one is the
-    base; a tensor of the same dtype whose elements all lie inside it is recorded as
-    ``{"of": base, "offset": elements, "strides": [...]}`` and rebuilt as a view of the
-    base on load (its bytes are still stored, so plain readers see it).  The other
-    members of such groups are ``copied``: they load unshared.
+    Tensors whose spans of one memory overlap form a cluster.  Its largest contiguous
+    tensor is the base; a tensor of the same dtype whose elements all lie inside it is
+    recorded as ``{"of": base, "offset": elements, "strides": [...]}`` and rebuilt as a
+    view of the base on load (its bytes are still stored, so plain readers see it).
+    The other members of a cluster are ``copied``: they load unshared.  Disjoint
+    slices of one buffer share nothing a load could lose.
     """
     groups: dict[Any, list] = {}
     for leaf in leaves:
-        storage = leaf.info.storage if leaf.kind == "tensor" else None
-        if storage is not None:
-            groups.setdefault(storage, []).append(leaf)
+        if leaf.kind == "tensor" and leaf.info.storage is not None and leaf.info.view is not None:
+            groups.setdefault(leaf.info.storage, []).append(leaf)
     views: dict[str, dict] = {}
     copied: list[str] = []
     for group in groups.values():
-        if len(group) < 2:
-            continue
-        bases = [l for l in group if _shares_as_view(l) and l.info.view[1] == _contiguous_strides(tuple(l.info.shape))]
-        base = max(bases, key=lambda l: math.prod(l.info.shape), default=None)
-        shared = set()
-        for leaf in group:
-            if base is None or leaf is base or not _shares_as_view(leaf) or leaf.info.dtype != base.info.dtype:
-                continue
-            offset, strides = leaf.info.view[0] - base.info.view[0], leaf.info.view[1]
-            if offset >= 0 and _extent(offset, leaf.info.shape, strides) <= math.prod(base.info.shape):
-                views[leaf.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
-                shared.update((leaf.name, base.name))
-        copied.extend(l.name for l in group if l.name not in shared)
+        for cluster in _overlapping(group) if len(group) > 1 else ():
+            shared = _plan_cluster(cluster, views)
+            copied.extend(l.name for l in cluster if l.name not in shared)
     return views, copied
+
+
+def _plan_cluster(cluster: list, views: dict[str, dict]) -> set[str]:
+    """Record the views of ``cluster`` in ``views``; return the names that come back shared."""
+    bases = [l for l in cluster if _shares_as_view(l) and l.info.view[1] == _contiguous_strides(tuple(l.info.shape))]
+    base = max(bases, key=lambda l: math.prod(l.info.shape), default=None)
+    shared: set[str] = set()
+    for leaf in cluster:
+        if base is None or leaf is base or not _shares_as_view(leaf) or leaf.info.dtype != base.info.dtype:
+            continue
+        offset, strides = leaf.info.view[0] - base.info.view[0], leaf.info.view[1]
+        if offset >= 0 and _extent(offset, leaf.info.shape, strides) <= math.prod(base.info.shape):
+            views[leaf.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
+            shared.update((leaf.name, base.name))
+    return shared
 
 
 def framework_versions(frameworks: set[str]) -> dict[str, str]:
