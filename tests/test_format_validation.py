@@ -27,9 +27,12 @@ def set_attrs(path, name, attrs):
 @pytest.mark.parametrize("device", ["cuda:0", "hpu", "lazy", "bogus", "meta", "xla:3", "cuda:9"])
 def test_a_files_device_is_a_hint_never_an_import_or_an_error(int_and_float, device):
     set_attrs(int_and_float, "w", {"device": device})
+    kind, _, index = device.partition(":")
+    here = kind == "cuda" and torch.cuda.is_available() and int(index or 0) < torch.cuda.device_count()
     before = set(sys.modules)
     for loaded in (ms.load(int_and_float)["w"], ms.open(int_and_float)["w"]):
-        assert loaded.device.type == "cpu" and loaded.tolist() == [[1.0] * 3] * 2  # real data, on this machine
+        assert loaded.device.type == (kind if here else "cpu")  # the saved device only where this machine has it
+        assert loaded.tolist() == [[1.0] * 3] * 2  # real data
     assert not {m for m in set(sys.modules) - before if "habana" in m or "torch_xla" in m}
     assert ms.load(int_and_float, map_location={device: "cpu"})["w"].device.type == "cpu"
 

@@ -57,13 +57,14 @@ class TorchAdapter:
         shape = tuple(obj.shape)
         identity = storage = view = None
         if obj.numel():
-            storage = ("torch", obj.untyped_storage().data_ptr(), obj.device)
-            if not (obj.is_conj() or obj.is_neg()):  # those read their memory as other values
-                view = (obj.storage_offset(), tuple(obj.stride()))
+            address, offset, stride, device, conj, neg = (obj.data_ptr(), obj.storage_offset(), obj.stride(), obj.device,
+                                                          obj.is_conj(), obj.is_neg())
+            storage = ("torch", address - offset * obj.element_size(), device)  # where the storage starts
+            if not (conj or neg):  # those read their memory as other values: never rebuilt as views
+                view = (offset, stride)
             # conj/neg views read the same memory with different values; a Parameter and a plain
             # tensor over the same memory come back as different types: none of these are ties
-            identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device, obj.is_conj(),
-                        obj.is_neg(), type(obj), obj.requires_grad)
+            identity = ("torch", address, obj.dtype, shape, stride, device, conj, neg, type(obj), obj.requires_grad)
         return TensorInfo(name, shape, identity, attrs, storage, view)
 
     @staticmethod
