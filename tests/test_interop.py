@@ -59,7 +59,7 @@ def test_ms_file_opens_with_safe_open_numpy(tmp_path):
 
 
 def test_ms_file_with_exotic_dtypes_stays_readable_by_safetensors(tmp_path):
-    """Dtypes older safetensors lack are stored as U8 bytes, so the file never breaks a plain reader."""
+    """Dtypes safetensors has no code for (complex128) are stored as U8 bytes; the others keep their code."""
     obj = {"c128": torch.arange(3.0).to(torch.complex128), "fnuz": torch.zeros(4, dtype=torch.float8_e4m3fnuz),
            "u16": torch.arange(3).to(torch.uint16), "ok": torch.ones(2)}
     path = tmp_path / "exotic.safetensors"
@@ -67,6 +67,7 @@ def test_ms_file_with_exotic_dtypes_stays_readable_by_safetensors(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         assert set(f.keys()) == set(obj)
         assert torch.equal(f.get_tensor("ok"), obj["ok"])
+        assert f.get_tensor("fnuz").dtype == torch.float8_e4m3fnuz
         raw = f.get_tensor("c128")
         assert raw.dtype == torch.uint8 and bytes(raw.numpy()) == bytes(obj["c128"].view(torch.uint8).numpy())
     back = ms.load(path)

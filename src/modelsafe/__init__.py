@@ -16,6 +16,7 @@ from .errors import (
     CheckpointNotFoundError,
     CheckpointRemovedError,
     InvalidArgumentError,
+    UnsupportedFormatError,
     RunConflictError,
     RunLockedError,
     CorruptCheckpointError,
@@ -61,4 +62,5 @@ __all__ = [
     "RunConflictError",
     "RunLockedError",
     "CheckpointRemovedError",
+    "UnsupportedFormatError",
 ]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .adapters import adapter_for_type
 from .errors import StorageError, UnsupportedObjectError
 from .format.container import build_header
-from .format.dtypes import BY_NAME
+from .format.dtypes import BY_NAME, header_shape
 from .legacy import read_foreign
 from .storage.local import atomic_file
 from .tree import Flattener, format_path
@@ -170,7 +170,7 @@ def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str]) -> t
     entries = []
     position = 0
     for name, _value, _adapter, dt, shape, nbytes in planned:
-        entries.append((name, dt.storage, [nbytes] if dt.stored_as_bytes else shape, position, position + nbytes))
+        entries.append((name, dt.storage, header_shape(dt, shape), position, position + nbytes))
         position += nbytes
     metadata = {"format": _FORMAT_TAGS[next(iter(frameworks))]} if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS else {}
     header = build_header(entries, metadata)

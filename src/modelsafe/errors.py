@@ -145,3 +145,9 @@ class RunConflictError(ModelsafeError, ValueError):
 
 class CheckpointRemovedError(CheckpointNotFoundError):
     """The checkpoint was removed (by retention or ``delete``) while it was being read."""
+
+
+class UnsupportedFormatError(ModelsafeError, ValueError):
+    """A valid file that modelsafe cannot load as it is: another tool's format that
+    ``modelsafe convert`` reads, or a safetensors dtype no framework here represents.
+    Never used for damaged files (those are :class:`CorruptCheckpointError`)."""

@@ -7,9 +7,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .adapters import LoadOptions, TensorSpec, adapter_named
-from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
-from .format.manifest import TensorRecord
+from .adapters import LoadOptions, TensorSpec, adapter_for_type, adapter_named
+from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError, UnsupportedFormatError
+from .format.manifest import TensorRecord, check_views
 from .gc_pause import gc_paused
 from .tree import Unflattener
 
@@ -46,6 +46,8 @@ def materialize(
         if verify:
             source.verify_record(record, base)
         if record.kind == "tensor":
+            if not record.dtype.supported:
+                raise unsupported_dtype(source, record)
             groups[(record.file, framework or record.framework)].append(record)
         else:
             values[record.name] = base[record.begin : record.end].tobytes()
@@ -61,7 +63,49 @@ def materialize(
             raise type(exc)(f"{source.path}: {exc.message}", path=source.path, key=exc.key) from exc
         for record, value in zip(group, tensors):
             values[record.name] = value
+    share_views(source, values)
     return values
+
+
+def share_views(source: Any, values: dict[str, Any]) -> None:
+    """Rebuild each recorded view whose base is in ``values`` as a view of it (shared memory, as saved).
+
+    The view's own stored bytes must equal what it reads from the base, so a damaged
+    or hostile ``views`` entry can never hand a key other bytes than its checksum covers.
+    """
+    views = getattr(source, "views", None)
+    if views is None:
+        views = check_views(source.manifest.get("views"), source.records, source.path)
+    for name, (base, offset, strides) in views.items():
+        stored, of = values.get(name), values.get(base)
+        if stored is None or of is None or type(stored) is not type(of):
+            continue
+        adapter = adapter_for_type(type(of))
+        view_of = getattr(adapter, "view_of", None)
+        if view_of is None:
+            continue
+        view = view_of(of, offset, tuple(source.records[name].shape), strides)
+        if not np.array_equal(_bytes_of(adapter, view), _bytes_of(adapter, stored)):
+            raise CorruptCheckpointError(
+                f"{source.path}: tensor {name!r} is recorded as a view of {base!r}, but its stored bytes differ from "
+                "what that view reads; the manifest is damaged. Restore the file from a backup or save it again",
+                path=source.path, key=name,
+            )
+        values[name] = view
+
+
+def _bytes_of(adapter: Any, tensor: Any) -> np.ndarray:
+    return np.frombuffer(adapter.host_bytes(tensor), dtype=np.uint8)
+
+
+def unsupported_dtype(source: Any, record: TensorRecord) -> UnsupportedFormatError:
+    """The error for a tensor whose safetensors dtype code no framework here represents."""
+    return UnsupportedFormatError(
+        f"unsupported dtype {record.dtype.storage} (shape {list(record.shape)}) in tensor {record.name!r} of "
+        f"{source.path}: no torch or numpy dtype holds it. The file is valid; read the other tensors with "
+        "ms.open, or load it with a tool that knows this dtype",
+        path=source.path, key=record.name,
+    )
 
 
 def add_aliases(values: dict[str, Any], aliases: dict[str, str]) -> dict[str, Any]:

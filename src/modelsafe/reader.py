@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import ModelsafeError
+from .errors import InvalidArgumentError, ModelsafeError
 from .format.manifest import TensorRecord
-from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles
+from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles, unsupported_dtype
 from .tree import walk_refs
 
 
@@ -106,6 +107,26 @@ class Reader:
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
 
+    def get_slice(self, key: str, *, framework: str | None = None, map_location: Any = None) -> "TensorSlice":
+        """Part of one tensor, read without reading the rest (as safetensors' ``get_slice``).
+
+        Only the bytes of the selected elements are read from the mapped file, so the
+        tensor's checksum is not verified (it covers the whole payload); use
+        ``reader[key]`` or ``modelsafe verify`` for a checked read.
+
+        >>> import numpy as np, tempfile, os, modelsafe as ms
+        >>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+        >>> ms.save({"w": np.arange(12.0).reshape(3, 4)}, p)
+        >>> with ms.open(p) as r:
+        ...     part = r.get_slice("w")
+        ...     part.get_shape(), part.get_dtype(), part[1:, 2]
+        ([3, 4], 'F64', array([ 6., 10.]))
+        """
+        record = self.record(key)
+        if record.kind != "tensor":
+            raise KeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor")
+        return TensorSlice(self, record, framework or self._framework, map_location)
+
     def load(self, *, map_location: Any = None, allow_pickle: bool = False, trusted: tuple = ()) -> Any:
         """The whole saved tree, like ``ms.load`` (tensors view the mapped file)."""
         refuse_pickles(self._source, allow_pickle)
@@ -129,3 +150,63 @@ class Reader:
 
     def __repr__(self) -> str:
         return f"<modelsafe.Reader {self.path!r}: {len(self)} tensors>"
+
+
+class TensorSlice:
+    """One tensor of an open file, indexed like safetensors' ``get_slice``: ints and slices
+    (positive steps) per dimension and ``...``; ``get_shape()`` and ``get_dtype()``."""
+
+    def __init__(self, reader: Reader, record: TensorRecord, framework: str | None, map_location: Any) -> None:
+        self._reader = reader
+        self._record = record
+        self._framework = framework
+        self._map_location = map_location
+
+    def get_shape(self) -> list[int]:
+        return list(self._record.shape)
+
+    def get_dtype(self) -> str:
+        """The safetensors code of the dtype (the logical name where safetensors has no code)."""
+        dtype = self._record.dtype
+        return dtype.name if dtype.stored_as_bytes else dtype.storage
+
+    def __getitem__(self, index: Any) -> Any:
+        record = self._record
+        if not record.dtype.supported:
+            raise unsupported_dtype(self._reader._source, record)
+        index = self._checked(index if isinstance(index, tuple) else (index,))
+        payload = self._reader._mapped()[record.file][record.begin : record.end]
+        # one trailing axis of bytes per element: works for every dtype, numpy-known or not
+        grid = payload.reshape(*record.shape, record.dtype.itemsize)
+        try:
+            part = grid[index + (slice(None),)]
+        except IndexError as exc:
+            raise self._bad_index(index, str(exc)) from None
+        part = np.ascontiguousarray(part)  # reads the selected elements' bytes only
+        piece = replace(record, shape=part.shape[:-1], begin=0, end=part.nbytes, checksum=None,
+                        attrs={k: v for k, v in record.attrs.items() if k == "device"})
+        values = materialize(self._reader._source, {record.file: part.reshape(-1)}, [piece],
+                             framework=self._framework, map_location=self._map_location, verify=False)
+        return values[record.name]
+
+    def _checked(self, index: tuple) -> tuple:
+        ellipses = sum(1 for i in index if i is Ellipsis)
+        axes = sum(1 for i in index if i is not Ellipsis)
+        if ellipses > 1 or axes > len(self._record.shape):
+            raise self._bad_index(index, f"too many indices for a tensor of {len(self._record.shape)} dimensions")
+        for i in index:
+            if i is Ellipsis or (isinstance(i, int) and not isinstance(i, bool)):
+                continue
+            if not isinstance(i, slice) or not all(v is None or (isinstance(v, int) and not isinstance(v, bool))
+                                                   for v in (i.start, i.stop, i.step)):
+                raise self._bad_index(index, f"{i!r} is not an int, a slice of ints or ...")
+            if i.step is not None and i.step <= 0:
+                raise self._bad_index(index, "a slice step must be greater than zero")
+        return index
+
+    def _bad_index(self, index: tuple, why: str) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"{self._reader.path}: get_slice({self._record.name!r})[{index!r}]: {why}; "
+            f"the tensor's shape is {list(self._record.shape)}",
+            path=self._reader.path, key=self._record.name,
+        )

@@ -18,7 +18,7 @@ import numpy as np
 from .addresses import SELECTORS, Address, parse_address
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
 from .format.manifest import TensorRecord
-from .format.reader import FileSource
+from .foreign import open_file
 from .storage import local_path
 
 
@@ -73,7 +73,7 @@ def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
         raise CorruptCheckpointError(
             f"{path}: is not a regular file (a pipe, socket or device); give a file saved with ms.save", path=path
         )
-    return FileSource(path)
+    return open_file(path)
 
 
 def _open_address(address: Address) -> Source:

@@ -38,6 +38,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     identity: Hashable | None = None  # equal for tensors that are the same memory view
     attrs: dict[str, Any] = field(default_factory=dict)  # JSON, restored by the same adapter
+    storage: Hashable | None = None   # equal for tensors viewing the same memory in any way (views, slices)
+    view: tuple[int, tuple[int, ...]] | None = None  # (offset, strides) in elements within that memory
 
 
 @dataclass
@@ -67,6 +69,9 @@ class TensorAdapter(Protocol):
 
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: "LoadOptions") -> list:
         """Tensors viewing (or copied from) the uint8 array ``base`` at ``specs``."""
+
+    def view_of(self, base: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
+        """A view of contiguous tensor ``base``'s memory (offset and strides in elements); optional."""
 
 
 @dataclass

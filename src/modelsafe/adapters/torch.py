@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import UnsupportedObjectError
+from ..errors import InvalidArgumentError, UnsupportedObjectError
 from ..format import dtypes
 from . import LoadOptions, TensorInfo, TensorSpec
 
@@ -55,13 +55,17 @@ class TorchAdapter:
         if not obj.is_cpu:
             attrs["device"] = str(obj.device)
         shape = tuple(obj.shape)
-        identity = None
+        identity = storage = view = None
         if obj.numel():
+            address, offset, stride, device, conj, neg = (obj.data_ptr(), obj.storage_offset(), obj.stride(), obj.device,
+                                                          obj.is_conj(), obj.is_neg())
+            storage = ("torch", address - offset * obj.element_size(), device)  # where the storage starts
+            if not (conj or neg):  # those read their memory as other values: never rebuilt as views
+                view = (offset, stride)
             # conj/neg views read the same memory with different values; a Parameter and a plain
             # tensor over the same memory come back as different types: none of these are ties
-            identity = ("torch", obj.data_ptr(), obj.dtype, shape, obj.stride(), obj.device, obj.is_conj(),
-                        obj.is_neg(), type(obj), obj.requires_grad)
-        return TensorInfo(name, shape, identity, attrs)
+            identity = ("torch", address, obj.dtype, shape, stride, device, conj, neg, type(obj), obj.requires_grad)
+        return TensorInfo(name, shape, identity, attrs, storage, view)
 
     @staticmethod
     def _refuse(obj: torch.Tensor) -> None:
@@ -97,6 +101,9 @@ class TorchAdapter:
             flat = flat.as_strided((flat.numel(),), (1,))
         return memoryview(flat.view(torch.uint8).numpy())
 
+    def view_of(self, base: torch.Tensor, offset: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> torch.Tensor:
+        return base.as_strided(shape, strides, base.storage_offset() + offset)
+
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
         # Each tensor gets a storage of its own over its bytes (storage_offset 0): torch.save of
         # one loaded tensor then writes that tensor only, and APIs that read a storage from its
@@ -124,26 +131,57 @@ class TorchAdapter:
         return out
 
 
+def _available(device: str) -> bool:
+    """True when this process has ``device`` (a validated name such as "cuda:1"); imports nothing."""
+    kind, _, index = device.partition(":")
+    number = int(index) if index else 0
+    if kind == "cuda":
+        return torch.cuda.is_available() and number < torch.cuda.device_count()
+    if kind == "mps":
+        return number == 0 and torch.backends.mps.is_available()
+    if kind == "xpu":
+        xpu = getattr(torch, "xpu", None)
+        return xpu is not None and xpu.is_available() and number < xpu.device_count()
+    return False
+
+
+def _hinted_device(saved: str) -> str:
+    """Where a tensor goes when the caller did not say: its saved device when this process has it, else the CPU.
+
+    The device a file names is only a hint: a file cannot make the loader import a
+    backend module ("hpu"), hand out tensors without data ("meta") or fail on a
+    machine without the saved accelerator.
+    """
+    return saved if saved != "cpu" and _available(saved) else "cpu"
+
+
 def _target_device(saved: str, map_location: Any) -> Any:
-    if map_location is None:
-        return saved
     if isinstance(map_location, (str, torch.device)):
         return map_location
-    if isinstance(map_location, dict):
-        return map_location.get(saved, saved)
-    return saved
+    if isinstance(map_location, dict) and saved in map_location:
+        return map_location[saved]
+    return _hinted_device(saved)
+
+
+def _place(t: torch.Tensor, saved_device: str, map_location: Any) -> torch.Tensor:
+    if callable(map_location) and not isinstance(map_location, (str, torch.device, dict)):
+        moved = map_location(t, saved_device)
+        return t if moved is None else moved
+    device = _target_device(saved_device, map_location)
+    if str(device) == "cpu":
+        return t
+    try:
+        return t.to(device)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:  # torch's errors for a device it lacks
+        raise InvalidArgumentError(
+            f"map_location={map_location!r}: cannot place tensors on {device!r} ({exc}); "
+            "pass a device this machine has, e.g. map_location='cpu'"
+        ) from None
 
 
 def _restore(t: torch.Tensor, attrs: dict, map_location: Any) -> torch.Tensor:
-    saved_device = attrs.get("device", "cpu")
-    if callable(map_location) and not isinstance(map_location, (str, torch.device, dict)):
-        moved = map_location(t, saved_device)
-        if moved is not None:
-            t = moved
-    else:
-        device = _target_device(saved_device, map_location)
-        if str(device) != "cpu":
-            t = t.to(device)
+    # attrs were validated when the file was opened (format.manifest.check_attrs)
+    t = _place(t, attrs.get("device", "cpu"), map_location)
     if attrs.get("parameter"):
         return torch.nn.Parameter(t, requires_grad=attrs.get("requires_grad", True))
     if attrs.get("requires_grad"):

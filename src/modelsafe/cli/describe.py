@@ -62,6 +62,7 @@ class Description:
     recipes: list[RecipeRow]
     tensors: list[TensorRow]
     pickled: list[str] = field(default_factory=list)
+    copied_views: list[str] = field(default_factory=list)  # views of a shared storage, stored as copies
 
     @property
     def total_bytes(self) -> int:
@@ -81,6 +82,7 @@ class Description:
             "metadata": self.metadata,
             "recipes": [r.as_dict() for r in self.recipes],
             "pickled": self.pickled,
+            "copied_views": self.copied_views,
             "totals": {"tensors": sum(1 for t in self.tensors if t.tied_to is None), "names": len(self.tensors), "bytes": self.total_bytes},
         })
         default = self.framework
@@ -141,7 +143,13 @@ def describe(reader: Any) -> Description:
         recipes=list(find_recipes(manifest.get("tree"))),
         tensors=rows,
         pickled=[n for n, r in records.items() if r.kind == "pickle"],
+        copied_views=_names(manifest.get("copied_views")),
     )
+
+
+def _names(value: Any) -> list[str]:
+    """The strings of a manifest list (an informational field: anything else is ignored)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def tensor_order(reader: Any) -> list[str]:

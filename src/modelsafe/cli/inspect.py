@@ -64,6 +64,12 @@ def render(info: Description, *, show_tensors: bool = True) -> None:
             f"({escape(', '.join(info.pickled[:5]))}{', …' if len(info.pickled) > 5 else ''}): "
             "ms.load refuses them unless allow_pickle=True"
         )
+    if info.copied_views:
+        say(
+            f"[bold yellow]{len(info.copied_views)} tensors were views of one another's memory[/bold yellow] "
+            f"({escape(', '.join(info.copied_views[:5]))}{', …' if len(info.copied_views) > 5 else ''}): "
+            "each is stored as its own copy and loads unshared (only identical views stay tied)"
+        )
     say("[bold]metadata[/bold]" + ("" if info.metadata not in (None, {}) else "  (none)"))
     if isinstance(info.metadata, dict):
         for key, value in info.metadata.items():

@@ -17,9 +17,20 @@ from typing import Any
 
 from ..errors import CorruptCheckpointError
 from . import checksum
-from .dtypes import STORAGE_CODES, DType
+from .dtypes import STORAGE_CODES, DType, logical_shape, odd_packing
 
+# Limits a real file never reaches and a hostile one hits before anything is parsed or
+# allocated (docs/format.md, "Limits").  Parsing costs about 25 bytes of memory per
+# header byte and ~20 us per tensor, so these bound a hostile header to about 1 GB and
+# a few seconds while the largest real single files (hundreds of thousands of
+# optimizer tensors) stay well inside them.
 MAX_HEADER_BYTES = 100_000_000   # the limit safetensors itself applies
+MAX_TENSORS = 500_000            # tensor entries in one header
+HEADER_BASE_BYTES = 16 << 20     # header bytes allowed besides the tensors' own ...
+HEADER_BYTES_PER_TENSOR = 4096   # ... plus this much per tensor entry
+MAX_NAME_CHARS = 16_384          # characters of a tensor name
+MANIFEST_BASE_NODES = 2_000_000  # JSON objects and arrays in a manifest besides the tensors' own ...
+MANIFEST_NODES_PER_TENSOR = 16   # ... plus this many per tensor
 MAX_DIMS = 64
 HEADER_ALIGN = 64  # the data section starts 64-byte aligned (safetensors needs 8)
 MANIFEST_KEY = "modelsafe"
@@ -32,8 +43,8 @@ class RawEntry:
     """One tensor as the safetensors header describes it (its storage form)."""
 
     name: str
-    storage: DType
-    shape: tuple[int, ...]
+    storage: DType             # the logical dtype the header's code holds
+    shape: tuple[int, ...]     # logical shape (F4: half the header's last dimension)
     begin: int  # offsets relative to the start of the data section
     end: int
 
@@ -54,7 +65,7 @@ class Header:
 # -- writing --------------------------------------------------------------------
 
 def build_header(entries: list[tuple[str, str, list[int], int, int]], metadata: dict[str, str]) -> bytes:
-    """Header bytes (length prefix included), padded so the data starts 8-byte aligned.
+    """Header bytes (length prefix included), padded so the data starts HEADER_ALIGN-byte aligned.
 
     ``entries`` are (name, storage code, shape, begin, end).  If ``metadata`` holds
     HEADER_CHECKSUM_KEY, its value is replaced by the checksum of the header.
@@ -112,6 +123,7 @@ def read_length(prefix: bytes, file_size: int, path: Any) -> int:
 
 def parse_header(raw: bytes, file_size: int, path: Any) -> Header:
     """Parse and validate header JSON ``raw`` of a file of ``file_size`` bytes."""
+    _check_header_budget(raw, path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -140,13 +152,54 @@ def parse_header(raw: bytes, file_size: int, path: Any) -> Header:
     return Header(entries, metadata, data_start, data_len, raw)
 
 
+def _too_large(path: Any, what: str) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{path}: {what}; no real file comes near this limit, so the file is damaged or hostile "
+        "and is refused before it is parsed (limits: docs/format.md)",
+        path=path,
+    )
+
+
+def _check_header_budget(raw: bytes, path: Any) -> None:
+    """Refuse headers over the limits before json parses them (a byte count is cheap; parsing is not).
+
+    Every tensor entry holds exactly one unescaped ``"data_offsets"`` key (inside the
+    manifest string the quotes are escaped), so counting it bounds the entries.
+    """
+    entries = raw.count(b'"data_offsets"')
+    if entries > MAX_TENSORS:
+        raise _too_large(path, f"the header lists {entries} tensors, over the limit of {MAX_TENSORS}")
+    budget = HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * entries
+    if len(raw) > budget:
+        raise _too_large(
+            path, f"the header is {len(raw)} bytes for {entries} tensors, over the limit of {budget} "
+            f"({HEADER_BASE_BYTES} + {HEADER_BYTES_PER_TENSOR} per tensor)"
+        )
+
+
+def check_manifest_budget(text: str, tensors: int, path: Any) -> None:
+    """Refuse a manifest with more JSON objects and arrays than its tensors explain, before parsing it.
+
+    Counting brackets over-counts (strings may hold them), never under-counts.
+    """
+    nodes = text.count("{") + text.count("[")
+    limit = MANIFEST_BASE_NODES + MANIFEST_NODES_PER_TENSOR * tensors
+    if nodes > limit:
+        raise _too_large(
+            path, f"the manifest holds up to {nodes} tree nodes for {tensors} tensors, over the limit of {limit} "
+            f"({MANIFEST_BASE_NODES} + {MANIFEST_NODES_PER_TENSOR} per tensor)"
+        )
+
+
 def _parse_entry(name: str, spec: Any, data_len: int, path: Any) -> RawEntry:
+    if len(name) > MAX_NAME_CHARS:
+        raise _corrupt(path, f"tensor name of {len(name)} characters exceeds the limit of {MAX_NAME_CHARS}", name[:80])
     if not isinstance(spec, dict):
         raise _corrupt(path, "header entry is not an object", name)
     code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
     storage = STORAGE_CODES.get(code) if isinstance(code, str) else None
     if storage is None:
-        raise _corrupt(path, f"unknown dtype {code!r}", name)
+        raise _corrupt(path, f"dtype {code!r} is not a safetensors dtype code", name)
     if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and d >= 0 for d in shape)):
         raise _corrupt(path, f"shape {shape!r} is not a list of at most {MAX_DIMS} non-negative integers", name)
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
@@ -157,11 +210,14 @@ def _parse_entry(name: str, spec: Any, data_len: int, path: Any) -> RawEntry:
     count = 1
     for d in shape:
         count *= d
-    if count * storage.itemsize != end - begin:
-        raise _corrupt(
-            path, f"dtype {code} x shape {shape} needs {count * storage.itemsize} bytes but data_offsets span {end - begin}", name
-        )
-    return RawEntry(name, storage, tuple(shape), begin, end)
+    bits = count * storage.header_bits
+    if bits % 8 or bits // 8 != end - begin:
+        needs = f"{bits // 8} bytes" if bits % 8 == 0 else f"{bits} bits, not a whole number of bytes,"
+        raise _corrupt(path, f"dtype {code} x shape {shape} needs {needs} but data_offsets span {end - begin}", name)
+    logical = logical_shape(storage, tuple(shape))
+    if logical is None:  # packed pairs (F4) that do not split into whole pairs along the last axis
+        return RawEntry(name, odd_packing(storage), tuple(shape), begin, end)
+    return RawEntry(name, storage, logical, begin, end)
 
 
 def _check_layout(entries: dict[str, RawEntry], data_len: int, path: Any) -> None:

@@ -6,6 +6,7 @@ in a checkpoint directory it is ``manifest.json``.  See docs/format.md.
 
 from __future__ import annotations
 
+import math
 import platform
 import re
 import sys
@@ -17,7 +18,7 @@ from .._version import __version__
 from ..errors import CorruptCheckpointError, NewerFormatError
 from . import checksum
 from .container import RawEntry
-from .dtypes import BY_NAME, DType
+from .dtypes import BY_NAME, DType, header_shape, logical_shape
 
 FORMAT_VERSION = (1, 0)
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
@@ -44,6 +45,87 @@ class TensorRecord:
         return self.end - self.begin
 
 
+def needs_logical_entry(dtype: DType, shape: tuple[int, ...]) -> bool:
+    """True when the header's code and shape do not say ``dtype`` x ``shape``: the manifest entry does."""
+    return dtype.stored_as_bytes or logical_shape(dtype, tuple(header_shape(dtype, shape))) != shape
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def _extent(offset: int, shape: Any, strides: Any) -> int:
+    """One past the last element a view of ``shape`` and ``strides`` at ``offset`` reads (non-empty views)."""
+    return offset + sum((d - 1) * s for d, s in zip(shape, strides)) + 1
+
+
+def _shares_as_view(leaf: Any) -> bool:
+    """A tensor whose memory relation survives a load: no gradient state that a view would change."""
+    return not ({"parameter", "requires_grad"} & leaf.info.attrs.keys())
+
+
+def _byte_span(leaf: Any) -> tuple[int, int]:
+    offset, strides = leaf.info.view
+    size = BY_NAME[leaf.info.dtype].itemsize
+    return offset * size, _extent(offset, leaf.info.shape, strides) * size
+
+
+def _overlapping(group: list) -> list[list]:
+    """``group`` (tensors over one memory) split into clusters whose byte spans overlap."""
+    clusters: list[list] = []
+    end = -1
+    for leaf in sorted(group, key=_byte_span):
+        begin, stop = _byte_span(leaf)
+        if begin < end:
+            clusters[-1].append(leaf)
+        else:
+            clusters.append([leaf])
+        end = max(end, stop)
+    return [c for c in clusters if len(c) > 1]
+
+
+def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
+    """(views, copied): how tensors that view one memory come back shared.
+
+    Tensors whose spans of one memory overlap form a cluster.  Its largest contiguous
+    tensor is the base; a tensor of the same dtype whose elements all lie inside it is
+    recorded as ``{"of": base, "offset": elements, "strides": [...]}`` and rebuilt as a
+    view of the base on load (its bytes are still stored, so plain readers see it).
+    The other members of a cluster are ``copied``: they load unshared.  Disjoint
+    slices of one buffer share nothing a load could lose.
+    """
+    groups: dict[Any, list] = {}
+    for leaf in leaves:
+        if leaf.kind == "tensor" and leaf.info.storage is not None and leaf.info.view is not None:
+            groups.setdefault(leaf.info.storage, []).append(leaf)
+    views: dict[str, dict] = {}
+    copied: list[str] = []
+    for group in groups.values():
+        for cluster in _overlapping(group) if len(group) > 1 else ():
+            shared = _plan_cluster(cluster, views)
+            copied.extend(l.name for l in cluster if l.name not in shared)
+    return views, copied
+
+
+def _plan_cluster(cluster: list, views: dict[str, dict]) -> set[str]:
+    """Record the views of ``cluster`` in ``views``; return the names that come back shared."""
+    bases = [l for l in cluster if _shares_as_view(l) and l.info.view[1] == _contiguous_strides(tuple(l.info.shape))]
+    base = max(bases, key=lambda l: math.prod(l.info.shape), default=None)
+    shared: set[str] = set()
+    for leaf in cluster:
+        if base is None or leaf is base or not _shares_as_view(leaf) or leaf.info.dtype != base.info.dtype:
+            continue
+        offset, strides = leaf.info.view[0] - base.info.view[0], leaf.info.view[1]
+        if offset >= 0 and _extent(offset, leaf.info.shape, strides) <= math.prod(base.info.shape):
+            views[leaf.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
+            shared.update((leaf.name, base.name))
+    return shared
+
+
 def framework_versions(frameworks: set[str]) -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in sorted(frameworks):
@@ -68,7 +150,7 @@ def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, c
                 entry["framework"] = leaf.adapter.framework
             if leaf.info.attrs:
                 entry["attrs"] = leaf.info.attrs
-            if BY_NAME[leaf.info.dtype].stored_as_bytes:
+            if needs_logical_entry(BY_NAME[leaf.info.dtype], tuple(leaf.info.shape)):
                 entry["dtype"] = leaf.info.dtype
                 entry["shape"] = list(leaf.info.shape)
         tensors[leaf.name] = entry
@@ -81,6 +163,11 @@ def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, c
     }
     if aliases:
         manifest["aliases"] = aliases
+    views, copied = plan_views(leaves)
+    if views:
+        manifest["views"] = views
+    if copied:
+        manifest["copied_views"] = copied
     if metadata is not None:
         manifest["metadata"] = metadata
     manifest["versions"] = framework_versions(set(frameworks))
@@ -136,8 +223,8 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
             raise _corrupt(path, f"unknown payload kind {kind!r}", name)
         attrs = spec.get("attrs", {})
         framework = spec.get("framework", default_framework)
-        if not isinstance(attrs, dict) or (kind == "tensor" and not isinstance(framework, str)):
-            raise _corrupt(path, "attrs must be an object and framework a string", name)
+        if kind == "tensor" and not isinstance(framework, str):
+            raise _corrupt(path, "framework must be a string", name)
         dtype, shape = raw.storage, raw.shape
         if "dtype" in spec:
             dtype = BY_NAME.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
@@ -152,11 +239,100 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
             if count * dtype.itemsize != raw.nbytes or (raw.storage.name != dtype.name and raw.storage.name != "uint8"):
                 raise _corrupt(path, f"dtype {dtype.name} x shape {shape} does not match the {raw.nbytes} stored bytes", name)
             shape = tuple(shape)
+        check_attrs(attrs, dtype, shape, path, name)
         out[name] = TensorRecord(name, kind, dtype, shape, raw.begin, raw.end, digest, framework, attrs, file)
-    aliases = manifest.get("aliases", {})
-    if not isinstance(aliases, dict) or not all(isinstance(t, str) and t in out for t in aliases.values()):
-        raise _corrupt(path, "aliases must map names to stored tensors")
+    check_aliases(manifest.get("aliases"), out, path)
+    copied = manifest.get("copied_views", [])
+    if not (isinstance(copied, list) and all(isinstance(v, str) and v in out for v in copied)):
+        raise _corrupt(path, "copied_views must list stored tensor names")
+    check_views(manifest.get("views"), out, path)
     return out
+
+
+# Tensor attrs a reader acts on, with the one type each value may have.  Every attr is
+# checked here, before any adapter sees it: a file cannot hand torch a value it was not
+# meant to take (a device that imports a module, requires_grad on an integer tensor).
+ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str}
+# a device is only a hint (the caller's map_location decides), but it must look like one
+_DEVICE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,4})?\Z")
+_GRADIENT_DTYPES = ("float", "bfloat", "complex")
+
+
+def check_attrs(attrs: Any, dtype: DType, shape: tuple[int, ...], path: Any, name: str) -> None:
+    """Refuse tensor ``attrs`` that are not exactly what modelsafe writes (types, values, combinations)."""
+    if not isinstance(attrs, dict):
+        raise _corrupt(path, "attrs must be an object", name)
+    for key, value in attrs.items():
+        expected = ATTR_TYPES.get(key)
+        if expected is None:
+            raise _corrupt(path, f"unknown tensor attr {key!r} (known: {', '.join(ATTR_TYPES)})", name)
+        if type(value) is not expected:
+            raise _corrupt(path, f"attr {key!r} is {value!r}, not a {expected.__name__}", name)
+    device = attrs.get("device")
+    if device is not None and not _DEVICE.match(device):
+        raise _corrupt(path, f"attr 'device' {device[:40]!r} is not a device name such as 'cuda:0'", name)
+    wants_grad = attrs.get("requires_grad", attrs.get("parameter", False))
+    if wants_grad and not dtype.name.startswith(_GRADIENT_DTYPES):
+        raise _corrupt(path, f"a {dtype.name} tensor cannot require gradients (only floating and complex ones can)", name)
+    if attrs.get("scalar") and shape != ():
+        raise _corrupt(path, f"attr 'scalar' is set on a tensor of shape {list(shape)}", name)
+
+
+def check_views(views: Any, stored: dict[str, TensorRecord], path: Any) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+    """Validated ``views`` of a manifest: name -> (base name, offset, strides), every element inside the base.
+
+    A view and its base are stored tensors of one dtype without gradient attrs; a base
+    is no view itself (no chains or cycles).  The caller still checks that the view's
+    stored bytes equal what it reads from the base.
+    """
+    if views is None:
+        return {}
+    if not isinstance(views, dict):
+        raise _corrupt(path, f"views must be an object, not {type(views).__name__}")
+    out = {}
+    for name, spec in views.items():
+        record = stored.get(name)
+        if not isinstance(spec, dict):
+            raise _corrupt(path, "view entry is not an object", name)
+        base, offset, strides = spec.get("of"), spec.get("offset"), spec.get("strides")
+        of = stored.get(base) if isinstance(base, str) else None
+        if record is None or of is None or record.kind != "tensor" or of.kind != "tensor" or base in views:
+            raise _corrupt(path, f"a view must join two stored tensors, the base no view itself (base {str(base)[:80]!r})", str(name)[:80])
+        if record.dtype != of.dtype or {"parameter", "requires_grad"} & (record.attrs.keys() | of.attrs.keys()):
+            raise _corrupt(path, f"cannot be a view of {base!r} (another dtype, or gradient attrs)", name)
+        if not (type(offset) is int and offset >= 0 and isinstance(strides, list) and len(strides) == len(record.shape)
+                and all(type(s) is int and s >= 0 for s in strides)):
+            raise _corrupt(path, f"view offset {offset!r} and strides {str(strides)[:80]} are not non-negative integers, one per dimension", name)
+        base_count = math.prod(of.shape)
+        if math.prod(record.shape) and _extent(offset, record.shape, strides) > base_count:
+            raise _corrupt(path, f"the view reads past the {base_count} elements of {base!r}", name)
+        out[name] = (base, offset, tuple(strides))
+    return out
+
+
+def check_aliases(aliases: Any, stored: dict[str, TensorRecord], path: Any) -> dict[str, str]:
+    """Validated ``aliases`` (alias -> stored tensor name) of a manifest whose payloads are ``stored``.
+
+    An alias must name a stored tensor payload directly (no chains or cycles) and must
+    not itself be a stored name: otherwise one key would silently get another tensor's
+    bytes while every checksum still matches.  Checkpoint manifests use it too.
+    """
+    if aliases is None:
+        return {}
+    if not isinstance(aliases, dict):
+        raise _corrupt(path, f"aliases must be an object mapping names to stored tensors, not {type(aliases).__name__}")
+    for alias, target in aliases.items():
+        if not isinstance(target, str):
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, not to a tensor name")
+        if alias in stored:
+            raise _corrupt(path, f"alias {alias!r} has the name of a stored tensor; it would hide that tensor's bytes")
+        record = stored.get(target)
+        if record is None:
+            what = "another alias" if target in aliases else "no stored tensor"
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, which is {what}")
+        if record.kind != "tensor":
+            raise _corrupt(path, f"alias {alias!r} points to {target!r}, a {record.kind} payload, not a tensor")
+    return aliases
 
 
 def foreign_records(entries: dict[str, RawEntry], default_framework: str) -> dict[str, TensorRecord]:

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
 from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
-from .container import MANIFEST_KEY, parse_header, read_length, verify_header_checksum
+from .container import MANIFEST_KEY, check_manifest_budget, parse_header, read_length, verify_header_checksum
 from .manifest import TensorRecord
 from .mapping import map_private
 
@@ -46,7 +46,8 @@ class FileSource:
     """A validated single-file save.  ``records`` maps tensor names to TensorRecord."""
 
     def __init__(self, path: str | os.PathLike, *, fd: int | None = None) -> None:
-        """``fd``: the file already opened (and checked) by the caller; the source owns it."""
+        """Open ``path``; or, with ``fd``, read that open descriptor (closed with the source) and
+        name ``path`` in messages (a file converted in memory from another format)."""
         self.path = os.fspath(path)
         try:
             self._fd = fd if fd is not None else os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -75,6 +76,7 @@ class FileSource:
         meta = header.metadata
         if MANIFEST_KEY in meta:
             verify_header_checksum(prefix + raw, self.path)
+            check_manifest_budget(meta[MANIFEST_KEY], len(header.entries), self.path)
             try:
                 manifest = json.loads(meta[MANIFEST_KEY])
             except (ValueError, RecursionError) as exc:  # bad JSON, or an integer past int_max_str_digits
@@ -87,7 +89,8 @@ class FileSource:
             self.records = manifest_mod.foreign_records(header.entries, default_foreign_framework())
             self.is_modelsafe = False
         self.manifest = manifest
-        self.aliases: dict[str, str] = manifest.get("aliases", {}) or {}
+        self.aliases: dict[str, str] = manifest_mod.check_aliases(manifest.get("aliases"), self.records, self.path)
+        self.views = manifest_mod.check_views(manifest.get("views"), self.records, self.path)
 
     # -- bytes -------------------------------------------------------------------
     def read_data(self) -> np.ndarray:

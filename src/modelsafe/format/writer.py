@@ -22,7 +22,7 @@ from ..errors import ModelsafeError, UnsupportedObjectError
 from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
 from .container import HEADER_ALIGN, HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_header, reseal
-from .dtypes import BY_NAME
+from .dtypes import BY_NAME, header_shape
 
 _FORMAT_TAGS = {"torch": "pt", "numpy": "np", "tensorflow": "tf", "jax": "flax", "mxnet": "mx"}
 _ITEMSIZE = {name: dt.itemsize for name, dt in BY_NAME.items()}
@@ -76,8 +76,7 @@ def _header(layout, fl, metadata_node, user_metadata, checksums) -> bytes:
     entries = []
     for leaf, begin, end in layout:
         dt = BY_NAME[leaf.info.dtype]
-        shape = [end - begin] if dt.stored_as_bytes else list(leaf.info.shape)
-        entries.append((leaf.name, dt.storage, shape, begin, end))
+        entries.append((leaf.name, dt.storage, header_shape(dt, leaf.info.shape), begin, end))
     return build_header(entries, _header_metadata(manifest, user_metadata))
 
 

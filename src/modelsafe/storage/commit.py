@@ -28,7 +28,7 @@ import shutil
 import sys
 from typing import Protocol
 
-from ..errors import ModelsafeError, RunLockedError, StorageError
+from ..errors import ModelsafeError, RunLockedError
 from .local import atomic_file, fsync_directory, open_directory, read_small_file, storage_error
 
 try:  # POSIX advisory locks; released by the kernel when the holder exits or is killed
