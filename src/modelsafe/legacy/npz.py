@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, UnsafeObjectError
+from ..errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
 from . import Budget, ForeignFile, ReadOptions, arrays_as, checked_shape, regular_file_size
 
 
@@ -59,15 +59,16 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     options = options or ReadOptions()
     held = regular_file_size(path)
     budget = Budget(path, held, options.max_expansion)
+    notes: list[str] = []
+    tree: dict[str, Any] = {}
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 budget.charge(_declared_nbytes(z, info, path), f"member {info.filename}")
-        notes: list[str] = []
-        tree: dict[str, Any] = {}
-        with np.load(path, allow_pickle=False) as archive:
-            for name in archive.files:
-                arr = archive[name]
+            for info in z.infolist():  # read here, not by np.load, which would take a .npy-looking file whole
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as member:
+                    arr = np.lib.format.read_array(member, allow_pickle=False)
                 if arr.dtype.kind not in "biufc":
                     notes.append(f"{name}: {arr.dtype} array is not a tensor (numpy writes bfloat16/float8 arrays "
                                  "as raw void records, losing their type); left out")
@@ -76,6 +77,8 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError, RuntimeError,
             struct.error) as exc:  # what zipfile and zlib raise on damaged archives
         raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({type(exc).__name__}: {exc})", path=path) from None
+    except ModelsafeError:
+        raise
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
