@@ -367,3 +367,22 @@ def test_h5_plugin_filters_are_refused(tmp_path):
         h5py.h5d.create(f.id, b"w", h5py.h5t.NATIVE_FLOAT, space, plist)
     with pytest.raises(ms.UnsupportedObjectError, match="filter 32001"):
         read_foreign(path)
+
+
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+@pytest.mark.parametrize(
+    "expr, match",
+    [
+        (call(G("torch", "device"), "cuda", 10**40), "small index"),
+        (call(G("torch", "device"), "cuda", -5), "small index"),
+        (call(G("torch", "device"), "cuda:0; rm -rf /"), "not a device name"),
+        (call(G("numpy.core.numeric", "_frombuffer"), b"", call(G("numpy", "dtype"), "f4", False, True), tup(0, 2**62), "C"),
+         "larger than any array"),
+    ],
+)
+def test_pickled_devices_and_numpy_shapes_are_validated_where_they_are_built(tmp_path, framework, expr, match):
+    data, _ = assemble({"v": expr}, 2)
+    src = tmp_path / "fields.pt"
+    torch_zip(src, data, {})
+    with pytest.raises(CorruptCheckpointError, match=match):
+        read_foreign(src, framework=framework)

@@ -270,9 +270,24 @@ def _torch_size(dims=()):
     return TorchSize(_dims(dims, "size"))
 
 
+_DEVICE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,5})?\Z")
+
+
 def _torch_device(spec, index=None):
-    _require(isinstance(spec, str) and len(spec) < 64 and (index is None or _is_int(index)), "torch.device takes a name")
-    return TorchDevice(spec if index is None else f"{spec}:{index}")
+    _require(isinstance(spec, str) and (index is None or (_is_int(index) and 0 <= index < 1 << 16)),
+             "torch.device takes a device name and a small index")
+    spec = spec if index is None else f"{spec}:{index}"
+    _require(_DEVICE_RE.match(spec) is not None, f"torch.device {spec!r:.60} is not a device name")
+    return TorchDevice(spec)
+
+
+def _device_value(m: Any, d: TorchDevice) -> Any:
+    if m.framework != "torch":
+        return d.spec
+    try:
+        return m._torch().device(d.spec)
+    except RuntimeError:
+        raise Refused(f"torch.device {d.spec!r} names no device type this torch knows") from None
 
 
 def _allowed_globals() -> dict[str, Any]:
@@ -789,7 +804,7 @@ _VALUE_MAKERS: dict[type, Callable[[_Materializer, Any], Any]] = {
     TensorRef: lambda m, ref: m.factory.make(ref),
     StorageRef: lambda m, ref: m.factory.make(TensorRef(ref, 0, (ref.numel,), (1,), ref.dtype)),
     TorchDType: lambda m, d: getattr(m._torch(), d.name) if m.framework == "torch" else f"torch.{d.name}",
-    TorchDevice: lambda m, d: m._torch().device(d.spec) if m.framework == "torch" else d.spec,
+    TorchDevice: _device_value,
     TorchSize: lambda m, s: m._torch().Size(s.dims) if m.framework == "torch" else s.dims,
     NumpyArray: lambda m, a: m.numpy_array(a),
     NumpyScalar: lambda m, a: to_numpy(a),
