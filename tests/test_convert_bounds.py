@@ -50,7 +50,7 @@ def test_a_deflate_bomb_npz_is_refused_naming_the_member_and_the_numbers(tmp_pat
     message = str(exc.value)
     assert "member w.npy" in message and f"{256 * MIB:,}" in message and f"{path.stat().st_size:,}" in message
     assert "max_expansion" in message and "--max-expansion" in message and exc.value.key == "member w.npy"
-    assert type(exc.value.__cause__) is not CorruptCheckpointError  # not wrapped into "a member could not be read"
+    assert "could not be read" not in message  # the budget's own error, not wrapped into another
     assert not (tmp_path / "out.safetensors").exists()
 
 

@@ -56,16 +56,12 @@ class ReadOptions:
 
 @dataclass
 class ForeignFile:
-    """What a reader found: the object tree (tensors, containers, scalars) and notes for the user.
-
-    ``source_bytes`` is what the input really holds on disk (all shards together).
-    """
+    """What a reader found: the object tree (tensors, containers, scalars) and notes for the user."""
 
     path: str
     format: str                      # registry name of the reader ("torch", "safetensors", ...)
     tree: Any
     notes: list[str] = field(default_factory=list)
-    source_bytes: int = 0
 
 
 class Budget:
@@ -235,10 +231,7 @@ def read_foreign(path: str | os.PathLike, *, framework: str | None = None,
     regular_file_size(path)
     entry = reader_for(path)
     module = importlib.import_module(entry.module)
-    found = module.read(path, ReadOptions(framework=framework, max_expansion=max_expansion))
-    if not found.source_bytes:
-        found.source_bytes = regular_file_size(path)
-    return found
+    return module.read(path, ReadOptions(framework=framework, max_expansion=max_expansion))
 
 
 def arrays_as(tree: Any, framework: str | None) -> Any:

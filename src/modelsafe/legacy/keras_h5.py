@@ -179,8 +179,7 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     h5py = _h5py()
     path = os.fspath(path)
     options = options or ReadOptions()
-    held = regular_file_size(path)
-    budget = Budget(path, held, options.max_expansion)  # the file on disk, never the inflated archive member
+    budget = Budget(path, regular_file_size(path), options.max_expansion)  # the archive on disk, not its member
     tree: dict[str, Any] = {}
     notes: list[str] = []
     try:
@@ -199,4 +198,4 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
         raise CorruptCheckpointError(f"{path}: the HDF5 file is damaged ({type(exc).__name__}: {exc})", path=path) from None
     if not tree:
         notes.append("no numeric datasets found")
-    return ForeignFile(path, "keras_h5", arrays_as(tree, options.framework), notes, held)
+    return ForeignFile(path, "keras_h5", arrays_as(tree, options.framework), notes)

@@ -81,7 +81,8 @@ class _Cursor:
 
 def _shape(cur: _Cursor, ndim: int, wide: bool, index: int) -> tuple[int, ...]:
     if not 0 <= ndim <= MAX_DIMS:
-        raise CorruptCheckpointError(f"{cur.source}: array {index} has {ndim} dimensions", path=cur.source, key=f"array {index}")
+        raise CorruptCheckpointError(f"{cur.source}: array {index} has {ndim} dimensions", path=cur.source,
+                                     key=f"array {index}")
     return cur.unpack(("q" if wide else "I") * ndim, f"the shape of array {index}")
 
 
@@ -110,7 +111,8 @@ def _array(cur: _Cursor, index: int) -> np.ndarray | None:
     _dev_type, _dev_id, code = cur.unpack("iii", f"the context and dtype of array {index}")
     name = DTYPE_CODES.get(code)
     if name is None:
-        raise CorruptCheckpointError(f"{cur.source}: array {index} has unknown dtype code {code}", path=cur.source, key=f"array {index}")
+        raise CorruptCheckpointError(f"{cur.source}: array {index} has unknown dtype code {code}", path=cur.source,
+                                     key=f"array {index}")
     dt = dtypes.BY_NAME[name]
     shape = checked_shape(shape, dt.itemsize, cur.source, f"array {index}")  # (0, 2**62) holds no data yet breaks numpy
     data = cur.take(math.prod(shape) * dt.itemsize, f"the data of array {index} ({name} x {list(shape)})")
@@ -147,4 +149,4 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     if any(a is None for a in arrays):
         notes.append("empty (shape-less) arrays are stored as None")
     tree: Any = dict(zip(names, arrays)) if names else arrays
-    return ForeignFile(path, "mxnet", arrays_as(tree, options.framework if options else None), notes, len(blob))
+    return ForeignFile(path, "mxnet", arrays_as(tree, options.framework if options else None), notes)

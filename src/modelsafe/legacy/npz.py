@@ -57,8 +57,7 @@ def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> 
 def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     path = os.fspath(path)
     options = options or ReadOptions()
-    held = regular_file_size(path)
-    budget = Budget(path, held, options.max_expansion)
+    budget = Budget(path, regular_file_size(path), options.max_expansion)
     notes: list[str] = []
     tree: dict[str, Any] = {}
     try:
@@ -83,4 +82,4 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
         raise CorruptCheckpointError(f"{path}: a member could not be read ({exc})", path=path) from None
-    return ForeignFile(path, "npz", arrays_as(tree, options.framework), notes, held)
+    return ForeignFile(path, "npz", arrays_as(tree, options.framework), notes)

@@ -36,7 +36,7 @@ def read(path: str | os.PathLike, options: ReadOptions) -> ForeignFile:
     from ..api import load
 
     tree = load(path, framework=options.framework)
-    return ForeignFile(path, "safetensors", tree, [], regular_file_size(path))
+    return ForeignFile(path, "safetensors", tree, [])
 
 
 def _index(path: str) -> dict[str, str]:
@@ -92,7 +92,6 @@ def read_sharded(path: str, options: ReadOptions) -> ForeignFile:
     folder = os.path.dirname(path)
     shards: dict[str, Any] = {}
     formats: set[str] = set()
-    held = regular_file_size(path)
     for shard in dict.fromkeys(weight_map.values()):
         full, module = _shard_reader(path, folder, shard)
         found = module.read(full, options)
@@ -100,7 +99,6 @@ def read_sharded(path: str, options: ReadOptions) -> ForeignFile:
             raise CorruptCheckpointError(f"{path}: shard {shard} does not hold a dict of tensors", path=path, key=shard)
         shards[shard] = found.tree
         formats.add(found.format)
-        held += found.source_bytes
     tree: dict[str, Any] = {}
     for name, shard in weight_map.items():
         if name not in shards[shard]:
@@ -111,4 +109,4 @@ def read_sharded(path: str, options: ReadOptions) -> ForeignFile:
     extra = sum(len(s) for s in shards.values()) - len(tree)
     if extra > 0:
         notes.append(f"{extra} tensors in the shards are not in the weight_map and were left out")
-    return ForeignFile(path, "sharded", tree, notes, held)
+    return ForeignFile(path, "sharded", tree, notes)

@@ -859,11 +859,11 @@ def read(path: str | os.PathLike, options: ReadOptions) -> ForeignFile:
     path = os.fspath(path)
     source = path
     framework = _framework(options)
-    held = regular_file_size(path)
+    budget = Budget(source, regular_file_size(path), options.max_expansion)
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     loaded = _load_zip(path, source) if is_zip else _load_stream(path, source)
-    factory = TensorFactory(framework, loaded, source, Budget(source, held, options.max_expansion))
+    factory = TensorFactory(framework, loaded, source, budget)
     try:
         tree = _Materializer(factory, source, framework).run(loaded.tree)
     except (CorruptCheckpointError, UnsupportedObjectError, UnsafeObjectError):
@@ -873,5 +873,5 @@ def read(path: str | os.PathLike, options: ReadOptions) -> ForeignFile:
     notes = list(dict.fromkeys(loaded.notes))
     if loaded.big_endian:
         notes.append("big-endian storages were converted to little-endian")
-    return ForeignFile(path, "torch", tree, notes, held)
+    return ForeignFile(path, "torch", tree, notes)
 
