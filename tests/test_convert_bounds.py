@@ -188,6 +188,15 @@ def test_a_bytes_value_referenced_many_times_is_charged_per_reference(tmp_path):
         convert(src, tmp_path / "o.safetensors")
 
 
+def test_one_list_shared_a_thousand_times_is_charged_per_node(tmp_path):
+    """16 KB of pickle, 2,000,000 nodes once expanded: each node costs the output (and the time to write it)."""
+    src = tmp_path / "nodes.pkl"
+    src.write_bytes(pickle.dumps([list(range(2000))] * 1000, protocol=4))
+    assert src.stat().st_size < 16_000
+    with pytest.raises(CorruptCheckpointError, match="object tree .2,001,001 nodes"):
+        convert(src, tmp_path / "o.safetensors")
+
+
 def test_numpy_arrays_built_from_one_memoized_buffer_are_charged(tmp_path):
     raw = b"\0" * MIB
     dtype = call(G("numpy", "dtype"), "u1", False, True)
