@@ -395,3 +395,18 @@ def test_pickled_devices_and_numpy_shapes_are_validated_where_they_are_built(tmp
     torch_zip(src, data, {})
     with pytest.raises(CorruptCheckpointError, match=match):
         read_foreign(src, framework=framework)
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+def test_a_dataset_linked_under_many_names_is_stored_once(tmp_path, framework):
+    import h5py
+
+    path = tmp_path / "links.weights.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("w", data=np.ones(MIB // 4, np.float32))
+        for i in range(300):
+            f[f"alias{i}"] = f["w"]
+    summary = convert(path, tmp_path / "o.safetensors", framework=framework)
+    assert summary.file_bytes < 2 * MIB
+    back = ms.load(tmp_path / "o.safetensors")
+    assert len(back) == 301 and all(v is back["w"] for v in back.values())

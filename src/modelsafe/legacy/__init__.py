@@ -254,12 +254,16 @@ def arrays_as(tree: Any, framework: str | None) -> Any:
     adapter_named("torch")  # raises FrameworkNotInstalledError with an install hint
     import torch
 
+    made: dict[int, Any] = {}  # an array reached under several names (h5 hard links) stays one tensor
+
     def convert(value: Any) -> Any:
         if not isinstance(value, np.ndarray):
             return value
-        dt = dtypes.from_numpy(value.dtype)
-        flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        return torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+        if id(value) not in made:
+            dt = dtypes.from_numpy(value.dtype)
+            flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+            made[id(value)] = torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+        return made[id(value)]
 
     if isinstance(tree, dict):
         return {k: convert(v) for k, v in tree.items()}
