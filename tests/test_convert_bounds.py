@@ -410,3 +410,13 @@ def test_a_dataset_linked_under_many_names_is_stored_once(tmp_path, framework):
     assert summary.file_bytes < 2 * MIB
     back = ms.load(tmp_path / "o.safetensors")
     assert len(back) == 301 and all(v is back["w"] for v in back.values())
+
+
+def test_h5_names_with_unicode_digits_sort_naturally(tmp_path):
+    import h5py
+
+    path = tmp_path / "names.weights.h5"
+    with h5py.File(path, "w") as f:
+        for name in ("vars/10", "vars/2", "²", "x٣"):
+            f.create_dataset(name, data=np.ones(1, np.float32))
+    assert list(read_foreign(path).tree) == ["x٣", "²", "vars/2", "vars/10"]  # a group after its datasets

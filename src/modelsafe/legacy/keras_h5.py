@@ -122,7 +122,8 @@ def _dataset_array(h5py: Any, ds: Any, name: str, source: str, budget: Budget, n
 
 def _natural(name: str) -> list:
     """Sort key putting ``vars/2`` before ``vars/10`` (Keras numbers variables in order)."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # odd parts are the digit runs; "²".isdigit() is True but int("²") fails, so go by position
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name))]
 
 
 def _open_keras_archive(h5py: Any, path: str, budget: Budget, notes: list[str]) -> Any:
