@@ -223,13 +223,13 @@ def test_an_index_naming_itself_or_another_index_is_refused(tmp_path):
     _shards(tmp_path)
     index = tmp_path / "model.safetensors.index.json"
     index.write_text(json.dumps({"weight_map": {"a": "a.safetensors", "x": index.name}}))
-    with pytest.raises(CorruptCheckpointError, match="never another index") as exc:
+    with pytest.raises(CorruptCheckpointError, match="never an index") as exc:
         read_foreign(index)
     assert exc.value.key == "x"
     one, two = tmp_path / "one.index.json", tmp_path / "two.index.json"
     one.write_text(json.dumps({"weight_map": {"w": "two.index.json"}}))
     two.write_text(json.dumps({"weight_map": {"w": "one.index.json"}}))
-    with pytest.raises(CorruptCheckpointError, match="never another index"):
+    with pytest.raises(CorruptCheckpointError, match="never an index"):
         read_foreign(one)
     disguised = tmp_path / "three.safetensors"  # an index under a shard's name: sniffed, then refused
     disguised.write_text(json.dumps({"weight_map": {"w": "three.safetensors"}}))

@@ -53,17 +53,20 @@ def _index(path: str) -> dict[str, str]:
     for name, shard in weight_map.items():
         if not _plain_shard_name(shard):
             raise CorruptCheckpointError(
-                f"{path}: weight_map sends {name!r:.200} to {shard!r:.200}, which is not a file name beside the index "
-                "(shards are safetensors or torch files in the index's own folder; never another index)",
+                f"{path}: weight_map sends {name!r:.200} to {shard!r:.200}, which is not a file name beside the index",
                 path=path, key=name,
+            )
+        if shard.lower().endswith(".index.json"):
+            raise CorruptCheckpointError(
+                f"{path}: weight_map sends {name!r:.200} to {shard}, another index (or this one); shards are "
+                "safetensors or torch files, never an index, so indexes are not followed", path=path, key=name,
             )
     return weight_map
 
 
 def _plain_shard_name(shard: Any) -> bool:
     return (isinstance(shard, str) and 0 < len(shard) <= MAX_SHARD_NAME and os.path.basename(shard) == shard
-            and shard not in (".", "..") and "\0" not in shard and "\\" not in shard
-            and not shard.lower().endswith(".index.json"))
+            and shard not in (".", "..") and "\0" not in shard and "\\" not in shard)
 
 
 def _shard_reader(index: str, folder: str, shard: str) -> tuple[str, Any]:
