@@ -62,6 +62,15 @@ def tup(*items: Any) -> tuple:
     return ("tuple", list(items))
 
 
+def put(slot: int, e: Any) -> tuple:
+    """``e``, then memoized in ``slot`` (BINPUT): later ``get(slot)`` pushes the very same object."""
+    return ("put", slot, e)
+
+
+def get(slot: int) -> tuple:
+    return ("get", slot)
+
+
 @dataclass
 class Pickle:
     protocol: int
@@ -173,6 +182,11 @@ class Pickle:
         elif kind == "persid":
             self.emit(e[1])
             self.out += b"Q"
+        elif kind == "put":
+            self.emit(e[2])
+            self.out += b"q" + bytes([e[1]])
+        elif kind == "get":
+            self.out += b"h" + bytes([e[1]])
         else:
             raise TypeError(f"unknown form {kind}")
 
@@ -277,3 +291,50 @@ def globals_in(data: bytes) -> list[str]:
         else:
             pushed.append(None)
     return names
+
+
+# -- archives whose members expand -----------------------------------------------------------
+
+def npy_header(shape: tuple, descr: str = "|u1") -> bytes:
+    """A version 1.0 ``.npy`` header for ``shape`` (any ints: the header need not be honest)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _deflated_zeros(prefix: bytes, mib: int) -> tuple[bytes, int]:
+    """(raw deflate stream, CRC-32) of ``prefix`` + ``mib`` MiB of zeros, built in milliseconds: after a full
+    flush deflate forgets its history, so every further MiB of zeros compresses to the same bytes."""
+    import zlib
+
+    zeros = bytes(1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    first = c.compress(prefix + zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    again = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    assert again == c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    stream = first + again * (mib - 1) + c.flush()
+    crc = zlib.crc32(prefix)
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    return stream, crc
+
+
+def zip_with_deflated(path: Any, name: str, prefix: bytes, mib: int) -> None:
+    """A one-member zip (deflated, under 4 GiB) whose member is ``prefix`` + ``mib`` MiB of zeros."""
+    data, crc = _deflated_zeros(prefix, mib)
+    size = len(prefix) + (mib << 20)
+    raw_name = name.encode()
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(data), size, len(raw_name), 0)
+    central = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, len(data), size,
+                          len(raw_name), 0, 0, 0, 0, 0, 0) + raw_name
+    offset = len(local) + len(raw_name) + len(data)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central), offset, 0)
+    with open(path, "wb") as f:
+        f.write(local + raw_name + data + central + end)
+
+
+def npz_deflate_bomb(path: Any, mib: int, member: str = "w.npy") -> None:
+    """A valid ``np.savez_compressed``-style archive of ``mib`` MiB of uint8 zeros in one member (about 1 KB per MiB)."""
+    zip_with_deflated(path, member, npy_header((mib << 20,)), mib)

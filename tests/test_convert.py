@@ -144,13 +144,21 @@ def test_plain_safetensors_output_is_readable_by_safetensors(tmp_path):
     assert summary.tensors == len(tensors)
 
 
-def test_plain_safetensors_writes_tied_tensors_under_each_name(tmp_path):
-    from safetensors.torch import load_file
+def test_plain_safetensors_stores_tied_tensors_once_as_save_model_does(tmp_path):
+    """Plain safetensors cannot share storage: one name keeps the bytes, the metadata maps the other to it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    from test_legacy_torch_pickle import Tied
 
     path, oracle = saved(tmp_path, "tied", "zip")
-    convert(path, tmp_path / "plain.safetensors", to="safetensors")
-    tensors = load_file(tmp_path / "plain.safetensors")
-    assert torch.equal(tensors["embed.weight"], oracle["out.weight"]) and torch.equal(tensors["out.weight"], oracle["out.weight"])
+    summary = convert(path, tmp_path / "plain.safetensors", to="safetensors")
+    with safe_open(tmp_path / "plain.safetensors", "pt") as f:
+        assert sorted(f.keys()) == ["embed.weight"] and f.metadata()["out.weight"] == "embed.weight"
+    assert "out.weight" in summary.left_out and any("tied" in n for n in summary.notes)
+    model = Tied()
+    load_model(model, tmp_path / "plain.safetensors")  # safetensors' own loader re-ties them
+    assert torch.equal(model.out.weight, oracle["out.weight"]) and model.out.weight is model.embed.weight
 
 
 def test_plain_safetensors_names_never_collide(tmp_path):

@@ -128,7 +128,7 @@ def test_a_tiny_file_declaring_gigabytes_is_refused(tmp_path):
     with h5py.File(path, "w") as f:
         f.create_dataset("w", shape=(1 << 20, 1 << 10), dtype="f8", chunks=(1024, 64))  # 8 GiB, nothing written
     assert path.stat().st_size < 1 << 20
-    with pytest.raises(CorruptCheckpointError, match="memory bomb"):
+    with pytest.raises(CorruptCheckpointError, match="refused before allocating"):
         read_foreign(path)
 
 
@@ -174,7 +174,7 @@ def test_keras_archive_bombs_are_refused(tmp_path):
             for _ in range(128):  # 128 MiB of zeros: a ~130 KiB archive
                 member.write(chunk)
     assert path.stat().st_size < 1 << 20
-    with pytest.raises(CorruptCheckpointError, match="zip bomb"):
+    with pytest.raises(CorruptCheckpointError, match="refused before allocating"):
         read_foreign(path)
 
 

@@ -20,7 +20,7 @@ from .adapters import adapter_for_type
 from .errors import StorageError, UnsupportedObjectError
 from .format.container import build_header
 from .format.dtypes import BY_NAME, header_shape
-from .legacy import read_foreign
+from .legacy import MAX_EXPANSION, read_foreign
 from .storage.local import atomic_file
 from .tree import Flattener, format_path
 
@@ -122,19 +122,35 @@ def _lower_tree(obj: Any, notes: list[str]) -> Any:
 
 # -- plain safetensors -------------------------------------------------------------------------
 
-def _flat_tensors(obj: Any, notes: list[str], dropped: list[str]) -> dict[str, Any]:
-    """name -> tensor with dotted names (``model.0.weight``), as state_dict keys are spelled."""
+def _tie_key(value: Any) -> Any:
+    """What makes two tensors one in the file: the same memory, dtype, shape and strides (tied weights)."""
+    info = adapter_for_type(type(value)).describe(value)
+    return ("identity", info.identity) if info.identity is not None else ("object", id(value))
+
+
+def _flat_tensors(obj: Any, notes: list[str], dropped: list[str], tied: dict[str, str]) -> dict[str, Any]:
+    """name -> tensor with dotted names (``model.0.weight``), as state_dict keys are spelled.
+
+    A tensor reached under several names (tied weights) is kept under the first; ``tied``
+    receives each other name -> the kept one, as ``safetensors.torch.save_model`` records them.
+    """
     out: dict[str, Any] = {}
+    kept: dict[Any, str] = {}
 
     def walk(value: Any, prefix: str) -> None:
         if adapter_for_type(type(value)) is not None:
             name = prefix or "tensor"
-            if name in out:  # {"a.b": x, "a": {"b": y}} spell the same dotted name
+            if name in out or name in tied:  # {"a.b": x, "a": {"b": y}} spell the same dotted name
                 n = 2
-                while f"{name}#{n}" in out:
+                while f"{name}#{n}" in out or f"{name}#{n}" in tied:
                     n += 1
                 notes.append(f"two tensors are named {name!r}; the second is stored as {name}#{n}")
                 name = f"{name}#{n}"
+            key = _tie_key(value)
+            if key in kept:
+                tied[name] = kept[key]
+                return
+            kept[key] = name
             out[name] = value
         elif isinstance(value, dict):
             for k, v in value.items():
@@ -147,12 +163,19 @@ def _flat_tensors(obj: Any, notes: list[str], dropped: list[str]) -> dict[str, A
 
     walk(obj, "")
     if dropped:
-        shown = ", ".join(dropped[:8]) + (f" and {len(dropped) - 8} more" if len(dropped) > 8 else "")
-        notes.append(f"plain safetensors holds tensors only; {len(dropped)} other values were left out: {shown}")
+        notes.append(f"plain safetensors holds tensors only; {len(dropped)} other values were left out: {_some(dropped)}")
+    if tied:
+        notes.append(f"{len(tied)} names are tied to a tensor stored under another name (plain safetensors cannot "
+                     f"share storage); each is stored once and the file's metadata maps the other name to it, as "
+                     f"safetensors.torch.save_model does (load with safetensors.torch.load_model): {_some(list(tied))}")
     return out
 
 
-def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str]) -> tuple[int, int]:
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+
+def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str], tied: dict[str, str]) -> tuple[int, int]:
     planned = []
     frameworks = set()
     for name, value in tensors.items():
@@ -172,7 +195,9 @@ def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str]) -> t
     for name, _value, _adapter, dt, shape, nbytes in planned:
         entries.append((name, dt.storage, header_shape(dt, shape), position, position + nbytes))
         position += nbytes
-    metadata = {"format": _FORMAT_TAGS[next(iter(frameworks))]} if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS else {}
+    metadata = dict(tied)
+    if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS:
+        metadata["format"] = _FORMAT_TAGS[next(iter(frameworks))]
     header = build_header(entries, metadata)
     with atomic_file(dst) as f:
         f.write(header)
@@ -203,6 +228,7 @@ def convert(
     framework: str | None = None,
     metadata: dict | None = None,
     overwrite: bool = False,
+    max_expansion: float = MAX_EXPANSION,
 ) -> ConvertSummary:
     """Read ``src`` (torch .pt/.pth/.bin, .safetensors or a sharded *.index.json, .npz, Keras
     .weights.h5, MXNet .params) without executing anything from it, and write ``dst``.
@@ -211,6 +237,13 @@ def convert(
     state, epoch numbers...); ``to="safetensors"`` writes a plain safetensors file for other
     tools (tensors only, dotted names, no modelsafe manifest).  ``framework`` ("torch",
     "numpy") picks the tensor type recorded in the file.  The write is atomic.
+
+    Tensors that are one (tied weights, a tensor saved under several names) are stored
+    once.  The tensor bytes written may be at most ``max_expansion`` times the size of
+    ``src`` on disk, plus 64 MiB, checked before anything is allocated: a decompression
+    bomb, never-written HDF5 datasets or overlapping views of one storage are refused with
+    an error naming the member and the numbers.  Raise it for a file you trust that
+    compresses better than that (``float("inf")`` turns the check off).
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> d = tempfile.mkdtemp()
@@ -232,7 +265,7 @@ def convert(
     if not os.path.isdir(folder):
         raise StorageError(f"{dst}: the directory {folder} does not exist; create it first", path=dst, errno=errno.ENOENT)
     started = time.perf_counter()
-    found = read_foreign(src, framework=framework)
+    found = read_foreign(src, framework=framework, max_expansion=max_expansion)
     notes = list(found.notes)
     left_out: list[str] = []
     if to == "modelsafe":
@@ -244,9 +277,11 @@ def convert(
         save(tree, dst, metadata=meta)
         count, nbytes = _count_tensors(dst)
     else:
-        tensors = _flat_tensors(found.tree, notes, left_out)
+        tied: dict[str, str] = {}
+        tensors = _flat_tensors(found.tree, notes, left_out, tied)
+        left_out.extend(tied)
         count = len(tensors)
-        nbytes, _ = _write_safetensors(tensors, dst, notes)
+        nbytes, _ = _write_safetensors(tensors, dst, notes, tied)
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
         file_bytes=os.path.getsize(dst), seconds=round(time.perf_counter() - started, 6), notes=notes,

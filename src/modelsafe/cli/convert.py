@@ -15,8 +15,12 @@ from .output import emit_json, escape, human_bytes, json_option, say
 @click.option("--framework", type=click.Choice(["torch", "numpy"]), default=None,
               help="Tensor type recorded in DST (default: torch for torch files when torch is installed).")
 @click.option("-f", "--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--max-expansion", type=click.FloatRange(min=0), default=None, metavar="N",
+              help="Tensor bytes allowed per byte of SRC (default 8, plus 64 MiB); raise it for a trusted file "
+                   "that compresses better, 'inf' turns the check off.")
 @json_option
-def convert(src: str, dst: str, target: str, framework: str | None, force: bool, as_json: bool) -> None:
+def convert(src: str, dst: str, target: str, framework: str | None, force: bool, max_expansion: float | None,
+            as_json: bool) -> None:
     """Convert SRC into a modelsafe file (or plain safetensors) at DST.
 
     SRC: torch .pt/.pth/.bin (zip or legacy format, read by an allowlist unpickler that
@@ -27,7 +31,8 @@ def convert(src: str, dst: str, target: str, framework: str | None, force: bool,
     """
     from ..convert import convert as run_convert
 
-    summary = run_convert(src, dst, to=target, framework=framework, overwrite=force)
+    limit = {} if max_expansion is None else {"max_expansion": max_expansion}
+    summary = run_convert(src, dst, to=target, framework=framework, overwrite=force, **limit)
     if as_json:
         emit_json(summary.to_dict())
         return

@@ -16,23 +16,42 @@ array([0, 1, 2])
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, StorageError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, StorageError
 
 __all__ = ["ForeignFile", "ReadOptions", "register_reader", "reader_for", "read_foreign", "known_formats",
-           "weights_in_directory", "arrays_as"]
+           "weights_in_directory", "arrays_as", "Budget", "checked_shape", "regular_file_size",
+           "MAX_EXPANSION", "EXPANSION_ALLOWANCE"]
 
 HEAD_BYTES = 64
+
+# The rule every reader follows (docs/convert.md): the tensors (and bytes) a read produces may
+# hold at most MAX_EXPANSION times the bytes the input file really holds on disk, plus
+# EXPANSION_ALLOWANCE.  Real files stay far below: raw formats (torch, MXNet, safetensors,
+# uncompressed h5) hold their tensors byte for byte, tied weights are stored once, and
+# compressed npz / h5 / .keras weights rarely shrink below half.  A deflate bomb, never-written
+# h5 datasets or thousands of overlapping views of one storage hit the limit before anything
+# is allocated.
+MAX_EXPANSION = 8.0
+EXPANSION_ALLOWANCE = 64 << 20   # zero-filled or broadcast tensors a small file may still hold
+MAX_TENSOR_BYTES = 1 << 48       # dims and strides beyond this are damage, whatever the file holds
+MAX_DIMS = 64
 
 
 @dataclass
 class ReadOptions:
-    """How a reader builds tensors.  ``framework`` None: torch for torch files when torch is installed, else numpy."""
+    """How a reader builds tensors.  ``framework`` None: torch for torch files when torch is installed, else numpy.
+
+    ``max_expansion``: output bytes allowed per byte of input (see :class:`Budget`).
+    """
 
     framework: str | None = None
+    max_expansion: float = MAX_EXPANSION
 
 
 @dataclass
@@ -43,6 +62,69 @@ class ForeignFile:
     format: str                      # registry name of the reader ("torch", "safetensors", ...)
     tree: Any
     notes: list[str] = field(default_factory=list)
+
+
+class Budget:
+    """The bytes one read may produce from a file holding ``held`` bytes on disk.
+
+    Readers charge every tensor (and every bytes value) *before* allocating or reading it,
+    so a small file cannot make the conversion allocate or write gigabytes.
+
+    >>> b = Budget("tiny.npz", held=1000, max_expansion=8)
+    >>> b.charge(4096, "w")
+    >>> b.limit == 8000 + EXPANSION_ALLOWANCE
+    True
+    """
+
+    def __init__(self, source: str, held: int, max_expansion: float = MAX_EXPANSION) -> None:
+        self.source = source
+        self.held = held
+        self.max_expansion = max_expansion
+        self.limit = math.inf if math.isinf(max_expansion) else int(held * max_expansion) + EXPANSION_ALLOWANCE
+        self.spent = 0
+
+    def charge(self, nbytes: int, key: str) -> None:
+        """Count ``nbytes`` more bytes made for ``key``; refuse once the total passes the limit."""
+        self.spent += nbytes
+        if self.spent > self.limit:
+            raise CorruptCheckpointError(
+                f"{self.source}: {key} brings the tensors this file would produce to {self.spent:,} bytes, but the "
+                f"file holds {self.held:,} bytes (limit: {self.max_expansion:g} x that + {EXPANSION_ALLOWANCE >> 20} "
+                "MiB); refused before allocating, as a decompression bomb, unwritten datasets or shared views "
+                "multiplied. If you trust the file, raise the limit: convert(..., max_expansion=N) or "
+                "modelsafe convert --max-expansion N",
+                path=self.source, key=key,
+            )
+
+
+def checked_shape(shape: Any, itemsize: int, source: str, key: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, refused unless every dim is a non-negative int and the tensor
+    (counting empty dims as 1, as numpy and torch do) stays under MAX_TENSOR_BYTES.
+
+    >>> checked_shape((0, 3), 4, "f", "w")
+    (0, 3)
+    """
+    ok = isinstance(shape, (tuple, list)) and len(shape) <= MAX_DIMS and all(type(d) is int and d >= 0 for d in shape)
+    if ok and math.prod(max(d, 1) for d in shape) * max(itemsize, 1) <= MAX_TENSOR_BYTES:
+        return tuple(shape)
+    raise CorruptCheckpointError(
+        f"{source}: {key} has shape {shape!r:.120}, which no real tensor has (negative, non-integer, more than "
+        f"{MAX_DIMS} dims, or over {MAX_TENSOR_BYTES:,} bytes even with its empty dims counted as 1); "
+        "the file is damaged or hostile", path=source, key=key,
+    )
+
+
+def regular_file_size(path: str) -> int:
+    """The size of ``path``, refused unless it is a regular file (a FIFO would hang, a device never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: no such file; check the path", path=path) from None
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot read ({exc.strerror})", path=path, errno=exc.errno) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise StorageError(f"{path}: is not a regular file (a pipe, device or socket); convert a file", path=path)
+    return st.st_size
 
 
 @dataclass(frozen=True)
@@ -134,17 +216,22 @@ def weights_in_directory(folder: str) -> str:
     )
 
 
-def read_foreign(path: str | os.PathLike, *, framework: str | None = None) -> ForeignFile:
+def read_foreign(path: str | os.PathLike, *, framework: str | None = None,
+                 max_expansion: float = MAX_EXPANSION) -> ForeignFile:
     """Read ``path`` with the reader its signature or extension selects; never runs code from the file.
 
     A directory is read through its one weights file (see :func:`weights_in_directory`).
+    ``max_expansion`` bounds what the read may produce (see :class:`Budget`).
     """
     path = os.fspath(path)
+    if isinstance(max_expansion, bool) or not isinstance(max_expansion, (int, float)) or not max_expansion >= 0:
+        raise InvalidArgumentError(f"max_expansion={max_expansion!r}: give a number >= 0 (output bytes per input byte)")
     if os.path.isdir(path):
         path = weights_in_directory(path)
+    regular_file_size(path)
     entry = reader_for(path)
     module = importlib.import_module(entry.module)
-    return module.read(path, ReadOptions(framework=framework))
+    return module.read(path, ReadOptions(framework=framework, max_expansion=max_expansion))
 
 
 def arrays_as(tree: Any, framework: str | None) -> Any:
@@ -167,12 +254,16 @@ def arrays_as(tree: Any, framework: str | None) -> Any:
     adapter_named("torch")  # raises FrameworkNotInstalledError with an install hint
     import torch
 
+    made: dict[int, Any] = {}  # an array reached under several names (h5 hard links) stays one tensor
+
     def convert(value: Any) -> Any:
         if not isinstance(value, np.ndarray):
             return value
-        dt = dtypes.from_numpy(value.dtype)
-        flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-        return torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+        if id(value) not in made:
+            dt = dtypes.from_numpy(value.dtype)
+            flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+            made[id(value)] = torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+        return made[id(value)]
 
     if isinstance(tree, dict):
         return {k: convert(v) for k, v in tree.items()}

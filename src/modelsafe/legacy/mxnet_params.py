@@ -15,7 +15,9 @@ The layout (MXNet's ``NDArray::Save`` and ``mx.nd.save``), all little-endian:
   ``arg:``/``aux:``-prefixed in Module checkpoints, plain in Gluon's save_parameters.
 
 Every count, length and size is checked against the bytes left in the file before
-anything is allocated.
+anything is allocated, and every shape against what numpy and torch can hold (a
+shape like ``(0, 2**62)`` holds no data, yet no array has it).  Data is copied from the
+file byte for byte, so the output never holds more than the file.
 
 >>> import numpy as np, tempfile, os, struct
 >>> p = os.path.join(tempfile.mkdtemp(), "m.params")
@@ -29,6 +31,7 @@ anything is allocated.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Any
@@ -37,7 +40,7 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, UnsupportedObjectError
 from ..format import dtypes
-from . import ForeignFile, ReadOptions, arrays_as
+from . import ForeignFile, ReadOptions, arrays_as, checked_shape
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -78,11 +81,9 @@ class _Cursor:
 
 def _shape(cur: _Cursor, ndim: int, wide: bool, index: int) -> tuple[int, ...]:
     if not 0 <= ndim <= MAX_DIMS:
-        raise CorruptCheckpointError(f"{cur.source}: array {index} has {ndim} dimensions", path=cur.source)
-    dims = cur.unpack(("q" if wide else "I") * ndim, f"the shape of array {index}")
-    if any(d < 0 for d in dims):
-        raise CorruptCheckpointError(f"{cur.source}: array {index} has a negative dimension {dims}", path=cur.source)
-    return tuple(dims)
+        raise CorruptCheckpointError(f"{cur.source}: array {index} has {ndim} dimensions", path=cur.source,
+                                     key=f"array {index}")
+    return cur.unpack(("q" if wide else "I") * ndim, f"the shape of array {index}")
 
 
 def _array(cur: _Cursor, index: int) -> np.ndarray | None:
@@ -110,12 +111,11 @@ def _array(cur: _Cursor, index: int) -> np.ndarray | None:
     _dev_type, _dev_id, code = cur.unpack("iii", f"the context and dtype of array {index}")
     name = DTYPE_CODES.get(code)
     if name is None:
-        raise CorruptCheckpointError(f"{cur.source}: array {index} has unknown dtype code {code}", path=cur.source)
+        raise CorruptCheckpointError(f"{cur.source}: array {index} has unknown dtype code {code}", path=cur.source,
+                                     key=f"array {index}")
     dt = dtypes.BY_NAME[name]
-    count = 1
-    for d in shape:
-        count *= d
-    data = cur.take(count * dt.itemsize, f"the data of array {index} ({name} x {list(shape)})")
+    shape = checked_shape(shape, dt.itemsize, cur.source, f"array {index}")  # (0, 2**62) holds no data yet breaks numpy
+    data = cur.take(math.prod(shape) * dt.itemsize, f"the data of array {index} ({name} x {list(shape)})")
     return np.frombuffer(data, dtype=dtypes.numpy_dtype(dt)).reshape(shape).copy()
 
 

@@ -1,7 +1,8 @@
 """numpy ``.npz`` archives, read with ``allow_pickle=False`` (object arrays are refused).
 
-Each member's ``.npy`` header is checked against the member's size before numpy
-allocates the array, so a tiny archive cannot declare gigabytes.
+Each member's ``.npy`` header is checked against the member's size, and every member's
+bytes are charged against the archive's real size on disk (a :class:`Budget`), before numpy
+allocates or inflates anything: a tiny archive cannot declare gigabytes, nor deflate into them.
 
 >>> import numpy as np, tempfile, os
 >>> p = os.path.join(tempfile.mkdtemp(), "a.npz")
@@ -12,6 +13,7 @@ allocates the array, so a tiny archive cannot declare gigabytes.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zipfile
@@ -20,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, UnsafeObjectError
-from . import ForeignFile, ReadOptions, arrays_as
+from ..errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError
+from . import Budget, ForeignFile, ReadOptions, arrays_as, checked_shape, regular_file_size
 
 
 def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> int:
@@ -42,10 +44,8 @@ def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> 
                 "so it is refused (numpy's allow_pickle=False)", path=source, key=info.filename,
             )
         header_end = member.tell()
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * dtype.itemsize
+    shape = checked_shape(shape, dtype.itemsize, source, f"member {info.filename}")
+    nbytes = math.prod(shape) * dtype.itemsize
     if header_end + nbytes > info.file_size:
         raise CorruptCheckpointError(
             f"{source}: member {info.filename} declares {nbytes:,} bytes of array data but holds "
@@ -56,15 +56,18 @@ def _declared_nbytes(z: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> 
 
 def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     path = os.fspath(path)
+    options = options or ReadOptions()
+    budget = Budget(path, regular_file_size(path), options.max_expansion)
+    notes: list[str] = []
+    tree: dict[str, Any] = {}
     try:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
-                _declared_nbytes(z, info, path)
-        notes: list[str] = []
-        tree: dict[str, Any] = {}
-        with np.load(path, allow_pickle=False) as archive:
-            for name in archive.files:
-                arr = archive[name]
+                budget.charge(_declared_nbytes(z, info, path), f"member {info.filename}")
+            for info in z.infolist():  # read here, not by np.load, which would take a .npy-looking file whole
+                name = info.filename[: -len(".npy")] if info.filename.endswith(".npy") else info.filename
+                with z.open(info) as member:
+                    arr = np.lib.format.read_array(member, allow_pickle=False)
                 if arr.dtype.kind not in "biufc":
                     notes.append(f"{name}: {arr.dtype} array is not a tensor (numpy writes bfloat16/float8 arrays "
                                  "as raw void records, losing their type); left out")
@@ -73,8 +76,10 @@ def read(path: str | os.PathLike, options: ReadOptions | None) -> ForeignFile:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, NotImplementedError, RuntimeError,
             struct.error) as exc:  # what zipfile and zlib raise on damaged archives
         raise CorruptCheckpointError(f"{path}: is not a valid .npz archive ({type(exc).__name__}: {exc})", path=path) from None
+    except ModelsafeError:
+        raise
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise UnsafeObjectError(f"{path}: holds pickled object arrays; refused", path=path) from None
         raise CorruptCheckpointError(f"{path}: a member could not be read ({exc})", path=path) from None
-    return ForeignFile(path, "npz", arrays_as(tree, options.framework if options else None), notes)
+    return ForeignFile(path, "npz", arrays_as(tree, options.framework), notes)

@@ -12,11 +12,13 @@ records; :func:`to_numpy` makes the arrays once unpickling has finished.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import numpy as np
 
+from . import MAX_TENSOR_BYTES
 from .restricted_pickle import Refused
 
 __all__ = ["NUMPY_GLOBALS", "NumpyDType", "NumpyArray", "NumpyScalar", "to_numpy"]
@@ -67,6 +69,9 @@ NDARRAY = NdarrayClass()
 def _shape(value: Any) -> tuple:
     _require(isinstance(value, tuple) and len(value) <= 64 and all(type(d) is int and d >= 0 for d in value),
              f"numpy array shape {value!r:.60} is not a tuple of non-negative integers")
+    # (0, 2**62) holds no bytes, yet numpy cannot make it: bound the dims before any arithmetic
+    _require(math.prod(min(max(d, 1), MAX_TENSOR_BYTES + 1) for d in value) <= MAX_TENSOR_BYTES,
+             f"numpy array shape {value!r:.60} is larger than any array can be")
     return value
 
 

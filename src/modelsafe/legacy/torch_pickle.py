@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import math
 import mmap
 import os
 import re
@@ -41,7 +42,7 @@ import numpy as np
 
 from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, UnsafeObjectError, UnsupportedObjectError
 from ..format import dtypes
-from . import ForeignFile, ReadOptions
+from . import MAX_TENSOR_BYTES, Budget, ForeignFile, ReadOptions, checked_shape, regular_file_size
 from .numpy_pickle import NUMPY_GLOBALS, NumpyArray, NumpyScalar, to_numpy
 from .restricted_pickle import Refused, restricted_loads, scan_opcodes
 
@@ -53,7 +54,10 @@ LEGACY_PROTOCOL_VERSION = 1001
 MAX_DIMS = 64
 MAX_TREE_NODES = 5_000_000       # containers and leaves after expanding shared references
 MAX_DEPTH = 400
-MAX_EXPANSION_BYTES = 1 << 30    # bytes that broadcast (stride-0 / overlapping) views may add
+# What one tree node costs once shared references are expanded (its Python objects while
+# converting, its skeleton entry and JSON in the output); 5M nodes measured ~40 bytes each of
+# RSS and 20 s to write, from a 16 KB pickle sharing one list 1,000 times.
+NODE_BYTES = 64
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-]{1,200}\Z")
 
 
@@ -144,8 +148,8 @@ def _dims(value: Any, what: str) -> tuple:
         value = value.dims
     _require(type(value) in (tuple, list) and len(value) <= MAX_DIMS, f"tensor {what} {value!r:.80} is not a tuple")
     for d in value:
-        if type(d) is not int or d < 0:
-            raise Refused(f"tensor {what} {value!r:.80} holds a negative or non-integer entry")
+        if type(d) is not int or not 0 <= d <= MAX_TENSOR_BYTES:  # bounded before any arithmetic on them
+            raise Refused(f"tensor {what} {value!r:.80} holds a negative, non-integer or impossibly large entry")
     return tuple(value)
 
 
@@ -270,9 +274,24 @@ def _torch_size(dims=()):
     return TorchSize(_dims(dims, "size"))
 
 
+_DEVICE_RE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,5})?\Z")
+
+
 def _torch_device(spec, index=None):
-    _require(isinstance(spec, str) and len(spec) < 64 and (index is None or _is_int(index)), "torch.device takes a name")
-    return TorchDevice(spec if index is None else f"{spec}:{index}")
+    _require(isinstance(spec, str) and (index is None or (_is_int(index) and 0 <= index < 1 << 16)),
+             "torch.device takes a device name and a small index")
+    spec = spec if index is None else f"{spec}:{index}"
+    _require(_DEVICE_RE.match(spec) is not None, f"torch.device {spec!r:.60} is not a device name")
+    return TorchDevice(spec)
+
+
+def _device_value(m: Any, d: TorchDevice) -> Any:
+    if m.framework != "torch":
+        return d.spec
+    try:
+        return m._torch().device(d.spec)
+    except RuntimeError:
+        raise Refused(f"torch.device {d.spec!r} names no device type this torch knows") from None
 
 
 def _allowed_globals() -> dict[str, Any]:
@@ -573,13 +592,19 @@ def _load_stream(path: str, source: str) -> Loaded:
 # -- making tensors --------------------------------------------------------------------------
 
 class TensorFactory:
-    """Makes tensors of one framework from storage bytes; tensors over one storage share it."""
+    """Makes tensors of one framework from storage bytes; tensors over one storage share it.
 
-    def __init__(self, framework: str, loaded: Loaded, source: str) -> None:
+    Identical views (same storage, dtype, offset, shape, stride and flags) are made once and
+    shared, so they are written once (tied); every distinct view is charged to ``budget``
+    before it is made, so overlapping or broadcast views cannot multiply the file.
+    """
+
+    def __init__(self, framework: str, loaded: Loaded, source: str, budget: Budget) -> None:
         self.framework = framework
         self.loaded = loaded
         self.source = source
-        self.expansion = 0
+        self.budget = budget
+        self._made: dict[tuple, Any] = {}
         self._bases: dict[int, Any] = {}
         self._typed: dict[tuple[str, str], Any] = {}
         self.notes = loaded.notes
@@ -609,31 +634,34 @@ class TensorFactory:
         if dt is None:
             raise CorruptCheckpointError(f"{self.source}: unknown tensor dtype {ref.dtype}", path=self.source)
         storage = ref.storage
-        itemsize = dt.itemsize
-        available = (storage.nbytes) // itemsize
-        numel = 1
-        for d in ref.shape:
-            numel *= d
-        if numel:
-            last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
-            if last >= available:
-                raise CorruptCheckpointError(
-                    f"{self.source}: a {ref.dtype} tensor of shape {list(ref.shape)} (offset {ref.offset}, stride "
-                    f"{list(ref.stride)}) reaches element {last} of storage {storage.key}, which holds {available}; "
-                    "the file is damaged or hostile", path=self.source, key=storage.key,
-                )
-            logical = numel * itemsize
-            if logical > storage.nbytes:
-                self.expansion += logical - storage.nbytes
-                if self.expansion > MAX_EXPANSION_BYTES:
-                    raise CorruptCheckpointError(
-                        f"{self.source}: broadcast tensors would expand {storage.nbytes:,} stored bytes into "
-                        f"{logical:,} (over {MAX_EXPANSION_BYTES:,} in all); refused as a memory bomb",
-                        path=self.source, key=storage.key,
-                    )
+        numel = self._check_view(ref, dt.itemsize)
+        identity = (storage.key, storage.byte_offset, ref.dtype, ref.offset, ref.shape, ref.stride, ref.parameter,
+                    ref.requires_grad)
+        made = self._made.get(identity)
+        if made is not None:
+            return made
+        self.budget.charge(numel * dt.itemsize, f"a {ref.dtype} view {list(ref.shape)} of storage {storage.key}")
         if storage.location != "cpu":
             self.notes.append(f"storages saved on {storage.location} are converted as CPU tensors")
-        return self._make_torch(ref, dt, numel) if self.framework == "torch" else self._make_numpy(ref, dt, numel)
+        made = self._make_torch(ref, dt, numel) if self.framework == "torch" else self._make_numpy(ref, dt, numel)
+        self._made[identity] = made
+        return made
+
+    def _check_view(self, ref: TensorRef, itemsize: int) -> int:
+        """The view's element count, once shape, strides and offset are known to stay inside its storage."""
+        storage = ref.storage
+        available = storage.nbytes // itemsize
+        shape = checked_shape(ref.shape, itemsize, self.source, f"a tensor over storage {storage.key}")
+        numel = math.prod(shape)
+        last = ref.offset + sum((d - 1) * s for d, s in zip(shape, ref.stride)) if numel else ref.offset - 1
+        too_far = max(ref.stride, default=0) * itemsize > MAX_TENSOR_BYTES or ref.offset > available
+        if too_far or last >= available:
+            raise CorruptCheckpointError(
+                f"{self.source}: a {ref.dtype} tensor of shape {list(ref.shape)} (offset {ref.offset}, stride "
+                f"{list(ref.stride)}) reaches element {max(last, ref.offset)} of storage {storage.key}, which holds "
+                f"{available}; the file is damaged or hostile", path=self.source, key=storage.key,
+            )
+        return numel
 
     def _window(self, ref: TensorRef, dt: dtypes.DType) -> tuple[np.ndarray, str]:
         storage = ref.storage
@@ -682,16 +710,17 @@ class TensorFactory:
 class _Materializer:
     """Replaces stand-ins by real objects; refuses cycles, depth and expanded size beyond the limits."""
 
-    def __init__(self, factory: TensorFactory | None, source: str, framework: str) -> None:
+    def __init__(self, factory: TensorFactory, source: str, framework: str) -> None:
         self.factory = factory
         self.source = source
         self.framework = framework
         self.done: dict[int, Any] = {}
         self.active: set[int] = set()
-        self.sizes: dict[int, int] = {}
+        self.sizes: dict[int, tuple[int, int]] = {}
 
-    def expanded_size(self, root: Any) -> int:
-        """Node count of the tree with every shared reference expanded (what a tree walk would visit)."""
+    def expanded_size(self, root: Any) -> tuple[int, int]:
+        """(nodes, bytes of str/bytes leaves) of the tree with every shared reference expanded: what a
+        tree walk visits and what the output writes (a string or bytes value is written once per reference)."""
         stack = [(root, False)]
         while stack:
             obj, ready = stack.pop()
@@ -702,7 +731,8 @@ class _Materializer:
             if key in self.sizes:
                 continue
             if ready:
-                self.sizes[key] = 1 + sum(self.sizes.get(id(c), 1) for c in children)
+                sizes = [self.sizes.get(id(c)) or (1, _leaf_bytes(c)) for c in children]
+                self.sizes[key] = (1 + sum(n for n, _ in sizes), sum(b for _, b in sizes))
                 continue
             if key in self.active:
                 raise _corrupt(self.source, "the pickled objects contain themselves (a reference cycle)")
@@ -710,12 +740,14 @@ class _Materializer:
             stack.append((obj, True))
             stack.extend((c, False) for c in children)
         self.active.clear()
-        return self.sizes.get(id(root), 1)
+        return self.sizes.get(id(root)) or (1, _leaf_bytes(root))
 
     def run(self, root: Any) -> Any:
-        total = self.expanded_size(root)
+        total, leaf_bytes = self.expanded_size(root)
         if total > MAX_TREE_NODES:
             raise _corrupt(self.source, f"the pickled objects expand to {total:,} nodes (limit {MAX_TREE_NODES:,}); refused")
+        self.factory.budget.charge(total * NODE_BYTES + leaf_bytes, f"the object tree ({total:,} nodes and "
+                                   f"{leaf_bytes:,} bytes of strings and bytes values, counted once per reference)")
         return self.convert(root, 0)
 
     def convert(self, obj: Any, depth: int) -> Any:
@@ -761,6 +793,10 @@ class _Materializer:
             return self.convert(key, 0)
         raise _corrupt(self.source, f"a dict key or set member is a {type(key).__name__}")
 
+    def numpy_array(self, arr: NumpyArray) -> np.ndarray:
+        self.factory.budget.charge(len(arr.raw or b""), f"a numpy array {list(arr.shape or ())}")
+        return to_numpy(arr)
+
     @staticmethod
     def _torch():
         import torch
@@ -773,11 +809,15 @@ _VALUE_MAKERS: dict[type, Callable[[_Materializer, Any], Any]] = {
     TensorRef: lambda m, ref: m.factory.make(ref),
     StorageRef: lambda m, ref: m.factory.make(TensorRef(ref, 0, (ref.numel,), (1,), ref.dtype)),
     TorchDType: lambda m, d: getattr(m._torch(), d.name) if m.framework == "torch" else f"torch.{d.name}",
-    TorchDevice: lambda m, d: m._torch().device(d.spec) if m.framework == "torch" else d.spec,
+    TorchDevice: _device_value,
     TorchSize: lambda m, s: m._torch().Size(s.dims) if m.framework == "torch" else s.dims,
-    NumpyArray: lambda m, a: to_numpy(a),
+    NumpyArray: lambda m, a: m.numpy_array(a),
     NumpyScalar: lambda m, a: to_numpy(a),
 }
+
+
+def _leaf_bytes(obj: Any) -> int:
+    return len(obj) if type(obj) in (str, bytes, bytearray) else 0
 
 
 def _children(obj: Any) -> list | None:
@@ -824,10 +864,11 @@ def read(path: str | os.PathLike, options: ReadOptions) -> ForeignFile:
     path = os.fspath(path)
     source = path
     framework = _framework(options)
+    budget = Budget(source, regular_file_size(path), options.max_expansion)
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     loaded = _load_zip(path, source) if is_zip else _load_stream(path, source)
-    factory = TensorFactory(framework, loaded, source)
+    factory = TensorFactory(framework, loaded, source, budget)
     try:
         tree = _Materializer(factory, source, framework).run(loaded.tree)
     except (CorruptCheckpointError, UnsupportedObjectError, UnsafeObjectError):
