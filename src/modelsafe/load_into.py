@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .errors import IncompatibleStateError, ModelsafeError
+from .arguments import check_flag, check_path, check_rename, check_select
+from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
 from .sources import open_source
 from .tree import Unflattener, walk_refs
@@ -210,9 +211,11 @@ class _Planner:
         elif isinstance(target, (list, tuple)):
             self.plan_sequence(target, node, prefix)
         else:
-            raise TypeError(
-                f"ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'}; targets are "
-                "modules, optimizers, schedulers, GradScalers, RNG objects, tensors and dicts/lists/tuples of them"
+            raise InvalidArgumentError(
+                f"{self.s.source.path}: ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'} "
+                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors and "
+                "dicts/lists/tuples of them",
+                path=self.s.source.path, key=name or None,
             )
 
     # containers
@@ -525,6 +528,8 @@ def load_into(
     >>> ms.load_into(torch.nn.Linear(4, 2), p, strict=False).mismatched[0].key
     'weight'
     """
+    _check_arguments(target, path, strict, verify, rename)
+    select = check_select(select)
     with open_source(path) as source:
         session = _Session(source, verify, select, rename)
         planner = _Planner(session)
@@ -549,3 +554,20 @@ def load_into(
                     path=source.path, report=report,
                 ) from exc
         return report
+
+
+def _check_arguments(target: Any, path: Any, strict: Any, verify: Any, rename: Any) -> None:
+    """Refuse wrong arguments before anything is opened, naming what to pass instead."""
+    if isinstance(path, dict):
+        hint = (
+            "it reads a file; to restore a state dict you hold in memory call target.load_state_dict(state) "
+            "(for a module or optimizer), or save it with ms.save first"
+        )
+    elif isinstance(target, (str, os.PathLike)):
+        hint = "the arguments look swapped: ms.load_into(target, path) takes the object to restore first"
+    else:
+        hint = ""
+    check_path(path, call="ms.load_into(target, path)", hint=hint)
+    check_flag(strict, call="ms.load_into", name="strict")
+    check_flag(verify, call="ms.load_into", name="verify")
+    check_rename(rename)

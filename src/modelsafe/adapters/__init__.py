@@ -26,6 +26,7 @@ __all__ = [
     "TensorAdapter",
     "adapter_for_type",
     "adapter_named",
+    "known_frameworks",
     "register_adapter",
 ]
 
@@ -108,6 +109,11 @@ def register_adapter(framework: str, module: str, *, type_roots: Sequence[str] =
         _INSTALL_HINTS[framework] = install_hint
     _loaded.pop(framework, None)
     _by_type.clear()
+
+
+def known_frameworks() -> list[str]:
+    """The framework names ``framework=`` accepts (registered adapters, installed or not)."""
+    return sorted(_ADAPTER_MODULES)
 
 
 def adapter_named(framework: str) -> TensorAdapter:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import UnsupportedObjectError
+from ..errors import InvalidArgumentError, UnsupportedObjectError
 from ..format import dtypes
 from . import LoadOptions, TensorInfo, TensorSpec
 
@@ -131,7 +131,21 @@ def _target_device(saved: str, map_location: Any) -> Any:
         return map_location
     if isinstance(map_location, dict):
         return map_location.get(saved, saved)
-    return saved
+    raise InvalidArgumentError(
+        f"map_location must be a device ('cpu', 'cuda:0', a torch.device), a dict of saved to target devices, "
+        f"or a function (tensor, saved_device) -> tensor, as in torch.load; not {map_location!r}"
+    )
+
+
+def _to_device(t: torch.Tensor, device: Any, map_location: Any) -> torch.Tensor:
+    """``t`` on ``device``; a device this machine lacks (no CUDA) is an error naming it."""
+    try:
+        return t.to(device)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"map_location={map_location!r}: cannot place tensors on device {str(device)!r} on this machine ({exc}); "
+            "pass map_location='cpu', or a dict such as {'cuda:0': 'cpu'}"
+        ) from None
 
 
 def _restore(t: torch.Tensor, attrs: dict, map_location: Any) -> torch.Tensor:
@@ -143,7 +157,7 @@ def _restore(t: torch.Tensor, attrs: dict, map_location: Any) -> torch.Tensor:
     else:
         device = _target_device(saved_device, map_location)
         if str(device) != "cpu":
-            t = t.to(device)
+            t = _to_device(t, device, map_location)
     if attrs.get("parameter"):
         return torch.nn.Parameter(t, requires_grad=attrs.get("requires_grad", True))
     if attrs.get("requires_grad"):
