@@ -15,6 +15,7 @@ from typing import Any
 from .api import encode_metadata
 from .async_save import frozen_adapter
 from .checkpoint_dir import CheckpointSource
+from .errors import InvalidArgumentError
 from .format.writer import write_file
 from .loading import decode_metadata
 from .storage.local import atomic_file
@@ -33,15 +34,22 @@ def link_payloads(source: str, manifest: dict, staging: str) -> None:
         _link_or_copy(os.path.join(source, *parts), os.path.join(staging, *parts))
 
 
-def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin: dict | None = None) -> None:
-    """Write entry ``key`` of the saved dict (or the whole state) of ``checkpoint`` as one file.
+def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None) -> None:
+    """Write entry ``key`` of the saved dict of ``checkpoint`` as one file; by default its
+    ``"model"`` entry, or the whole state when it has none.  A ``key`` the state lacks is an error.
 
     The subtree is copied as stored, recipe included; tensor names lose the ``key.``
     prefix, so an exported state_dict keeps its keys.  ``origin`` is recorded in the
     metadata as ``exported_from``.
     """
     with CheckpointSource(checkpoint) as source:
-        node, prefix = _subtree(source.manifest.get("tree"), key)
+        node, prefix = _subtree(source.manifest.get("tree"), key or "model")
+        if key is not None and not prefix:
+            raise InvalidArgumentError(
+                f"{checkpoint}: the saved state has no entry {key!r} to export; its entries: "
+                f"{', '.join(map(repr, _entry_names(source.manifest.get('tree')))) or 'none (it is not a dict)'}",
+                path=checkpoint, key=key,
+            )
         fl = _copy_subtree(source, node, prefix)
         metadata = decode_metadata(source)
         metadata = dict(metadata) if isinstance(metadata, dict) else {}
@@ -67,6 +75,13 @@ def _subtree(tree: Any, key: str) -> tuple[Any, str]:
             if isinstance(item, list) and len(item) == 2 and item[0] == key:
                 return item[1], f"{key}."
     return tree, ""
+
+
+def _entry_names(tree: Any) -> list:
+    """The keys of a saved dict's entries (none for any other tree)."""
+    if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
+        return [item[0] for item in tree["dict"] if isinstance(item, list) and len(item) == 2]
+    return []
 
 
 def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 import click
 
 from .. import retention
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, ModelsafeError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
 from .errors import CommandError, UsageProblem
 from .output import Column, TableSpec, emit_json, escape, format_number, format_time, human_bytes, json_option, say
@@ -219,13 +219,15 @@ def _default_which(checkpoints: Any) -> str:
 @click.argument("source")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--from", "which", metavar="WHICH", help="For a run: best, latest, a step or a name (default: best, or latest when the run has no metric).")
-@click.option("--key", default="model", show_default=True, help="Entry of the saved dict to export (the whole state when absent).")
+@click.option("--key", metavar="NAME", default=None,
+              help="Entry of the saved dict to export (an error when it has none).  "
+                   "Default: the 'model' entry, or the whole state when it has none.")
 @json_option
-def export(source: str, out: str, which: str | None, key: str, as_json: bool) -> None:
+def export(source: str, out: str, which: str | None, key: str | None, as_json: bool) -> None:
     """Write the inference weights (+ recipe) of a checkpoint as one safetensors file.
 
-    SOURCE is a run (RUN, RUN@best, ...) or a checkpoint directory.  The ``model``
-    entry of the saved state is exported with tensor names relative to it; checksums
+    SOURCE is a run (RUN, RUN@best, ...) or a checkpoint directory.  One entry of the
+    saved state (see --key) is exported with tensor names relative to it; checksums
     are verified on the way; nothing from the file is imported or run.
     """
     address = parse_address(source)
@@ -234,6 +236,8 @@ def export(source: str, out: str, which: str | None, key: str, as_json: bool) ->
     target = _checkpoint_in_run(address.path, address.selector or which, "export")
     try:
         info = target.run.export(out, which=target.info, key=key)
+    except ModelsafeError:
+        raise  # mapped with its own kind and exit code by cli.errors
     except ValueError as exc:
         raise CommandError(str(exc), kind="ValueError", path=out) from exc
     size = os.path.getsize(out)
