@@ -89,8 +89,8 @@ _TYPE_ROOTS: dict[str, str] = {
 _INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install numpy",
     "torch": "pip install 'modelsafe[torch]'",
-    "jax": "pip install 'modelsafe[jax]'",
-    "tensorflow": "pip install 'modelsafe[tensorflow]'",
+    "jax": "pip install jax",
+    "tensorflow": "pip install tensorflow",
     "mxnet": "pip install mxnet",
 }
 _loaded: dict[str, TensorAdapter] = {}
