@@ -168,7 +168,8 @@ class _Session:
         return self.unflattener(self.values(names, framework, copy=True)).decode(node)
 
 
-def _dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
+def _saved_dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
+    """The decoded (key, value node) pairs of a saved dict node; None when ``node`` is no dict."""
     if isinstance(node, dict) and isinstance(node.get("dict"), list):
         un = session.unflattener()
         if not all(isinstance(p, list) and len(p) == 2 for p in node["dict"]):
@@ -194,7 +195,6 @@ class _Planner:
         self.s = session
         self.targets: dict[str, tuple[Any, str, Any]] = {}   # full key -> (module/tensor owner, rel key, target value)
         self.file_entries: list[tuple[str, str, Any]] = []   # (full file key, renamed key, value node)
-        self.module_plans: dict[int, tuple[Any, dict]] = {}
 
     def plan(self, target: Any, node: Any, prefix: str, name: str) -> None:
         kind = _classify(target)
@@ -220,7 +220,7 @@ class _Planner:
 
     # containers
     def plan_dict(self, target: dict, node: Any, prefix: str) -> None:
-        items = _dict_items(self.s, node)
+        items = _saved_dict_items(self.s, node)
         if items is None:
             self.s.report.missing.extend(_join(prefix, k) for k in target)
             return
@@ -267,7 +267,7 @@ class _Planner:
         if state is None:
             self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
             return
-        items = _dict_items(self.s, state) or []
+        items = _saved_dict_items(self.s, state) or []
         # wrappers (torch.compile, DataParallel, DDP) prefix state_dict keys with "_orig_mod." / "module.":
         # on either side, use the views that match best (only when the caller maps keys neither way)
         views = [module]
@@ -304,7 +304,7 @@ class _Planner:
                 self.s.report.mismatched.append(Mismatch(label, found, None, type(target).__name__, None))
                 return
             state_node = node["state"]
-        elif _dict_items(self.s, node) is not None:
+        elif _saved_dict_items(self.s, node) is not None:
             state_node = node
         else:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
@@ -441,7 +441,7 @@ def _module_state_node(session: _Session, node: Any, *, root: bool) -> Any:
         return node.get("state")
     if kind is not None:
         return None
-    items = _dict_items(session, node)
+    items = _saved_dict_items(session, node)
     if items is None:
         return None
     if root:  # a lone module against a saved training state: use the one saved module in it

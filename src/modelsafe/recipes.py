@@ -50,6 +50,7 @@ _NAMES: dict[Any, str] = {}             # class or factory -> stable name
 
 
 def qualified_name(obj: Any) -> str:
+    """``module:qualname`` of a class or function: the name files record when none is registered."""
     return f"{obj.__module__}:{obj.__qualname__}"
 
 

@@ -24,7 +24,6 @@ from ..errors import CheckpointNotFoundError
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
-KEYWORDS = ("best", "latest")
 
 
 @dataclass(frozen=True)
