@@ -40,6 +40,11 @@ def test_save_and_load_name_a_path_that_is_not_one(path):
     expect(lambda: ms.open(path), "ms.open(path): path must be", type(path).__name__)
 
 
+def test_an_empty_path_is_named_as_such():
+    expect(lambda: ms.load(""), "ms.load(path): path is empty")
+    expect(lambda: ms.save(torch.zeros(2), ""), "ms.save(obj, path): path is empty")
+
+
 def test_load_of_a_tensor_says_it_reads_files():
     expect(lambda: ms.load(torch.zeros(2)), "ms.load(path)", "not a Tensor", "reads a file")
 

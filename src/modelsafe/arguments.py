@@ -45,6 +45,8 @@ def check_path(value: Any, *, call: str, hint: str = "") -> None:
     modelsafe.errors.InvalidArgumentError: ms.load(path): path must be a file or directory path (str or os.PathLike), not int 3
     """
     if _is_path(value):
+        if not os.fspath(value):
+            raise InvalidArgumentError(f"{call}: path is empty; give a file or directory path")
         return
     message = f"{call}: path must be a file or directory path (str or os.PathLike), not {_given(value)}"
     raise InvalidArgumentError(message + (f"; {hint}" if hint else ""), path=None)
