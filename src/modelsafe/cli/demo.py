@@ -1,4 +1,4 @@
-"""``modelsafe demo``: the main job on a fresh machine, end to end, in a few seconds.
+"""``modelsafe demo``: the main job on a fresh machine, end to end.
 
 1. train a small network on synthetic data with ``ms.Checkpoints`` (keep the last 2 and
    the best 2 by validation loss, names like ``epoch007-val_loss0.0421``, async saves);
