@@ -230,3 +230,14 @@ def test_export_of_a_key_the_state_lacks_is_an_error_naming_the_entries(tmp_path
     assert not (tmp_path / "out.safetensors").exists()
     assert invoke("export", tmp_path / "run", tmp_path / "out.safetensors", "--key", "model").code == 0
     assert set(ms.load(tmp_path / "out.safetensors")) == {"w", "b"}
+
+
+def test_prune_with_a_misspelled_monitor_deletes_nothing_and_names_the_recorded_metrics(tmp_path):
+    from cli_support import make_run
+
+    make_run(tmp_path / "run", [0.1, 0.5, 0.4, 0.3])
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    result = invoke("prune", tmp_path / "run", "--keep-best", "1", "--monitor", "val_los")
+    assert result.code == 2, result.out + result.err
+    assert "--monitor val_los" in result.err and "val_loss" in result.err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before

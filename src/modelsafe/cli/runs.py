@@ -136,6 +136,8 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         raise UsageProblem("--keep-best needs --monitor METRIC (this run records no monitored metric)")
     policy = retention.policy_for(keep_last, keep_best, checkpoints.monitor, checkpoints.mode)
     infos, problems = listing(checkpoints)
+    if keep_best:
+        _check_monitor_is_recorded(infos, checkpoints.monitor)
     by_name = {i.name: i for i in infos}
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
     if not dry_run and doomed:
@@ -160,6 +162,16 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         say(f"{verb} {len(doomed)} checkpoint(s), {human_bytes(freed)}; kept {len(kept)}: {escape(', '.join(i.name for i in kept))}")
     for problem in problems:
         say(f"[yellow]unreadable (left alone):[/yellow] {escape(problem)}")
+
+
+def _check_monitor_is_recorded(infos: list, monitor: str) -> None:
+    """A monitor no checkpoint records (a typo) would rank nothing and delete the best: refuse it."""
+    if infos and not any(monitor in info.metrics for info in infos):
+        recorded = sorted({name for info in infos for name in info.metrics})
+        raise UsageProblem(
+            f"--monitor {monitor}: no checkpoint of this run records that metric, so nothing would be kept as best; "
+            f"its checkpoints record: {', '.join(recorded) or 'no metrics'}"
+        )
 
 
 def delete_checkpoints(run_path: str, names: Iterable[str]) -> None:
