@@ -174,3 +174,70 @@ def test_no_progress_bar_in_captured_output(tmp_path):
     ms.save({"w": np.ones(1000, np.float32)}, path)
     result = invoke("verify", path)
     assert result.err == "" and "━" not in result.out
+
+
+# -- the CLI speaks CLI flags; its help says one thing, in plain text ---------------------------
+
+from modelsafe.cli.app import COMMANDS  # noqa: E402
+
+LIBRARY_KEYWORDS = ("overwrite=", "allow_pickle=", "strict=", "which=", "key=", "monitor=", "keep_best=", "keep_last=")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS) + ["demo", None])
+def test_every_help_is_plain_text_without_library_keywords(command):
+    result = invoke(*([command] if command else []), "--help")
+    assert result.code == 0, result.err
+    text = result.out
+    assert "``" not in text and ":func:" not in text and ":class:" not in text, text   # no RST markup
+    for keyword in LIBRARY_KEYWORDS:
+        assert keyword not in text, f"{command} --help mentions {keyword}: {text}"
+    assert "when absent" not in text or "[default" not in text, text   # a default that contradicts itself
+
+
+def test_export_help_says_what_the_key_default_does():
+    text = invoke("export", "--help").out
+    assert "[default: model]" not in text and "--key NAME" in text and "'model' entry" in text
+
+
+def test_convert_onto_an_existing_file_names_the_flag_not_the_keyword(tmp_path):
+    src, dst = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ms.save({"w": np.ones(2)}, src)
+    dst.write_bytes(b"keep me")
+    result = invoke("convert", src, dst)
+    assert result.code == 1
+    assert "pass --force" in result.err and "overwrite=" not in result.err
+    assert dst.read_bytes() == b"keep me"
+    assert invoke("convert", src, dst, "--force").code == 0
+
+
+def test_library_convert_onto_an_existing_file_names_the_keyword_not_the_flag(tmp_path):
+    from modelsafe.convert import convert
+
+    src, dst = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    ms.save({"w": np.ones(2)}, src)
+    dst.write_bytes(b"keep me")
+    with pytest.raises(ms.StorageError) as info:
+        convert(src, dst)
+    assert "overwrite=True" in str(info.value) and "--force" not in str(info.value)
+
+
+def test_export_of_a_key_the_state_lacks_is_an_error_naming_the_entries(tmp_path):
+    from cli_support import make_run
+
+    make_run(tmp_path / "run", [0.5, 0.4])
+    result = invoke("export", tmp_path / "run", tmp_path / "out.safetensors", "--key", "modle")
+    assert result.code == 1 and "no entry 'modle'" in result.err and "'model'" in result.err, result.err
+    assert not (tmp_path / "out.safetensors").exists()
+    assert invoke("export", tmp_path / "run", tmp_path / "out.safetensors", "--key", "model").code == 0
+    assert set(ms.load(tmp_path / "out.safetensors")) == {"w", "b"}
+
+
+def test_prune_with_a_misspelled_monitor_deletes_nothing_and_names_the_recorded_metrics(tmp_path):
+    from cli_support import make_run
+
+    make_run(tmp_path / "run", [0.1, 0.5, 0.4, 0.3])
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    result = invoke("prune", tmp_path / "run", "--keep-best", "1", "--monitor", "val_los")
+    assert result.code == 2, result.out + result.err
+    assert "--monitor val_los" in result.err and "val_loss" in result.err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before

@@ -3,7 +3,10 @@ and the next save cleans up what the killed one left behind.
 
 Two ways to pick the moment: hooks inside the child's save (after the k-th tensor is
 hashed, before the header rewrite, before fsync, before/after the rename) for exact
-points, and a timer in the parent over a save of a few hundred MB for arbitrary ones.
+points, and, for arbitrary ones, a save of a few hundred MB that pauses at a random
+tensor and tells the parent so: the parent kills it there, or lets it go on and kills it
+a random moment later (inside or after the save; either way the file is old or new).
+No assertion depends on how fast the machine is.
 """
 
 from __future__ import annotations
@@ -64,6 +67,18 @@ _CHILD = textwrap.dedent(
         wrap(os, "fsync", "fsync")
         wrap(os, "replace", "replace_before")
         wrap(os, "replace", "replace_after")
+    pause = job.get("pause_at_leaf")
+    if pause is not None:
+        original_digest, seen = checksum.digest, {"n": 0}
+
+        def pausing_digest(*args, **kwargs):
+            if seen["n"] == pause:
+                print("inside", flush=True)      # the temp file exists; the rename is still ahead
+                sys.stdin.readline()             # wait for the parent: killed here, or told to go on
+            seen["n"] += 1
+            return original_digest(*args, **kwargs)
+
+        checksum.digest = pausing_digest
     print("ready", flush=True)
     t0 = time.perf_counter()
     ms.save(state, job["path"])
@@ -75,8 +90,8 @@ OLD = {"version": 1, "tensors": {"t0": np.arange(10, dtype=np.float32)}}
 
 
 def child(job: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(job)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(job)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def check_after_kill(path, job: dict) -> str:
@@ -135,33 +150,31 @@ def test_kill_at_random_moments_of_a_large_save(tmp_path, soak):
     path = tmp_path / "big.safetensors"
     ms.save(OLD, path)
     job = {"path": str(path), "tensors": 48, "elements": 1 << 20}  # 192 MiB
-    durations = []
-    for _ in range(2):  # the second run is the warm one the kills will race against
-        calibrate = child(job)
-        out, err = calibrate.communicate(timeout=300)
-        assert calibrate.returncode == 0, err[-2000:]
-        durations.append(json.loads(out.splitlines()[-1])["seconds"])
-        assert check_after_kill(path, job) == "new"
+    calibrate = child(job)
+    out, err = calibrate.communicate(timeout=300)
+    assert calibrate.returncode == 0, err[-2000:]
+    duration = json.loads(out.splitlines()[-1])["seconds"]  # only spreads the delayed kills; asserts nothing
+    assert check_after_kill(path, job) == "new"
     ms.save(OLD, path)
     rng = random.Random(11)
-    target = 200 if soak else 20
-    scale = min(durations)
-    outcomes = []
-    mid_save = 0
-    while mid_save < target and len(outcomes) < 3 * target:
-        proc = child(job)
+    for attempt in range(200 if soak else 20):
+        leaf = rng.randrange(job["tensors"])
+        proc = child(dict(job, pause_at_leaf=leaf))
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.random() * scale)
+        assert proc.stdout.readline().strip() == "inside", proc.stderr.read()[-2000:]
+        at_pause = attempt % 2 == 0
+        if not at_pause:  # go on, and die a random moment later: inside a write, an fsync, or after the save
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            time.sleep(rng.random() * duration * (1 - leaf / job["tensors"]))
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL or not at_pause
         outcome = check_after_kill(path, job)
-        outcomes.append(outcome)
-        if outcome == "old" and temps(tmp_path):
-            mid_save += 1  # the kill landed after the temp file was made, before the rename
-        elif outcome == "new":
-            scale *= 0.85  # saves run faster than calibrated: aim earlier
+        if at_pause:
+            assert outcome == "old", f"killed while paused at tensor {leaf}: found the new file"
+            assert len(temps(tmp_path)) == 1, f"killed while paused at tensor {leaf}: expected the save's temp file"
         assert_next_save_cleans_up(path)
-    assert mid_save >= target // 2, f"only {mid_save} kills landed inside a save (durations {durations}): {outcomes}"
 
 
 def test_killed_temp_of_a_live_process_is_kept(tmp_path):

@@ -13,12 +13,25 @@ import modelsafe as ms
 pytest.importorskip("torch")
 
 
-@pytest.mark.timeout(180)
-def test_demo_runs_the_main_job(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "modelsafe", "demo", str(tmp_path)],
-                          capture_output=True, text=True, timeout=170, env=dict(os.environ, COLUMNS="200"))
-    out = proc.stdout
-    assert proc.returncode == 0, out + proc.stderr
+def run_demo(directory, *, without_safetensors=False):
+    """``modelsafe demo DIR`` in a new process; optionally as after ``pip install modelsafe[torch]``,
+    where safetensors is not installed."""
+    block = "import sys; sys.modules['safetensors'] = None\n" if without_safetensors else ""
+    code = f"{block}from modelsafe.cli import main\nmain(['demo', {str(directory)!r}])\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=290,
+                          env=dict(os.environ, COLUMNS="200"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.timeout(600)
+def test_demo_runs_the_main_job_twice_into_the_same_directory_without_safetensors(tmp_path):
+    first = run_demo(tmp_path)
+    assert "safetensors.safe_open reads it too" in first
+    out = run_demo(tmp_path, without_safetensors=True)
+    assert "the previous demo's run was removed" in out
+    assert "any safetensors reader opens it" in out
+    assert f"its files are in {tmp_path}" in out
     assert "training process ended with SIGKILL" in out
     assert "resumed from epoch005-val_loss" in out
     assert "leftovers of the killed save after resuming: none" in out
@@ -52,3 +65,23 @@ def test_demo_without_torch_says_how_to_install_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "torch is not installed" in proc.stderr and "pip install 'modelsafe[torch]'" in proc.stderr
+
+
+def test_demo_leaves_a_directory_it_did_not_make_alone(tmp_path):
+    from modelsafe.cli.demo import prepare_directory
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "mine.txt").write_text("user data")
+    with pytest.raises(ms.RunConflictError, match="not made by modelsafe demo"):
+        prepare_directory(str(tmp_path))
+    assert (tmp_path / "run" / "mine.txt").read_text() == "user data"
+
+
+def test_demo_without_a_directory_makes_a_new_temporary_one_and_says_so():
+    from modelsafe.cli.demo import prepare_directory
+
+    directory, origin = prepare_directory(None)
+    try:
+        assert os.path.isdir(directory) and not os.listdir(directory) and "temporary" in origin
+    finally:
+        os.rmdir(directory)

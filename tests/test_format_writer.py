@@ -44,12 +44,14 @@ def _same(a, b):
     return a == b
 
 
-def test_patched_header_equals_a_header_built_with_the_checksums(tmp_path, monkeypatch):
+def test_patched_header_equals_a_header_built_with_the_checksums(tmp_path):
     meta = {"note": "xxh3", "other": "0123456789abcdef"}
-    fast = _write(tmp_path / "fast", _tree(), metadata=meta)
-    monkeypatch.setattr(writer, "_patch_checksums", lambda *a: None)  # force the rebuild fallback
-    slow = _write(tmp_path / "slow", _tree(), metadata=meta)
-    assert fast == slow
+    written = _write(tmp_path / "fast", _tree(), metadata=meta)
+    fl = flatten(_tree())
+    layout = writer.plan_layout(fl.leaves)
+    checksums = {leaf.name: writer.checksum.digest(writer._payload(leaf, end - begin)) for leaf, begin, end in layout}
+    built = writer._header(layout, fl, None, meta, checksums)
+    assert written[: len(built)] == built
     assert _same(ms.load(tmp_path / "fast"), _tree())
 
 
@@ -69,9 +71,11 @@ def test_small_payloads_batched_or_written_one_by_one_give_the_same_file(tmp_pat
 
 def test_a_token_that_is_not_where_expected_is_not_patched():
     header = b'{"m":"{\\"xxh3\\":\\"aaaaaaaaaaaaaaaa\\"}","modelsafe.header_xxh3":"0000000000000000"}'
-    assert writer._patch_checksums(header, ["bbbbbbbbbbbbbbbb"], ["1" * 16]) is None
+    with pytest.raises(ms.ModelsafeError, match="internal error"):
+        writer._patch_checksums(header, ["bbbbbbbbbbbbbbbb"], ["1" * 16])
     misplaced = header.replace(b'\\"xxh3\\":\\"aaaa', b'\\"xxh4\\":\\"aaaa')
-    assert writer._patch_checksums(misplaced, ["aaaaaaaaaaaaaaaa"], ["1" * 16]) is None
+    with pytest.raises(ms.ModelsafeError, match="internal error"):
+        writer._patch_checksums(misplaced, ["aaaaaaaaaaaaaaaa"], ["1" * 16])
     patched = writer._patch_checksums(header, ["aaaaaaaaaaaaaaaa"], ["1" * 16])
     assert b'\\"xxh3\\":\\"1111111111111111\\"' in patched and b"0000000000000000" not in patched
 

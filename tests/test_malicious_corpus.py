@@ -372,7 +372,7 @@ def test_control_the_specimens_are_live(family, tmp_path):
         _write(carrier, FAMILIES[family](traps[carrier]), protocol, path)
         argv += [str(path), how]
     subprocess.run([PY, str(script), *argv], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
-    for _ in range(100):  # Popen and webbrowser run their command in the background
+    for _ in range(1200):  # Popen and webbrowser run their command in the background: wait up to a minute (busy machines)
         if all(trap.sprung() for trap in traps.values()):
             break
         time.sleep(0.05)

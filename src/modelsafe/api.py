@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from .errors import UnsupportedObjectError
+from .adapters import known_frameworks
+from .arguments import check_flag, check_metadata, check_names, check_path, check_storage_options
+from .errors import InvalidArgumentError, UnsupportedObjectError
 from .format.writer import write_file
 from .gc_pause import gc_paused
 from .loading import add_aliases, decode_tree, materialize, refuse_pickles
@@ -54,7 +56,11 @@ def save(
     >>> ms.load(p)["epoch"]
     5
     """
+    check_path(path, call="ms.save(obj, path)", hint=_swapped_hint(obj, "ms.save(obj, path) takes the object first"))
+    check_metadata(metadata)
+    check_flag(allow_pickle, call="ms.save", name="allow_pickle")
     path = local_path(path)
+    check_storage_options(storage_options, path, call="ms.save")
     with gc_paused():
         fl = flatten(obj, allow_pickle=allow_pickle)
         metadata_node = encode_metadata(metadata)
@@ -89,6 +95,10 @@ def load(
     >>> ms.load(p)
     [array([0, 1, 2]), (1, 2.5)]
     """
+    _check_read_arguments(path, storage_options, call="ms.load", framework=framework, verify=verify)
+    trusted = check_names(trusted, call="ms.load", name="trusted", example="['my_models']")
+    check_flag(allow_pickle, call="ms.load", name="allow_pickle")
+    check_flag(mmap, call="ms.load", name="mmap")
     with gc_paused(), open_source(path, storage_options=storage_options) as source:
         refuse_pickles(source, allow_pickle)
         buffers = source.buffers(lazy=False, mmap=mmap)
@@ -109,4 +119,22 @@ def open(path: PathLike, *, storage_options: dict | None = None, framework: str 
     ...     list(r.keys()), r["b"]
     (['a', 'b'], array([1., 1.]))
     """
+    _check_read_arguments(path, storage_options, call="ms.open", framework=framework, verify=verify)
     return Reader(open_source(path, storage_options=storage_options), framework=framework, verify=verify)
+
+
+def _swapped_hint(other: Any, order: str) -> str:
+    """A hint when the argument beside the wrong one is the path: the two look swapped."""
+    return f"the arguments look swapped: {order}" if isinstance(other, (str, os.PathLike)) else ""
+
+
+def _check_read_arguments(path: Any, storage_options: Any, *, call: str, framework: Any, verify: Any) -> None:
+    """The checks ``load`` and ``open`` share, made before anything is opened."""
+    hint = "it reads a file saved with ms.save (or a checkpoint); an object in memory needs no loading"
+    check_path(path, call=f"{call}(path)", hint=hint)
+    check_storage_options(storage_options, path, call=call)
+    check_flag(verify, call=call, name="verify")
+    if framework is not None and framework not in known_frameworks():
+        raise InvalidArgumentError(
+            f"{call}: framework must be one of {', '.join(known_frameworks())} or None (as saved), not {framework!r}"
+        )

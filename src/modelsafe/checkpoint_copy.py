@@ -40,8 +40,9 @@ def link_payloads(source: CheckpointSource, staging: str) -> None:
         _link_or_copy(source, rel, os.path.join(staging, *parts))
 
 
-def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin: dict | None = None) -> None:
-    """Write entry ``key`` of the saved dict (or the whole state) of ``checkpoint`` as one file.
+def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None) -> None:
+    """Write entry ``key`` of the saved dict of ``checkpoint`` as one file; by default its
+    ``"model"`` entry, or the whole state when it has none.  A ``key`` the state lacks is an error.
 
     The subtree is copied as stored, recipe included; tensor names lose the ``key.``
     prefix, so an exported state_dict keeps its keys.  ``origin`` is recorded in the
@@ -49,11 +50,12 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str = "model", origin:
     state; another ``key`` the saved dict lacks is an error (a typo never exports everything).
     """
     with CheckpointSource(checkpoint) as source:
-        node, prefix = _subtree(source.manifest.get("tree"), key)
-        if not prefix and key != "model":
+        node, prefix = _subtree(source.manifest.get("tree"), key or "model")
+        if key is not None and not prefix:
             raise InvalidArgumentError(
-                f"{checkpoint}: the saved state has no entry {key!r} to export (entries: {_entries(node)}); "
-                "pass one of them as key=", path=checkpoint, key=key,
+                f"{checkpoint}: the saved state has no entry {key!r} to export; its entries: "
+                f"{', '.join(map(repr, _entry_names(source.manifest.get('tree')))) or 'none (it is not a dict)'}",
+                path=checkpoint, key=key,
             )
         fl = _copy_subtree(source, node, prefix)
         metadata = decode_metadata(source)
@@ -93,12 +95,11 @@ def _subtree(tree: Any, key: str) -> tuple[Any, str]:
     return tree, ""
 
 
-def _entries(tree: Any) -> str:
-    """The keys of a saved dict, for messages."""
+def _entry_names(tree: Any) -> list:
+    """The keys of a saved dict's entries (none for any other tree)."""
     if isinstance(tree, dict) and isinstance(tree.get("dict"), list):
-        keys = [repr(item[0]) for item in tree["dict"] if isinstance(item, list) and len(item) == 2]
-        return ", ".join(keys[:20]) or "none"
-    return "none: it is not a dict"
+        return [item[0] for item in tree["dict"] if isinstance(item, list) and len(item) == 2]
+    return []
 
 
 def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:

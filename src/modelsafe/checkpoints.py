@@ -755,11 +755,12 @@ class Checkpoints:
                 raise storage_error(target._storage.path(info.name), "forking the checkpoint", exc) from exc
             raise
 
-    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str = "model") -> CheckpointInfo:
+    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str | None = None) -> CheckpointInfo:
         """Write the inference part of a checkpoint as one safetensors file.
 
-        The ``"model"`` entry of a saved dict (or the whole state otherwise) is copied,
-        recipe included, with tensor names relative to it (a state_dict keeps its keys).
+        Entry ``key`` of a saved dict is copied (by default its ``"model"`` entry, or the whole
+        state when it has none), recipe included, with tensor names relative to it (a state_dict
+        keeps its keys); a ``key`` the state lacks is an error.
         Checksums are verified on the way; nothing is rebuilt or imported.
         """
         info = self._resolve(which)

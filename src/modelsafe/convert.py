@@ -259,7 +259,7 @@ def convert(
         if os.path.exists(src) and os.path.samefile(src, dst):
             raise StorageError(f"{dst}: is the source file; write the conversion to another path", path=dst, errno=errno.EEXIST)
         if not overwrite:
-            raise StorageError(f"{dst}: already exists; choose another path or pass overwrite=True (--force)",
+            raise StorageError(f"{dst}: already exists; choose another path or pass overwrite=True",
                                path=dst, errno=errno.EEXIST)
     folder = os.path.dirname(os.path.abspath(dst))
     if not os.path.isdir(folder):

@@ -25,7 +25,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .errors import IncompatibleStateError, ModelsafeError
+from .arguments import check_flag, check_path, check_rename, check_select
+from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
 from .sources import open_source
 from .tree import Unflattener, walk_refs
@@ -167,7 +168,8 @@ class _Session:
         return self.unflattener(self.values(names, framework, copy=True)).decode(node)
 
 
-def _dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
+def _saved_dict_items(session: _Session, node: Any) -> list[tuple[Any, Any]] | None:
+    """The decoded (key, value node) pairs of a saved dict node; None when ``node`` is no dict."""
     if isinstance(node, dict) and isinstance(node.get("dict"), list):
         un = session.unflattener()
         if not all(isinstance(p, list) and len(p) == 2 for p in node["dict"]):
@@ -193,7 +195,6 @@ class _Planner:
         self.s = session
         self.targets: dict[str, tuple[Any, str, Any]] = {}   # full key -> (module/tensor owner, rel key, target value)
         self.file_entries: list[tuple[str, str, Any]] = []   # (full file key, renamed key, value node)
-        self.module_plans: dict[int, tuple[Any, dict]] = {}
 
     def plan(self, target: Any, node: Any, prefix: str, name: str) -> None:
         kind = _classify(target)
@@ -210,14 +211,16 @@ class _Planner:
         elif isinstance(target, (list, tuple)):
             self.plan_sequence(target, node, prefix)
         else:
-            raise TypeError(
-                f"ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'}; targets are "
-                "modules, optimizers, schedulers, GradScalers, RNG objects, tensors and dicts/lists/tuples of them"
+            raise InvalidArgumentError(
+                f"{self.s.source.path}: ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'} "
+                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors and "
+                "dicts/lists/tuples of them",
+                path=self.s.source.path, key=name or None,
             )
 
     # containers
     def plan_dict(self, target: dict, node: Any, prefix: str) -> None:
-        items = _dict_items(self.s, node)
+        items = _saved_dict_items(self.s, node)
         if items is None:
             self.s.report.missing.extend(_join(prefix, k) for k in target)
             return
@@ -264,7 +267,7 @@ class _Planner:
         if state is None:
             self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
             return
-        items = _dict_items(self.s, state) or []
+        items = _saved_dict_items(self.s, state) or []
         # wrappers (torch.compile, DataParallel, DDP) prefix state_dict keys with "_orig_mod." / "module.":
         # on either side, use the views that match best (only when the caller maps keys neither way)
         views = [module]
@@ -301,7 +304,7 @@ class _Planner:
                 self.s.report.mismatched.append(Mismatch(label, found, None, type(target).__name__, None))
                 return
             state_node = node["state"]
-        elif _dict_items(self.s, node) is not None:
+        elif _saved_dict_items(self.s, node) is not None:
             state_node = node
         else:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
@@ -438,7 +441,7 @@ def _module_state_node(session: _Session, node: Any, *, root: bool) -> Any:
         return node.get("state")
     if kind is not None:
         return None
-    items = _dict_items(session, node)
+    items = _saved_dict_items(session, node)
     if items is None:
         return None
     if root:  # a lone module against a saved training state: use the one saved module in it
@@ -525,6 +528,8 @@ def load_into(
     >>> ms.load_into(torch.nn.Linear(4, 2), p, strict=False).mismatched[0].key
     'weight'
     """
+    _check_arguments(target, path, strict, verify, rename)
+    select = check_select(select)
     with open_source(path) as source:
         session = _Session(source, verify, select, rename)
         planner = _Planner(session)
@@ -549,3 +554,20 @@ def load_into(
                     path=source.path, report=report,
                 ) from exc
         return report
+
+
+def _check_arguments(target: Any, path: Any, strict: Any, verify: Any, rename: Any) -> None:
+    """Refuse wrong arguments before anything is opened, naming what to pass instead."""
+    if isinstance(path, dict):
+        hint = (
+            "it reads a file; to restore a state dict you hold in memory call target.load_state_dict(state) "
+            "(for a module or optimizer), or save it with ms.save first"
+        )
+    elif isinstance(target, (str, os.PathLike)):
+        hint = "the arguments look swapped: ms.load_into(target, path) takes the object to restore first"
+    else:
+        hint = ""
+    check_path(path, call="ms.load_into(target, path)", hint=hint)
+    check_flag(strict, call="ms.load_into", name="strict")
+    check_flag(verify, call="ms.load_into", name="verify")
+    check_rename(rename)

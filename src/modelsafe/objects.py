@@ -151,7 +151,6 @@ class _SaveState:
         self.ids: dict[int, tuple[int, dict, bool]] = {}  # id(obj) -> (node id, node, holds its state)
         self.keep: list[Any] = []                    # keep encoded objects alive (stable id())
         self.recipe_depth = 0
-        self.has_refs = False
         self.finishing = False
 
 
@@ -178,7 +177,6 @@ def encode_object(
         if with_state and not had_state:  # first met as a constructor argument: now complete that node
             st.ids[id(obj)] = (node_id, node, True)
             fl.encode_container(obj, path, lambda: body(node))
-        st.has_refs = True
         _schedule_finish(fl)
         return {"object_ref": node_id}
     node_id = st.next_id

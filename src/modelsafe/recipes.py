@@ -27,7 +27,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .errors import FrameworkNotInstalledError, UnknownClassError
+from .arguments import check_names, check_optional_name
+from .errors import FrameworkNotInstalledError, InvalidArgumentError, UnknownClassError
 
 __all__ = [
     "Recipe",
@@ -49,6 +50,7 @@ _NAMES: dict[Any, str] = {}             # class or factory -> stable name
 
 
 def qualified_name(obj: Any) -> str:
+    """``module:qualname`` of a class or function: the name files record when none is registered."""
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
@@ -65,10 +67,12 @@ def register(cls_or_factory: Any = None, name: str | None = None, aliases: Itera
     """
     if isinstance(aliases, str):
         aliases = (aliases,)
+    check_optional_name(name, call="ms.register", name="name", example="'nets.MLP'")
+    aliases = check_names(aliases, call="ms.register", name="aliases", example="('old.module:MLP',)")
     if cls_or_factory is None:
         return lambda target: register(target, name=name, aliases=aliases)
     if not callable(cls_or_factory):
-        raise TypeError(f"ms.register takes a class or factory function, not {cls_or_factory!r}")
+        raise InvalidArgumentError(f"ms.register takes a class or factory function, not {cls_or_factory!r}")
     stable = name or qualified_name(cls_or_factory)
     for key in (stable, *aliases):
         _REGISTRY[key] = cls_or_factory
@@ -108,7 +112,7 @@ def attach_recipe(obj: Any, recipe: Recipe) -> None:
     try:
         object.__setattr__(obj, RECIPE_ATTR, recipe)
     except (AttributeError, TypeError) as exc:
-        raise TypeError(
+        raise InvalidArgumentError(
             f"cannot remember how {type(obj).__qualname__} was built: its instances take no attributes ({exc})"
         ) from None
 
@@ -130,12 +134,13 @@ def rebuildable(cls: type | None = None, *, name: str | None = None, aliases: It
     >>> recipe_of(s).name, recipe_of(s).args, recipe_of(s).kwargs
     ('docs.Scale', (3,), {'bias': 1.0})
     """
+    check_optional_name(name, call="@ms.rebuildable", name="name", example="'nets.MLP'")
     if cls is None:
         return lambda target: rebuildable(target, name=name, aliases=aliases)
     if not isinstance(cls, type):
-        raise TypeError(f"@rebuildable decorates classes; for a factory function use ms.register({cls!r}) and ms.build")
+        raise InvalidArgumentError(f"@rebuildable decorates classes; for a factory function use ms.register({cls!r}) and ms.build")
     if getattr(cls, "__dictoffset__", 1) == 0:
-        raise TypeError(
+        raise InvalidArgumentError(
             f"@rebuildable cannot record recipes on {cls.__qualname__}: its instances have __slots__ and no __dict__; "
             "add '__dict__' to __slots__, or register it with ms.register and make instances with ms.build"
         )
@@ -168,6 +173,8 @@ def build(cls: Any, *args: Any, **kwargs: Any) -> Any:
     >>> recipe_of(c).args
     ('abca',)
     """
+    if not callable(cls):
+        raise InvalidArgumentError(f"ms.build(cls, *args, **kwargs): cls must be a class or registered factory function, not {cls!r}")
     obj = cls(*args, **kwargs)
     attach_recipe(obj, Recipe(cls, tuple(args), dict(kwargs)))
     from .objects import note_built_type  # late: objects builds on this module

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 
 from .adapters import TensorAdapter, TensorInfo, adapter_for_type
 from .errors import CorruptCheckpointError, UnsafeObjectError, UnsupportedObjectError
+from .recipes import qualified_name
 
 __all__ = ["Leaf", "Flattener", "Unflattener", "flatten", "format_path", "register_encoder", "register_decoder"]
 
@@ -231,10 +232,6 @@ def _type_name(obj: Any) -> str:
     return f"{tp.__module__}.{tp.__qualname__}"
 
 
-def class_name(tp: type) -> str:
-    return f"{tp.__module__}:{tp.__qualname__}"
-
-
 # -- encoders for the builtin containers and scalars -----------------------------
 
 def _enc_raw(fl: Flattener, obj: Any, path: tuple) -> Any:
@@ -314,7 +311,7 @@ def _enc_namedtuple(fl: Flattener, obj: tuple, path: tuple) -> Any:
         obj,
         path,
         lambda: {
-            "namedtuple": class_name(type(obj)),
+            "namedtuple": qualified_name(type(obj)),
             "fields": list(obj._fields),
             "items": [fl.encode(v, path + (i,)) for i, v in enumerate(obj)],
         },
@@ -330,7 +327,7 @@ def _enc_dataclass(fl: Flattener, obj: Any, path: tuple) -> Any:
         obj,
         path,
         lambda: {
-            "dataclass": class_name(type(obj)),
+            "dataclass": qualified_name(type(obj)),
             "fields": [[f.name, fl.encode(getattr(obj, f.name), path + (Attr(f.name),))] for f in dataclasses.fields(obj)],
         },
     )

@@ -26,6 +26,7 @@ __all__ = [
     "TensorAdapter",
     "adapter_for_type",
     "adapter_named",
+    "known_frameworks",
     "register_adapter",
 ]
 
@@ -93,8 +94,8 @@ _TYPE_ROOTS: dict[str, str] = {
 _INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install numpy",
     "torch": "pip install 'modelsafe[torch]'",
-    "jax": "pip install 'modelsafe[jax]'",
-    "tensorflow": "pip install 'modelsafe[tensorflow]'",
+    "jax": "pip install jax",
+    "tensorflow": "pip install tensorflow",
     "mxnet": "pip install mxnet",
 }
 _loaded: dict[str, TensorAdapter] = {}
@@ -113,6 +114,11 @@ def register_adapter(framework: str, module: str, *, type_roots: Sequence[str] =
         _INSTALL_HINTS[framework] = install_hint
     _loaded.pop(framework, None)
     _by_type.clear()
+
+
+def known_frameworks() -> list[str]:
+    """The framework names ``framework=`` accepts (registered adapters, installed or not)."""
+    return sorted(_ADAPTER_MODULES)
 
 
 def adapter_named(framework: str) -> TensorAdapter:

@@ -160,7 +160,12 @@ def _target_device(saved: str, map_location: Any) -> Any:
         return map_location
     if isinstance(map_location, dict) and saved in map_location:
         return map_location[saved]
-    return _hinted_device(saved)
+    if map_location is None or isinstance(map_location, dict):
+        return _hinted_device(saved)
+    raise InvalidArgumentError(
+        f"map_location must be a device ('cpu', 'cuda:0', a torch.device), a dict of saved to target devices, "
+        f"or a function (tensor, saved_device) -> tensor, as in torch.load; not {map_location!r}"
+    )
 
 
 def _place(t: torch.Tensor, saved_device: str, map_location: Any) -> torch.Tensor:

@@ -54,7 +54,11 @@ def cli() -> None:
 @cli.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 def demo(directory: str | None) -> None:
-    """The main job in seconds: train with checkpoints, get killed mid-save, resume, list, export the best."""
+    """Train with checkpoints, get killed mid-save, resume, list, export the best.
+
+    DIRECTORY (default: a new temporary directory, printed) receives the run and the
+    export; running the demo again into it replaces its previous run.  Needs torch.
+    """
     from .demo import run_demo
 
     run_demo(directory)

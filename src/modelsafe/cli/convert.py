@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
+from .errors import CommandError
 from .output import emit_json, escape, human_bytes, json_option, say
 
 
@@ -31,6 +34,9 @@ def convert(src: str, dst: str, target: str, framework: str | None, force: bool,
     """
     from ..convert import convert as run_convert
 
+    if not force and os.path.exists(dst) and not (os.path.exists(src) and os.path.samefile(src, dst)):
+        raise CommandError(f"{dst}: already exists; choose another path or pass --force to replace it",
+                           kind="StorageError", path=dst)
     limit = {} if max_expansion is None else {"max_expansion": max_expansion}
     summary = run_convert(src, dst, to=target, framework=framework, overwrite=force, **limit)
     if as_json:

@@ -1,4 +1,4 @@
-"""``modelsafe demo``: the main job on a fresh machine, end to end, in a few seconds.
+"""``modelsafe demo``: the main job on a fresh machine, end to end.
 
 1. train a small network on synthetic data with ``ms.Checkpoints`` (keep the last 2 and
    the best 2 by validation loss, names like ``epoch007-val_loss0.0421``, async saves);
@@ -15,6 +15,7 @@ process the demo starts and kills.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ CRASH_AT = 6
 RUN = "run"
 KEEP_LAST, KEEP_BEST = 2, 2
 NAME = "epoch{step:03d}-val_loss{val_loss:.4f}"
+EXPORT = "best-model.safetensors"
+DEMO_MARKER = ".modelsafe-demo"   # a directory the demo made: a later demo there replaces its run
 
 
 def _torch() -> Any:
@@ -133,6 +136,32 @@ def _die() -> None:
     os._exit(137)  # pragma: no cover - platforms without SIGKILL
 
 
+def prepare_directory(directory: str | None) -> tuple[str, str]:
+    """The demo's directory, and what to say about it: a new temporary one by default; a
+    directory a previous demo used is started afresh; anything else in the way is left alone."""
+    if directory is None:
+        return tempfile.mkdtemp(prefix="modelsafe-demo-"), "a new temporary directory"
+    os.makedirs(directory, exist_ok=True)
+    marker = os.path.join(directory, DEMO_MARKER)
+    products = [os.path.join(directory, name) for name in (RUN, EXPORT)]
+    if os.path.exists(marker):
+        for path in products:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+        return directory, "the previous demo's run was removed"
+    in_the_way = [p for p in products if os.path.lexists(p)]
+    if in_the_way:
+        raise ms.RunConflictError(
+            f"{in_the_way[0]}: already exists and was not made by modelsafe demo; give the demo another directory",
+            path=in_the_way[0],
+        )
+    with open(marker, "w") as f:
+        f.write("made by `modelsafe demo`; running the demo again here replaces its run\n")
+    return directory, "given"
+
+
 def run_demo(directory: str | None) -> None:
     from rich.console import Console
 
@@ -141,11 +170,10 @@ def run_demo(directory: str | None) -> None:
 
     console = Console()
     started = time.perf_counter()
-    directory = directory or tempfile.mkdtemp(prefix="modelsafe-demo-")
-    os.makedirs(directory, exist_ok=True)
-    run_dir = os.path.join(directory, RUN)
     torch = _torch()
-    console.print(f"[bold]modelsafe demo[/bold]: a training run with checkpoints in {directory}")
+    directory, origin = prepare_directory(directory)
+    run_dir = os.path.join(directory, RUN)
+    console.print(f"[bold]modelsafe demo[/bold]: a training run with checkpoints in {directory} ({origin})")
     console.print(f"  ms.Checkpoints({RUN!r}, keep_last={KEEP_LAST}, keep_best={KEEP_BEST}, monitor='val_loss', "
                   f"name={NAME!r}, async_save=True)")
 
@@ -182,7 +210,7 @@ def run_demo(directory: str | None) -> None:
                      title=f"{run_dir}  (keep_last={KEEP_LAST}, keep_best={KEEP_BEST} by val_loss)").render()
 
     console.rule("4. export the best checkpoint for inference")
-    exported = os.path.join(directory, "best-model.safetensors")
+    exported = os.path.join(directory, EXPORT)
     ck.export(exported, which="best")
     model = ms.load(exported)  # rebuilt from its recipe: no class code needed beyond the registration
     _, val_data = synthetic_data(torch)
@@ -190,15 +218,24 @@ def run_demo(directory: str | None) -> None:
     console.print(f"exported {best.name} -> {exported} ({os.path.getsize(exported):,} bytes)")
     console.print(f"ms.load(...) gives a working {type(model).__name__}; its val_loss {val_loss:.4f} "
                   f"matches the checkpoint's {best.metrics['val_loss']:.4f}")
-    from safetensors import safe_open
-
-    with safe_open(exported, "pt") as f:
-        console.print(f"safetensors.safe_open reads it too: {sorted(f.keys())}")
+    _show_safetensors_keys(console, exported)
     ck.close()
     if abs(val_loss - best.metrics["val_loss"]) > 1e-5:
         raise SystemExit("demo: the exported model does not reproduce the best checkpoint's validation loss")
-    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.1f} s[/bold green] "
-                  f"(inspect it: modelsafe ls {run_dir})")
+    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.1f} s[/bold green]")
+    console.print(f"its files are in {directory} (inspect them: modelsafe ls {run_dir}; "
+                  f"modelsafe show {exported}; delete the directory when done)", highlight=False)
+
+
+def _show_safetensors_keys(console: Any, exported: str) -> None:
+    """Show that plain safetensors reads the export, when safetensors is installed (the demo needs only torch)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        console.print("it is a plain safetensors file too: any safetensors reader opens it (pip install safetensors)")
+        return
+    with safe_open(exported, "pt") as f:
+        console.print(f"safetensors.safe_open reads it too: {sorted(f.keys())}")
 
 
 def _main(argv: list[str]) -> None:

@@ -272,14 +272,11 @@ def _key_text(key: Any) -> str:
     return json.dumps(key) if not isinstance(key, dict) else json.dumps(key, separators=(",", ":"))
 
 
-_CLASS_KEYS = ("class", "name", "callable", "factory", "type", "target")
-
-
 def summarize_recipe(recipe: Any, limit: int = 160) -> str:
     """``Class(arg, key=value)`` when the recipe names a class and arguments, else compact JSON."""
     if isinstance(recipe, dict):
-        cls = next((recipe[k] for k in _CLASS_KEYS if isinstance(recipe.get(k), str)), None)
-        if cls is not None:
+        cls = recipe.get("name")  # recipes are written as {"name", "args", "kwargs"}
+        if isinstance(cls, str):
             args = recipe.get("args") if isinstance(recipe.get("args"), list) else []
             kwargs = recipe.get("kwargs") if isinstance(recipe.get("kwargs"), (dict, list)) else {}
             if isinstance(kwargs, list):  # [[key, node], ...]

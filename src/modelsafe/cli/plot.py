@@ -85,12 +85,12 @@ def draw(series: list[Series], metrics: list[str], output: str, *, title: str | 
 
 @click.command("plot")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--metric", "-m", "metrics", multiple=True, required=True, metavar="M",
+@click.option("--metric", "-m", "metrics", multiple=True, required=True, metavar="METRIC",
               help="Metric to draw over steps; repeat for several (one panel each).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--title", help="Figure title.")
 @click.option("--log-y", is_flag=True, help="Logarithmic y axis.")
-@click.option("--dpi", type=click.IntRange(30, 600), default=100, show_default=True)
+@click.option("--dpi", type=click.IntRange(30, 600), default=100, show_default=True, help="Resolution of the PNG in dots per inch.")
 @json_option
 def plot(runs: tuple[str, ...], metrics: tuple[str, ...], output: str, title: str | None, log_y: bool, dpi: int, as_json: bool) -> None:
     """Draw METRIC over steps for one or several RUNS into a PNG.

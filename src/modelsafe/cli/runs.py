@@ -147,6 +147,8 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         raise UsageProblem("--keep-best needs --monitor METRIC (this run records no monitored metric)")
     policy = retention.policy_for(keep_last, keep_best, checkpoints.monitor, checkpoints.mode)
     infos, problems = listing(checkpoints)
+    if keep_best:
+        _check_monitor_is_recorded(infos, checkpoints.monitor)
     by_name = {i.name: i for i in infos}
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
     if not dry_run and doomed:
@@ -171,6 +173,16 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         say(f"{verb} {len(doomed)} checkpoint(s), {human_bytes(freed)}; kept {len(kept)}: {escape(', '.join(i.name for i in kept))}")
     for problem in problems:
         say(f"[yellow]unreadable (left alone):[/yellow] {escape(problem)}")
+
+
+def _check_monitor_is_recorded(infos: list, monitor: str) -> None:
+    """A monitor no checkpoint records (a typo) would rank nothing and delete the best: refuse it."""
+    if infos and not any(monitor in info.metrics for info in infos):
+        recorded = sorted({name for info in infos for name in info.metrics})
+        raise UsageProblem(
+            f"--monitor {monitor}: no checkpoint of this run records that metric, so nothing would be kept as best; "
+            f"its checkpoints record: {', '.join(recorded) or 'no metrics'}"
+        )
 
 
 def delete_checkpoints(run_path: str, names: Iterable[str]) -> None:
@@ -227,13 +239,15 @@ def _default_which(checkpoints: Any) -> str:
 @click.argument("source")
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.option("--from", "which", metavar="WHICH", help="For a run: best, latest, a step or a name (default: best, or latest when the run has no metric).")
-@click.option("--key", default="model", show_default=True, help="Entry of the saved dict to export (the whole state when absent).")
+@click.option("--key", metavar="NAME", default=None,
+              help="Entry of the saved dict to export (an error when it has none).  "
+                   "Default: the 'model' entry, or the whole state when it has none.")
 @json_option
-def export(source: str, out: str, which: str | None, key: str, as_json: bool) -> None:
+def export(source: str, out: str, which: str | None, key: str | None, as_json: bool) -> None:
     """Write the inference weights (+ recipe) of a checkpoint as one safetensors file.
 
-    SOURCE is a run (RUN, RUN@best, ...) or a checkpoint directory.  The ``model``
-    entry of the saved state is exported with tensor names relative to it; checksums
+    SOURCE is a run (RUN, RUN@best, ...) or a checkpoint directory.  One entry of the
+    saved state (see --key) is exported with tensor names relative to it; checksums
     are verified on the way; nothing from the file is imported or run.
     """
     address = parse_address(source)

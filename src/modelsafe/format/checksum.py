@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import xxhash
 
-ALGORITHM = "xxh3"
 PLACEHOLDER = "0" * 16
 
 

@@ -25,24 +25,17 @@ import os
 import weakref
 from typing import Any
 
+from .. import _libc
+
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def _load_libc() -> tuple[Any, Any, Any] | None:
-    if os.name != "posix":
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        map_, unmap, advise = libc.mmap, libc.munmap, libc.madvise
-    except (OSError, AttributeError):
-        return None
-    map_.restype = ctypes.c_void_p
-    map_.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    unmap.restype = ctypes.c_int
-    unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    advise.restype = ctypes.c_int
-    advise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return map_, unmap, advise
+    map_ = _libc.function("mmap", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long],
+                          ctypes.c_void_p)
+    unmap = _libc.function("munmap", [ctypes.c_void_p, ctypes.c_size_t])
+    advise = _libc.function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+    return (map_, unmap, advise) if map_ and unmap and advise else None
 
 
 # resolved once, at import: loading a file never loads a library (audit hooks see nothing)

@@ -89,10 +89,11 @@ def _placeholder_tokens(count: int) -> list[str]:
             return tokens
 
 
-def _patch_checksums(header: bytes, tokens: list[str], checksums: list[str]) -> bytes | None:
-    """``header`` with each token replaced by its checksum and the seal recomputed; None if a token is not found.
+def _patch_checksums(header: bytes, tokens: list[str], checksums: list[str]) -> bytes:
+    """``header`` with each token replaced by its checksum and the seal recomputed.
 
-    Tokens appear in the manifest in payload order, each right after ``"xxh3":"``.
+    Tokens appear in the manifest in payload order, each right after ``"xxh3":"``; they
+    are 64 random bits each, so nothing else in the header can look like one.
     """
     out = bytearray(header)
     position = 0
@@ -101,7 +102,7 @@ def _patch_checksums(header: bytes, tokens: list[str], checksums: list[str]) -> 
     for token, value in zip(tokens, checksums):
         position = find(token.encode("ascii"), position)
         if position < context or not startswith(_TOKEN_CONTEXT, position - context):
-            return None
+            raise ModelsafeError("internal error: a checksum placeholder is missing from the header")
         out[position : position + 16] = value.encode("ascii")
         position += 16
     return reseal(bytes(out))
@@ -191,8 +192,6 @@ def write_file(
         checksums_out.update(zip((leaf.name for leaf, _, _ in layout), checksums))
     with gc_paused():
         final = _patch_checksums(header, tokens, checksums)
-        if final is None:  # pragma: no cover - random tokens are always found; rebuild to be safe
-            final = _header(layout, fl, metadata_node, user_metadata, {leaf.name: c for (leaf, _, _), c in zip(layout, checksums)})
     if len(final) != len(header):  # pragma: no cover - fixed-width checksums make this impossible
         raise ModelsafeError("internal error: header length changed while writing")
     f.flush()

@@ -21,13 +21,15 @@ the commit (see docs/checkpoints.md).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno as errno_mod
 import os
 import secrets
 import shutil
 import sys
-from typing import Protocol
+from typing import Callable, Protocol
 
+from .. import _libc
 from ..errors import ModelsafeError, RunLockedError
 from .local import atomic_file, fsync_directory, open_directory, read_small_file, storage_error
 
@@ -308,22 +310,24 @@ class LocalRunStorage:
 _RENAME_EXCHANGE = 2
 
 
+def _load_renameat2() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):  # RENAME_EXCHANGE is Linux's
+        return None
+    return _libc.function("renameat2", [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint])
+
+
+# resolved once, at import: a commit never loads a library (audit hooks see nothing)
+_RENAMEAT2 = _load_renameat2()
+
+
 def _exchange(a: str, b: str) -> bool:
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
+    if _RENAMEAT2 is None:
         return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     at_fdcwd = -100
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
-    err = ctypes.get_errno()
+    err = _libc.last_errno()
     if err in (errno_mod.EINVAL, errno_mod.ENOSYS, errno_mod.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err), b)

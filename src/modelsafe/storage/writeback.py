@@ -22,8 +22,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import sys
 from typing import Any, Callable
+
+from .. import _libc
 
 WRITE_BUFFER = 4 << 20
 WINDOW = 64 << 20   # start writeback each time this much more has been written
@@ -33,26 +34,13 @@ LAG = 4             # then wait for the window this many steps back: <= LAG * WI
 _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
 
-def _libc() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-    except OSError:
-        return None
-
-
-def _libc_function(libc: Any, name: str, argtypes: list) -> Callable[..., int] | None:
-    function = getattr(libc, name, None)
-    if function is None:
-        return None
-    function.argtypes = argtypes
-    function.restype = ctypes.c_int
-    return function
-
-
 # resolved once, at import: a save never loads a library (audit hooks see nothing)
-_LIBC = _libc()
-_SYNC_FILE_RANGE = _libc_function(_LIBC, "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
-_FALLOCATE = _libc_function(_LIBC, "fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+_SYNC_FILE_RANGE = _libc.function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_FALLOCATE = _libc.function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+
+
+def _errno() -> int:
+    return _libc.last_errno()
 
 
 def sync_file_range() -> Callable[[int, int, int, int], int] | None:
@@ -63,10 +51,6 @@ def sync_file_range() -> Callable[[int, int, int, int], int] | None:
 def fallocate() -> Callable[[int, int, int, int], int] | None:
     """libc's fallocate(fd, mode, offset, length) -> 0 or -1 (never emulated by writing zeros), or None."""
     return _FALLOCATE
-
-
-def _errno() -> int:
-    return ctypes.get_errno()
 
 
 _IOV_MAX = 1024  # buffers per writev call (POSIX minimum of IOV_MAX)
