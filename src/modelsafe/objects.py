@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
 
 from .errors import CorruptCheckpointError, ModelsafeError, UnknownClassError, UnsupportedObjectError
-from .recipes import Recipe, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
+from .recipes import Recipe, _trust_advice, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
 from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
 
 __all__ = [
@@ -330,12 +330,11 @@ def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
             found = lookup(name)
             if found is not None:
                 return found
-        module = class_hint.partition(":")[0]
         raise UnknownClassError(
             f"{un.source}: the file names class {name!r} (saved from {class_hint}), which is not registered here. "
             "Nothing was imported or called. Import the module that defines it before loading (its "
-            f"@ms.rebuildable registers it), pass trusted=[{module!r}] to let modelsafe import that module, or "
-            "register the class with ms.register (with aliases=(...) if it moved)",
+            "@ms.rebuildable registers it), register the class with ms.register (with aliases=(...) if it moved), "
+            + _trust_advice(class_hint),
             path=un.source, key=name,
         ) from exc
 
