@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, UnsupportedObjectError
+from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
 from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, resolve_recipe
 from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
@@ -447,6 +447,120 @@ def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
 
 
+# -- saved state checked against a fresh object's own -------------------------------------------
+#
+# torch's load_state_dict of schedulers (and of the schedulers inside SequentialLR, and
+# of callable objects in lr_lambdas) is ``self.__dict__.update(state)``, and an
+# optimizer takes each saved param group wholesale: a file could replace ``sched.step``
+# or a hyper-parameter with any object it can decode.  So the saved state is compared
+# with the state of the object as built: only keys it has, with values of the kinds it
+# has (numbers stay numbers, strings strings, tensors tensors, lists of them).
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+_MAX_STATE_DEPTH = 16
+
+
+class StateMismatch(ValueError):
+    """A saved state that does not have the shape of the object's own; ``found`` / ``expected`` say how."""
+
+    def __init__(self, where: str, found: str, expected: str) -> None:
+        super().__init__(f"{where} holds {found} where the object has {expected}")
+        self.where, self.found, self.expected = where, found, expected
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Numbers, strings, None, tensors and lists/tuples of them: data that cannot act as code."""
+    if type(value) in _PLAIN_SCALARS or type(value) in (torch.Tensor, nn.Parameter):
+        return True
+    if type(value) in (list, tuple) and depth < _MAX_STATE_DEPTH:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _conformed(saved: Any, fresh: Any, where: str, depth: int = 0) -> Any:
+    """``saved`` (from a file) where it has the kind of ``fresh`` (the object's own value); unknown keys dropped."""
+    if depth > _MAX_STATE_DEPTH:
+        raise StateMismatch(where, "state nested too deeply", "flat state")
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        ok = type(saved) is bool if isinstance(fresh, bool) else isinstance(saved, str) if isinstance(fresh, str) else _plain(saved)
+    elif isinstance(fresh, (int, float)):
+        ok = type(saved) in (int, float)
+    elif isinstance(fresh, torch.Tensor):
+        ok = isinstance(saved, torch.Tensor)
+    elif isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            raise StateMismatch(where, _kind(saved), _kind(fresh))
+        out = type(fresh)() if type(fresh) in (dict, collections.OrderedDict, collections.Counter) else {}
+        for key, value in saved.items():
+            if key in fresh and key != RECIPE_ATTR:
+                out[key] = _conformed(value, fresh[key], f"{where}[{key!r}]", depth + 1)
+        return out
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            raise StateMismatch(where, _kind(saved), _kind(fresh))
+        items = [
+            _conformed(v, fresh[min(i, len(fresh) - 1)], f"{where}[{i}]", depth + 1) if fresh else _plain_or_fail(v, f"{where}[{i}]")
+            for i, v in enumerate(saved)
+        ]
+        return type(fresh)(items) if type(fresh) in (list, tuple) else items
+    else:
+        ok = False  # the object holds an object here (a function, the optimizer): nothing from a file replaces it
+    if not ok:
+        raise StateMismatch(where, _kind(saved), _kind(fresh))
+    return saved
+
+
+def _plain_or_fail(value: Any, where: str) -> Any:
+    if not _plain(value):
+        raise StateMismatch(where, _kind(value), "numbers, strings or tensors")
+    return value
+
+
+def _conformed_optimizer_state(opt: torch.optim.Optimizer, state: Any) -> dict:
+    """Param groups: known keys with the kinds the optimizer has, others (a scheduler's initial_lr) plain data;
+    per-parameter state: plain data (tensors, numbers, lists of them)."""
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list) or not isinstance(state.get("state"), dict):
+        raise StateMismatch("state", _kind(state), "an optimizer state_dict")
+    fresh = opt.param_groups[0] if opt.param_groups else {}
+    groups = []
+    for i, group in enumerate(state["param_groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise StateMismatch(f"param_groups[{i}]", _kind(group), "a param group")
+        checked = {"params": [_id_or_fail(p, f"param_groups[{i}]['params']") for p in group["params"]]}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            where = f"param_groups[{i}][{key!r}]"
+            checked[key] = _conformed(value, fresh[key], where) if key in fresh else _plain_or_fail(value, where)
+        groups.append(checked)
+    per_param = {}
+    for key, entry in state["state"].items():
+        if not isinstance(entry, dict):
+            raise StateMismatch(f"state[{key!r}]", _kind(entry), "a dict of tensors")
+        per_param[key] = {name: _plain_or_fail(value, f"state[{key!r}][{name!r}]") for name, value in entry.items()}
+    return {"state": per_param, "param_groups": groups}
+
+
+def _id_or_fail(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise StateMismatch(where, _kind(value), "parameter indices")
+    return value
+
+
+def conform_state(target: Any, state: Any) -> Any:
+    """``state`` as ``target.load_state_dict`` may take it: checked against ``target``'s own state.
+
+    Raises :class:`StateMismatch` (a ValueError) naming the first entry of the wrong kind.
+    """
+    if isinstance(target, torch.optim.Optimizer):
+        return _conformed_optimizer_state(target, state)
+    return _conformed(state, target.state_dict(), "state")
+
+
 # -- optimizers -----------------------------------------------------------------------------------
 
 
@@ -497,7 +611,9 @@ class OptimizerCodec:
         state = un.decode(node["state"])
         try:
             opt = cls([{"params": group} for group in params], **defaults)
-            opt.load_state_dict(state)
+            opt.load_state_dict(conform_state(opt, state))
+        except ModelsafeError:
+            raise  # already names the file and what is wrong
         except (TypeError, ValueError, KeyError) as exc:
             raise _rebuild_failed(un, node, "optimizer", exc) from exc
         return opt
@@ -656,7 +772,9 @@ class SchedulerCodec:
                 warnings.simplefilter("ignore")
                 sched = cls(*args, **kwargs)
                 if "state" in node:
-                    sched.load_state_dict(un.decode(node["state"]))
+                    sched.load_state_dict(conform_state(sched, un.decode(node["state"])))
+        except ModelsafeError:
+            raise  # already names the file and what is wrong
         except (TypeError, ValueError, KeyError) as exc:
             raise _rebuild_failed(un, node, "scheduler", exc) from exc
         finally:
@@ -706,7 +824,10 @@ class GradScalerCodec:
             scaler = decode_recipe(un, node.get("recipe"))
         state = un.decode(node.get("state"))
         if state and scaler.is_enabled():
-            scaler.load_state_dict(state)
+            try:
+                scaler.load_state_dict(conform_state(scaler, state))
+            except (StateMismatch, KeyError) as exc:
+                raise _rebuild_failed(un, node, "GradScaler", exc) from exc
         return scaler
 
 
