@@ -377,12 +377,17 @@ def call_recipe(un: Unflattener, name: str, target: Any, args: tuple, kwargs: di
             "restore its state with ms.load_into(obj, path)",
             path=un.source, key=name,
         ) from exc
+    remember_recipe(obj, target, args, kwargs)
+    return obj
+
+
+def remember_recipe(obj: Any, target: Any, args: tuple, kwargs: dict) -> None:
+    """Let ``obj``, built by ``target(*args, **kwargs)``, keep its recipe (so saving it again keeps it rebuildable)."""
     if recipe_of(obj) is None:
         try:
             attach_recipe(obj, Recipe(target, args, kwargs))
         except TypeError:
             pass
-    return obj
 
 
 # -- registered classes and functions as values (e.g. activation=nn.GELU) --------------

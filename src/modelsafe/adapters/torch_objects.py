@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
-from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, resolve_recipe
+from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
 from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
 
@@ -305,17 +305,11 @@ class ModuleCodec:
             raise _no_recipe(un, node, "torch module")
         resolve_recipe(un, node["recipe"], class_hint=node.get("class"))  # an unknown class fails before any work
         align_loaded_tensors(un)
-        device = un.context.setdefault("torch.default_device", torch.get_default_device())
-        module = None
-        if "state" in node:
-            state = un.decode(node["state"])
-            module = _build_on_meta(un, node, state)
-            if module is None:
-                with torch.device(device):
-                    module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
-                load_module_state(un, node, module, state)
-        else:
-            module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
+        un.context.setdefault("torch.default_device", torch.get_default_device())  # before any meta context
+        state = un.decode(node["state"]) if "state" in node else None
+        if state is not None and not isinstance(state, dict):
+            raise un.bad(node, "module state must be a dict")  # before anything is built
+        module = _build(un, node, state)
         if isinstance(node.get("training"), bool):
             module.train(node["training"])
         return module
@@ -331,71 +325,130 @@ def _checked_module(un: Unflattener, node: dict, module: Any) -> nn.Module:
     return module
 
 
-def _build_on_meta(un: Unflattener, node: dict, state: Any) -> nn.Module | None:
-    """Build the module on the meta device (no memory, no random init) and assign the loaded state.
+# Bytes one load may allocate for module tensors the file does not hold: non-persistent
+# buffers and caches computed by constructors (rotary tables, causal masks), and the
+# weights of a module saved only as a constructor argument.  Everything else a rebuilt
+# module holds comes from the file.  A real model needs a few MiB of such tensors; a
+# hostile recipe (``Linear(20000, 20000)`` without state, 584 bytes) asks for gigabytes.
+MAX_UNSAVED_BYTES = 128 << 20
 
-    Every weight the file holds replaces a meta tensor, so this is the module the recipe
-    builds, minus the wasted initialisation.  If anything reachable from the module is
-    still on the meta device afterwards (a non-persistent buffer, a tensor attribute, a
-    cache in a helper object or closure), or the constructor needs real values, None is
-    returned — with every object decoded meanwhile forgotten — and the caller builds it
-    for real.
+
+def _build(un: Unflattener, node: dict, state: dict | None) -> nn.Module:
+    """Build on the meta device, check the file's state against it, then materialize only what it needs.
+
+    On the meta device the constructor allocates nothing and its random init costs nothing;
+    the file's tensors then replace the meta ones (``state`` None: the file holds none).
+    Tensors still on meta afterwards (non-persistent buffers, tensor attributes, the
+    weights of a module saved without state) are computed by running the constructor for
+    real, only if they fit what is left of :data:`MAX_UNSAVED_BYTES` for this load.
     """
     memo = un.context.setdefault("objects", {})
     before = set(memo)
-    module = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.device("meta"):  # constructor arguments that are modules are built here too
-                module = decode_recipe(un, node["recipe"], class_hint=node.get("class"))
-        if isinstance(module, nn.Module):
-            load_module_state(un, node, module, state)
-    except IncompatibleStateError:
-        raise
-    except Exception:
-        module = None
-    if not isinstance(module, nn.Module) or _holds_meta(module):
-        for key in set(memo) - before:
-            del memo[key]
-        return None
+    module = _build_on_meta(un, node)
+    if module is not None:
+        if state is not None:
+            load_module_state(un, node, module, state)  # a mismatch is reported before anything is allocated
+        unsaved = _meta_bytes(module)
+        if unsaved == 0:
+            _follow_loaded_device(module, state or {})
+            return module
+        _spend_unsaved(un, node, unsaved)
+    for key in set(memo) - before:  # objects decoded on meta are decoded again for real
+        del memo[key]
+    with torch.device(un.context["torch.default_device"]):
+        module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
+    if state is not None:
+        load_module_state(un, node, module, state)
+        _follow_loaded_device(module, state)
     return module
 
 
-def _holds_meta(module: nn.Module, depth: int = 4) -> bool:
-    seen: set[int] = set()
+def _build_on_meta(un: Unflattener, node: dict) -> nn.Module | None:
+    """The module the recipe builds, on the meta device; None if its constructor needs real values.
 
-    def meta_in(value: Any, left: int) -> bool:
+    That fallback (building for real) is left to classes the caller registered or
+    trusted: a built-in torch class that fails on meta is refused, since its arguments
+    come from the file and its size is unknown.
+    """
+    with torch.device("meta"):  # constructor arguments that are modules are built here too
+        target, args, kwargs = decode_recipe(un, node["recipe"], build=False, class_hint=node.get("class"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                module = target(*args, **kwargs)
+    except Exception as exc:
+        if str(getattr(target, "__module__", "")).partition(".")[0] == "torch":
+            raise CorruptCheckpointError(
+                f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} cannot be built with the "
+                f"arguments the file gives ({type(exc).__name__}: {exc})",
+                path=un.source, key=str(node.get("path")),
+            ) from exc
+        return None
+    remember_recipe(module, target, args, kwargs)
+    return _checked_module(un, node, module)
+
+
+def _spend_unsaved(un: Unflattener, node: dict, nbytes: int) -> None:
+    spent = un.context.get("torch.unsaved_bytes", 0) + nbytes
+    if spent > MAX_UNSAVED_BYTES:
+        raise CorruptCheckpointError(
+            f"{un.source}: rebuilding {node.get('path')} ({node['recipe'].get('name')!r}) would allocate "
+            f"{nbytes:,} bytes of tensors the file does not hold (weights saved without state, non-persistent "
+            f"buffers); one load allocates at most {MAX_UNSAVED_BYTES >> 20} MiB of such tensors. Build the model "
+            "yourself and restore its weights with ms.load_into(model, path)",
+            path=un.source, key=str(node.get("path")),
+        )
+    un.context["torch.unsaved_bytes"] = spent
+
+
+def _meta_bytes(module: nn.Module, depth: int = 4) -> int:
+    """Bytes of the meta tensors reachable from ``module``: what building it for real would add."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(value: Any, left: int) -> None:
+        nonlocal total
+        if id(value) in seen:
+            return
         if isinstance(value, torch.Tensor):
-            return value.is_meta
-        if left == 0 or id(value) in seen or isinstance(value, (nn.Module, type, str, bytes, int, float, bool)) or value is None:
-            return False
+            seen.add(id(value))
+            if value.is_meta:
+                total += value.numel() * value.element_size()
+            return
+        if left == 0 or isinstance(value, (nn.Module, type, str, bytes, int, float, bool)) or value is None:
+            return
         seen.add(id(value))
-        if isinstance(value, dict):
-            items: Any = list(value.values())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            items = list(value)
-        elif getattr(value, "__closure__", None):
-            items = []
-            for cell in value.__closure__:
-                try:
-                    items.append(cell.cell_contents)
-                except ValueError:
-                    pass
-        elif hasattr(value, "__dict__"):
-            items = list(vars(value).values())
-        else:
-            return False
-        return any(meta_in(v, left - 1) for v in items)
+        for item in _children(value):
+            visit(item, left - 1)
 
     for sub in module.modules():
         for t in list(sub._parameters.values()) + list(sub._buffers.values()):
-            if t is not None and t.is_meta:
-                return True
+            if t is not None:
+                visit(t, 0)
         for key, value in vars(sub).items():
-            if key not in ("_parameters", "_buffers", "_modules") and meta_in(value, depth):
-                return True
-    return False
+            if key not in ("_parameters", "_buffers", "_modules"):
+                visit(value, depth)
+    return total
+
+
+def _children(value: Any) -> list:
+    """What a helper object, container or closure holds (where constructors keep caches)."""
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if getattr(value, "__closure__", None):
+        items = []
+        for cell in value.__closure__:
+            try:
+                items.append(cell.cell_contents)
+            except ValueError:
+                pass
+        return items
+    if hasattr(value, "__dict__"):
+        return list(vars(value).values())
+    return []
 
 
 def _note_parameter_leaves(fl: Flattener, state: dict, state_node: Any) -> None:
@@ -422,7 +475,7 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
         elif isinstance(value, torch.Tensor):
             saved = state[key]
             _need_torch(un, saved, f"{node.get('path')}[{key!r}]")
-            if tuple(saved.shape) != tuple(value.shape):
+            if tuple(saved.shape) != tuple(value.shape) or _dtype_class(saved) != _dtype_class(value):
                 report.mismatched.append(Mismatch(key, tuple(saved.shape), _dt(saved), tuple(value.shape), _dt(value)))
     report.unexpected.extend(k for k in state if k not in own)
     if report.missing or report.unexpected or report.mismatched:
@@ -436,6 +489,9 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
     module.load_state_dict(state, strict=True, assign=True)
     for key, flag in flags.items():
         state[key].requires_grad_(flag)
+
+
+def _follow_loaded_device(module: nn.Module, state: dict) -> None:
     devices = {v.device for v in state.values() if isinstance(v, torch.Tensor)}
     if len(devices) == 1:
         (device,) = devices
@@ -445,6 +501,13 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
 
 def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
+
+
+def _dtype_class(t: torch.Tensor) -> str:
+    """bool, complex, float or int: a file may store weights in another precision, never another kind."""
+    if t.dtype == torch.bool:
+        return "bool"
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "int"
 
 
 # -- saved state checked against a fresh object's own -------------------------------------------
