@@ -478,7 +478,7 @@ def _dec_pickle(un: Unflattener, node: dict) -> Any:
 # 0.3 ms (dataclasses generates and compiles its methods), so a few hundred kilobytes of
 # hostile nodes, each with other field names, would otherwise take seconds; a real file
 # holds a handful of record types however many records.
-MAX_STAND_IN_TYPES = 1000
+MAX_STAND_IN_TYPES = 256
 
 
 def _record_class(un: Unflattener, node: dict, kind: str, fields: list[str]) -> type:
