@@ -92,9 +92,37 @@ RUNNER = textwrap.dedent(
 )
 
 
+@ms.rebuildable(name="tests.bounds.Box")
+class Box:
+    def __init__(self, payload):
+        self.payload = payload
+
+
+def _routed_files(tmp_path):
+    """Nodes of other kinds whose recipe names torch.nn.Linear(20000, 20000): each codec must refuse the class."""
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    objects = {"rebuildable": Box(1), "torch.optimizer": opt, "torch.lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 2),
+               "torch.grad_scaler": torch.amp.GradScaler("cpu")}
+    files = {}
+    for kind, obj in objects.items():
+        p = tmp_path / f"routed-{kind}.safetensors"
+        ms.save({"model": model, "x": obj}, p)
+
+        def edit(manifest, kind=kind):
+            node = next(v for k, v in manifest["tree"]["dict"] if k == "x")
+            assert node["object"] == kind
+            node["recipe"] = {"name": "torch.nn.Linear", "args": [BIG, BIG], "kwargs": []}
+
+        edit_manifest(p, edit)
+        files[f"routed-{kind}"] = str(p)
+    return files
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
 def test_hostile_module_recipes_are_refused_before_allocating(tmp_path):
     files = {name: _module_file(tmp_path, name, edit) for name, edit in HOSTILE.items()}
+    files.update(_routed_files(tmp_path))
     files["control-small"] = _module_file(tmp_path, "control", lambda node: None)
     out = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(files)], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ))
@@ -106,6 +134,7 @@ def test_hostile_module_recipes_are_refused_before_allocating(tmp_path):
         assert "allocate memory" not in outcome, (name, outcome)  # refused, not stopped by the limit
     assert "does not hold" in results["no-state"] and "ms.load_into" in results["no-state"]
     assert "20000" in results["state-small-weights"]
+    assert all("belongs" in outcome for name, outcome in results.items() if name.startswith("routed-"))
 
 
 def test_a_small_module_saved_without_state_is_still_rebuilt(tmp_path):

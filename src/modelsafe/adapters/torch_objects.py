@@ -303,7 +303,7 @@ class ModuleCodec:
     def decode(self, un: Unflattener, node: dict) -> nn.Module:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch module")
-        resolve_recipe(un, node["recipe"], class_hint=node.get("class"))  # an unknown class fails before any work
+        resolve_recipe(un, node["recipe"], class_hint=node.get("class"), kind=MODULE_KIND)  # fails before any work
         align_loaded_tensors(un)
         un.context.setdefault("torch.default_device", torch.get_default_device())  # before any meta context
         state = un.decode(node["state"]) if "state" in node else None
@@ -313,6 +313,20 @@ class ModuleCodec:
         if isinstance(node.get("training"), bool):
             module.train(node["training"])
         return module
+
+
+def _subclass_of(base: type, *, factories: bool) -> Any:
+    def test(target: Any) -> bool:
+        return issubclass(target, base) if isinstance(target, type) else factories and callable(target)
+
+    return test
+
+
+# what each node's recipe may name: its own kind of class, or (modules, schedulers) a registered factory
+MODULE_KIND = (_subclass_of(nn.Module, factories=True), "a torch module class")
+OPTIMIZER_KIND = (_subclass_of(torch.optim.Optimizer, factories=False), "a torch optimizer class")
+SCHEDULER_KIND = (_subclass_of(torch.optim.lr_scheduler.LRScheduler, factories=True), "an LR scheduler class")
+SCALER_KIND = (_subclass_of(torch.amp.GradScaler, factories=False), "torch.amp.GradScaler")
 
 
 def _checked_module(un: Unflattener, node: dict, module: Any) -> nn.Module:
@@ -663,7 +677,7 @@ class OptimizerCodec:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch optimizer")
         align_loaded_tensors(un)
-        cls, _, defaults = decode_recipe(un, node["recipe"], build=False)
+        cls, _, defaults = decode_recipe(un, node["recipe"], build=False, kind=OPTIMIZER_KIND)
         groups = node.get("params")
         if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
             raise un.bad(node, "optimizer params must be a list of groups")
@@ -826,7 +840,7 @@ class SchedulerCodec:
         if not isinstance(opt, torch.optim.Optimizer):
             raise un.bad(node, "a scheduler must refer to an optimizer")
         settings = _group_settings(opt)
-        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"))
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"), kind=SCHEDULER_KIND)
         given = any(a is opt for a in args) or any(v is opt for v in kwargs.values())  # an @ms.rebuildable scheduler
         if not given and "optimizer" in inspect.signature(cls.__init__).parameters:
             kwargs["optimizer"] = opt
@@ -884,7 +898,7 @@ class GradScalerCodec:
     def decode(self, un: Unflattener, node: dict) -> torch.amp.GradScaler:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a CUDA scaler loaded where there is no CUDA disables itself
-            scaler = decode_recipe(un, node.get("recipe"))
+            scaler = decode_recipe(un, node.get("recipe"), kind=SCALER_KIND)
         state = un.decode(node.get("state"))
         if state and scaler.is_enabled():
             try:
