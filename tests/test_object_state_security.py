@@ -157,3 +157,16 @@ def test_a_grad_scaler_state_of_the_wrong_kind_is_refused(tmp_path):
     edit_manifest(p, edit)
     with pytest.raises(ms.CorruptCheckpointError, match="scale"):
         ms.load(p)
+
+
+def test_optimizer_hyper_parameters_in_the_recipe_are_plain_data(tmp_path):
+    p = tmp_path / "defaults.safetensors"
+    ms.save(_training(), p)
+
+    def edit(manifest):
+        node = _objects(manifest["tree"], "torch.optimizer")[0]
+        node["recipe"]["kwargs"] = [[k, RELU if k == "dampening" else v] for k, v in node["recipe"]["kwargs"]]
+
+    edit_manifest(p, edit)
+    with pytest.raises(ms.CorruptCheckpointError, match="dampening"):
+        ms.load(p)

@@ -678,6 +678,9 @@ class OptimizerCodec:
             raise _no_recipe(un, node, "torch optimizer")
         align_loaded_tensors(un)
         cls, _, defaults = decode_recipe(un, node["recipe"], build=False, kind=OPTIMIZER_KIND)
+        for key, value in defaults.items():  # hyper-parameters are data: they end up in every param group
+            if not _plain(value):
+                raise un.bad(node["recipe"], f"optimizer argument {key!r} must be numbers, strings or tensors, not {_kind(value)}")
         groups = node.get("params")
         if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
             raise un.bad(node, "optimizer params must be a list of groups")
