@@ -89,11 +89,13 @@ _OPCODES = _opcode_table()
 
 # Stack effects, from the same table: (pops down to a MARK first, items popped below it or
 # in all, items pushed).  The scan models the stack with one flag per slot: does it hold
-# a global (or a persistent object), which must never be modified?
-_MARK = None
+# a global (or a persistent object), which must never be modified?  Marks are kept apart,
+# as CPython's unpickler keeps them: a list of stack heights.
 _MUTATORS = {"BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"}
 _SHARED_RESULTS = {"GLOBAL", "STACK_GLOBAL", "PERSID", "BINPERSID"}
+_KEEPS_TAG = {"DUP", "MEMOIZE"}
 _PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
 
 
 def _effect_table() -> list:
@@ -110,8 +112,7 @@ _EFFECTS = _effect_table()
 # opcodes that only push one new value (ints, strings, empty containers): the scan's fast path
 _PUSHES_ONE = frozenset(
     ord(op.code) for op in pickletools.opcodes
-    if _EFFECTS[ord(op.code)] == (False, 0, 1) and op.name not in _SHARED_RESULTS and op.stack_after[0] is not pickletools.markobject
-    and "GET" not in op.name
+    if _EFFECTS[ord(op.code)] == (False, 0, 1) and op.name not in _SHARED_RESULTS | _GET_OPCODES and op.name != "MARK"
 )
 
 
@@ -120,46 +121,42 @@ class _StackModel:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.stack: list = []
+        self.stack: list[bool] = []
+        self.marks: list[int] = []
         self.memo: dict[int, bool] = {}
 
     def _underflow(self, pos: int) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{self.source}: the pickle is damaged or hostile (stack underflow at byte {pos})", path=self.source)
 
-    def _pop(self, pos: int) -> bool:
-        if not self.stack or self.stack[-1] is _MARK:
+    def fence(self) -> int:
+        return self.marks[-1] if self.marks else 0
+
+    def put(self, memo_index: int, pos: int) -> None:
+        if len(self.stack) <= self.fence():
             raise self._underflow(pos)
-        return self.stack.pop()
+        self.memo[memo_index] = self.stack[-1]
 
     def step(self, code: int, name: str, memo_index: int | None, pos: int) -> None:
-        stack = self.stack
-        if name in _PUT_OPCODES:
-            if not stack or stack[-1] is _MARK:
-                raise self._underflow(pos)
-            self.memo[memo_index] = stack[-1]
-            return
-        if name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(self.memo.get(memo_index, False))
-            return
+        stack, marks = self.stack, self.marks
         if name == "MARK":
-            stack.append(_MARK)
-            return
-        if name == "POP":  # pops a MARK too, as CPython's unpickler does
-            if not stack:
-                raise self._underflow(pos)
-            stack.pop()
-            return
+            return marks.append(len(stack))
+        if name in _PUT_OPCODES:
+            return self.put(memo_index, pos)  # type: ignore[arg-type]
+        if name in _GET_OPCODES:
+            return stack.append(self.memo.get(memo_index, False))  # type: ignore[arg-type]
+        if name == "POP" and marks and marks[-1] == len(stack):
+            return marks.pop() and None  # POP on a mark pops the mark, as CPython's unpickler does
         to_mark, below, pushed = _EFFECTS[code]
         if to_mark:
-            while stack and stack[-1] is not _MARK:
-                stack.pop()
-            if not stack:
+            if not marks:
                 raise self._underflow(pos)
-            stack.pop()
-        deepest = False
-        for _ in range(below):
-            deepest = self._pop(pos)
-        if name in _MUTATORS and deepest:
+            del stack[marks.pop():]
+        if len(stack) - (marks[-1] if marks else 0) < below:
+            raise self._underflow(pos)
+        deepest = stack[-below] if below else False
+        if below:
+            del stack[-below:]
+        if deepest and name in _MUTATORS:
             raise UnsafeObjectError(
                 f"{self.source}: the pickle modifies a global in place ({name} at byte {pos}); an allowlisted "
                 "function or class outlives the load, so changing it would change later loads. Refused (nothing "
@@ -168,7 +165,7 @@ class _StackModel:
             )
         if name == "MEMOIZE":
             self.memo[len(self.memo)] = deepest
-        shared = name in _SHARED_RESULTS or (deepest and (name in _MUTATORS or name in ("DUP", "MEMOIZE")))
+        shared = name in _SHARED_RESULTS or (deepest and name in _KEEPS_TAG)
         stack.extend([shared] * pushed)
 
 
@@ -184,7 +181,7 @@ def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
     i = start
     table = _OPCODES
     model = _StackModel(source)
-    stack, memo_tags, push, pushes_one = model.stack, model.memo, model.stack.append, _PUSHES_ONE
+    push, pushes_one = model.stack.append, _PUSHES_ONE
     while i < n:
         pos = i
         entry = table[data[i]]
@@ -243,8 +240,8 @@ def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
             )
         if code in pushes_one:
             push(False)
-        elif memo is not None and name in _PUT_OPCODES and stack and stack[-1] is not _MARK:
-            memo_tags[memo] = stack[-1]
+        elif memo is not None and name in _PUT_OPCODES:
+            model.put(memo, pos - start)
         else:
             model.step(code, name, memo, pos - start)
     raise CorruptCheckpointError(f"{source}: the pickle stream at byte {start} is truncated (no STOP opcode)", path=source)
