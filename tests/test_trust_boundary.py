@@ -244,3 +244,21 @@ class Point:
 def test_a_known_dataclass_comes_back_as_itself_without_running_its_code(tmp_path):
     back = ms.load(_tree_file(tmp_path, [{"dataclass": f"{__name__}:Point", "fields": [["x", 3], ["y", 4]]}]))
     assert type(back[0]) is Point and (back[0].x, back[0].y) == (3, 4)
+
+
+def test_a_lazily_loaded_module_is_not_loaded_by_a_name_in_a_file(tmp_path, monkeypatch):
+    """importlib's LazyLoader runs a module on its first attribute access; looking a name up must not be one."""
+    import importlib.util
+
+    sentinel = tmp_path / "LAZY_RAN"
+    (tmp_path / "lazy_victim_mod.py").write_text(f"open({str(sentinel)!r}, 'w').close()\nclass Point:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = importlib.util.find_spec("lazy_victim_mod")
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "lazy_victim_mod", module)
+    spec.loader.exec_module(module)
+    back = ms.load(_tree_file(tmp_path, [{"dataclass": "lazy_victim_mod:Point", "fields": [["x", 1]]},
+                                         {"namedtuple": "lazy_victim_mod:Point", "fields": ["x"], "items": [1]}]))
+    assert back[0].x == 1 and back[1].x == 1
+    assert not sentinel.exists()

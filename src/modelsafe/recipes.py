@@ -245,15 +245,23 @@ def _defined_class(module: Any, qualname: str, defined_in: Callable[[str], bool]
     for i, part in enumerate(parts):
         if not part.isidentifier() or part.startswith("__"):
             return None
-        try:
-            obj = vars(obj).get(part)
-        except TypeError:
-            return None
+        obj = _namespace(obj).get(part)
         if not isinstance(obj, type) or obj.__qualname__ != ".".join(parts[: i + 1]):
             return None
         if not (isinstance(obj.__module__, str) and defined_in(obj.__module__)):
             return None
     return obj
+
+
+def _namespace(obj: Any) -> dict:
+    """``vars(obj)`` for a module or class, read past any ``__getattribute__`` (a lazy module's loads it)."""
+    if issubclass(type(obj), type):
+        return type.__dict__["__dict__"].__get__(obj)
+    try:
+        found = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _find_class(name: str, trusted: Iterable[str], *, import_trusted: bool) -> type | None:
