@@ -353,9 +353,10 @@ def find_data_class(name: Any, trusted: Iterable[str] = (), *, kind: str) -> typ
 
 def _class_attr(cls: type, name: str) -> Any:
     """``cls.name`` read from the namespaces of its MRO (no descriptor or metaclass code runs); None if absent."""
-    for klass in cls.__mro__:
-        if name in vars(klass):
-            return vars(klass)[name]
+    for klass in type.__dict__["__mro__"].__get__(cls):
+        namespace = _namespace(klass)
+        if name in namespace:
+            return namespace[name]
     return None
 
 
