@@ -5,11 +5,13 @@ name back into a class only through:
 
 1. the registry (``@ms.rebuildable``, ``ms.register``, built-in registrations),
    including aliases kept for classes that moved or were renamed;
-2. modules the caller lists in ``trusted=`` (only those are ever imported).
+2. packages the caller lists in ``trusted=`` (only those are ever imported), and
+   there only classes defined in them, never functions or what they import.
 
 Plain data containers (dataclasses and namedtuples) may also be found among
-modules the program has already imported, because rebuilding them calls no code
-of theirs (``object.__new__`` and attribute assignment only).
+modules the program has already imported (defined exactly where the file says),
+because rebuilding them calls no code of theirs (``object.__new__`` and attribute
+assignment only).  :func:`_find_class` is the one place a name becomes a class.
 
 A *recipe* is how an object was made: the stable name of its class (or factory) and
 the constructor arguments.  ``@rebuildable`` records it whenever an instance is
@@ -264,26 +266,22 @@ def _namespace(obj: Any) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def _find_class(name: str, trusted: Iterable[str], *, import_trusted: bool) -> type | None:
+def _find_class(name: str, trusted: Iterable[str], *, already_imported: bool) -> type | None:
     """The one door from a name in a file to a class outside the registry.
 
-    A module the file names is imported only if the caller trusts it (and
-    ``import_trusted``); otherwise only modules the program already imported are
-    searched.  In a trusted module any class defined under a trusted package is
-    found; elsewhere only a class defined in exactly the module named.
+    A module the file names is imported only if the caller trusts it; there any class
+    defined under a trusted package is found.  With ``already_imported`` (records,
+    whose code never runs), modules the program has imported are searched too, for a
+    class defined in exactly the module named.
     """
     module, qualname = _split(name)
     if not module or not qualname:
         return None
     trusted = tuple(trusted)
     if _is_trusted(module, trusted):
-        mod = sys.modules.get(module)
-        if mod is None and import_trusted:
-            mod = importlib.import_module(module)  # ImportError: the caller says which trusted module failed
-        if mod is None:
-            return None
+        mod = sys.modules.get(module) or importlib.import_module(module)  # ImportError: the caller names the module
         return _defined_class(mod, qualname, lambda m: _is_trusted(m, trusted))
-    mod = sys.modules.get(module)
+    mod = sys.modules.get(module) if already_imported else None
     return None if mod is None else _defined_class(mod, qualname, lambda m: m == module)
 
 
@@ -310,7 +308,7 @@ def resolve(name: str, trusted: Iterable[str] = (), *, source: Any = None) -> An
     if found is not None:
         return found
     try:
-        found = _find_class(name, trusted, import_trusted=True) if _is_trusted(_split(name)[0], trusted) else None
+        found = _find_class(name, trusted, already_imported=False)
     except ImportError as exc:
         raise UnknownClassError(
             f"{source}: recipe names {name!r}, but trusted module {_split(name)[0]!r} cannot be imported ({exc})",
@@ -339,7 +337,7 @@ def find_data_class(name: Any, trusted: Iterable[str] = (), *, kind: str) -> typ
     candidate = _REGISTRY.get(name)  # registered names only: no built-in provider is imported for a record
     if candidate is None:
         try:
-            candidate = _find_class(name, trusted, import_trusted=True)
+            candidate = _find_class(name, trusted, already_imported=True)
         except ImportError:
             candidate = None
     if not isinstance(candidate, type):
