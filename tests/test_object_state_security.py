@@ -170,3 +170,18 @@ def test_optimizer_hyper_parameters_in_the_recipe_are_plain_data(tmp_path):
     edit_manifest(p, edit)
     with pytest.raises(ms.CorruptCheckpointError, match="dampening"):
         ms.load(p)
+
+
+@pytest.mark.parametrize("key, value", [("device", 5), ("device", "cuda:0"), ("device", "bogus"), ("init_scale", "big"),
+                                        ("growth_interval", RELU), ("enabled", "yes")])
+def test_grad_scaler_arguments_have_the_kinds_of_its_defaults(tmp_path, key, value):
+    p = tmp_path / "scaler-args.safetensors"
+    ms.save({"scaler": torch.amp.GradScaler("cpu")}, p)
+
+    def edit(manifest):
+        node = _objects(manifest["tree"], "torch.grad_scaler")[0]
+        node["recipe"]["kwargs"] = [[k, value if k == key else v] for k, v in node["recipe"]["kwargs"]]
+
+    edit_manifest(p, edit)
+    with pytest.raises(ms.CorruptCheckpointError, match="GradScaler"):
+        ms.load(p)

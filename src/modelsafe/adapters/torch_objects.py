@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
-from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
+from ..objects import call_recipe, decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
 from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
 
@@ -899,9 +899,16 @@ class GradScalerCodec:
         return encode_object(fl, scaler, path, "torch.grad_scaler", body)
 
     def decode(self, un: Unflattener, node: dict) -> torch.amp.GradScaler:
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, kind=SCALER_KIND)
+        try:  # torch takes any value (a device of 5); the arguments must have the kinds of its defaults
+            kwargs = _conformed(kwargs, _argument_defaults(torch.amp.GradScaler), "GradScaler arguments")
+            if args or (kwargs.get("device") is not None and torch.device(kwargs["device"]).type != kwargs["device"]):
+                raise StateMismatch("GradScaler arguments", "positional or unknown device arguments", "keywords")
+        except (StateMismatch, RuntimeError) as exc:
+            raise _rebuild_failed(un, node, "GradScaler", exc) from exc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a CUDA scaler loaded where there is no CUDA disables itself
-            scaler = decode_recipe(un, node.get("recipe"), kind=SCALER_KIND)
+            scaler = call_recipe(un, node["recipe"]["name"], cls, (), kwargs)
         state = un.decode(node.get("state"))
         if state and scaler.is_enabled():
             try:
@@ -909,6 +916,11 @@ class GradScalerCodec:
             except (StateMismatch, KeyError) as exc:
                 raise _rebuild_failed(un, node, "GradScaler", exc) from exc
         return scaler
+
+
+def _argument_defaults(cls: type) -> dict:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not p.empty}
 
 
 # -- torch.Generator ----------------------------------------------------------------------------
