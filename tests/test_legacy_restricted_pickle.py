@@ -89,3 +89,65 @@ def test_allowlisted_callables_are_ours():
     data = b"\x80\x02cmymod\nf\nK\x05\x85R."
     assert restricted_loads(data, {"mymod.f": lambda x: seen.append(x) or "done"}, source="x") == "done"
     assert seen == [5]
+
+
+# -- nothing a file does outlives its load: no in-place change of a global -------------------
+
+from legacy_craft import G, assemble, build, call, tup  # noqa: E402
+
+
+def _complex_of_nothing() -> complex:
+    data, _ = assemble({"c": call(G("builtins", "complex"))}, 2)
+    return restricted_loads(data, ALLOWED_GLOBALS, source="benign.pkl")["c"]
+
+
+def _mutations():
+    """(label, pickle) pairs that BUILD / SETITEM / APPEND on an allowlisted global, directly or via memo/DUP."""
+    defaults = tup(None, {"__defaults__": tup(5.0, 5.0)})
+    out = [(f"build-p{p}", assemble([build(G("builtins", "complex"), defaults)], p)[0]) for p in (0, 2, 4)]
+    out.append(("build-dtype-record", assemble([build(G("torch", "float32"), tup("float64"))], 2)[0]))
+    out.append(("build-storage-record", assemble([build(G("torch", "FloatStorage"), tup("X", "int64"))], 2)[0]))
+    glob = b"\x80\x02cbuiltins\ncomplex\n"
+    state = b"N}X\x0c\x00\x00\x00__defaults__G@\x14\x00\x00\x00\x00\x00\x00G@\x14\x00\x00\x00\x00\x00\x00\x86s\x86"
+    out.append(("via-memo", glob + b"q\x000h\x00" + state + b"b."))           # PUT 0, POP, GET 0, BUILD
+    out.append(("via-memoize", b"\x80\x04\x8c\x08builtins\x8c\x07complex\x93\x940h\x00" + state + b"b."))
+    out.append(("via-dup", glob + b"2" + state + b"b0."))                     # DUP, BUILD, POP
+    out.append(("setitem", glob + b"X\x01\x00\x00\x00aK\x01s."))
+    out.append(("setitems", glob + b"(X\x01\x00\x00\x00aK\x01u."))
+    out.append(("append", glob + b"K\x01a."))
+    out.append(("appends", glob + b"(K\x01e."))
+    out.append(("additems", b"\x80\x04\x8c\x08builtins\x8c\x07complex\x93(K\x01\x90."))
+    return out
+
+
+@pytest.mark.parametrize("label, data", _mutations(), ids=[m[0] for m in _mutations()])
+def test_a_pickle_cannot_modify_an_allowlisted_global(label, data):
+    from modelsafe.legacy import torch_pickle
+
+    saved = (torch_pickle._complex.__defaults__, dict(vars(torch_pickle._complex)))
+    records = {k: (v, getattr(v, "__dict__", None) and dict(v.__dict__), [getattr(v, s, None) for s in getattr(v, "__slots__", ())])
+               for k, v in ALLOWED_GLOBALS.items()}
+    try:
+        with pytest.raises((UnsafeObjectError, CorruptCheckpointError)) as info:
+            restricted_loads(data, ALLOWED_GLOBALS, source="hostile.pkl")
+        assert "hostile.pkl" in str(info.value)
+        assert _complex_of_nothing() == 0j  # a later, benign load is not affected
+        assert (torch_pickle._complex.__defaults__, dict(vars(torch_pickle._complex))) == saved
+        for key, (value, attrs, slots) in records.items():
+            assert ALLOWED_GLOBALS[key] is value
+            assert (getattr(value, "__dict__", None) and dict(value.__dict__)) == attrs, key
+            assert [getattr(value, s, None) for s in getattr(value, "__slots__", ())] == slots, key
+    finally:
+        torch_pickle._complex.__defaults__ = saved[0]
+
+
+def test_modifying_what_the_load_itself_made_still_works():
+    """BUILD and SETITEMS on objects the pickle created (OrderedDict, numpy arrays) are how real files work."""
+    import numpy as np
+    from modelsafe.legacy.numpy_pickle import to_numpy
+
+    value = {"od": collections.OrderedDict(a=1), "arr": np.arange(3.0), "s": {1, 2}, "c": 1 + 2j}
+    for protocol in (2, 4):
+        back = restricted_loads(pickle.dumps(value, protocol=protocol), ALLOWED_GLOBALS, source="x")
+        assert back["od"] == value["od"] and list(to_numpy(back["arr"])) == [0.0, 1.0, 2.0] and back["s"] == {1, 2}
+        assert back["c"] == 1 + 2j

@@ -402,3 +402,21 @@ def test_cli_refuses_as_a_subprocess(corpus, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "os.system" in proc.stderr and s.path in proc.stderr
     assert not dst.exists() and not s.trap.sprung()
+
+
+def test_a_file_cannot_change_an_allowlisted_stand_in_for_later_loads(tmp_path):
+    """BUILD on builtins.complex (our stand-in function) with a __defaults__ state would make every later
+    ``complex()`` in any file 5+5j; the file is refused and later conversions are unaffected."""
+    from legacy_craft import build, call
+    from modelsafe import load
+
+    hostile = assemble({"w": build(G("builtins", "complex"), tup(None, {"__defaults__": tup(5.0, 5.0)}))}, 2)[0]
+    benign = assemble({"c": call(G("builtins", "complex"))}, 2)[0]
+    torch_zip(tmp_path / "hostile.pt", hostile)
+    torch_zip(tmp_path / "benign.pt", benign)
+    convert(tmp_path / "benign.pt", tmp_path / "before.safetensors")
+    with pytest.raises(UnsafeObjectError, match="modifies a global"):
+        convert(tmp_path / "hostile.pt", tmp_path / "hostile.safetensors")
+    assert not (tmp_path / "hostile.safetensors").exists()
+    convert(tmp_path / "benign.pt", tmp_path / "after.safetensors")
+    assert load(tmp_path / "after.safetensors") == load(tmp_path / "before.safetensors")

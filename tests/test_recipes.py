@@ -163,7 +163,12 @@ def test_resolve_never_imports_untrusted_modules():
     with pytest.raises(ms.UnknownClassError):
         resolve("json.tool:main")
     assert "json.tool" not in sys.modules
-    assert callable(resolve("json.tool:main", trusted=["json"]))  # a trusted parent package covers it
+    with pytest.raises(ms.UnknownClassError):
+        resolve("json.tool:main", trusted=["json"])  # imported now, but trusting grants classes, never functions
+    assert "json.tool" in sys.modules
+    import json.decoder
+
+    assert resolve("json.decoder:JSONDecoder", trusted=["json"]) is json.decoder.JSONDecoder  # a trusted parent covers it
     with pytest.raises(ms.UnknownClassError):
         resolve("json:__loader__", trusted=["json"])  # no dunder paths
 

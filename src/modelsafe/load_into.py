@@ -310,11 +310,17 @@ class _Planner:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
             return
         state = self.s.decode(state_node, framework="torch")
-        if kind == "optimizer":
-            problem = _optimizer_problem(target, state)
-            if problem:
-                self.s.report.mismatched.append(Mismatch(label, problem[0], None, problem[1], None))
-                return
+        problem = _optimizer_problem(target, state) if kind == "optimizer" else None
+        if problem is None:
+            from .adapters.torch_objects import StateMismatch, conform_state  # a torch target: torch is imported
+
+            try:
+                state = conform_state(target, state)  # load_state_dict updates __dict__: only what the target has
+            except StateMismatch as exc:
+                problem = (f"{exc.where}: {exc.found}", exc.expected)
+        if problem:
+            self.s.report.mismatched.append(Mismatch(label, problem[0], None, problem[1], None))
+            return
         self.s.actions.append(lambda: target.load_state_dict(state))
         self.s.report.loaded.append(label)
 

@@ -24,7 +24,7 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
 
 from .errors import CorruptCheckpointError, ModelsafeError, UnknownClassError, UnsupportedObjectError
-from .recipes import Recipe, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
+from .recipes import Recipe, _trust_advice, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
 from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
 
 __all__ = [
@@ -328,31 +328,43 @@ def _resolve_target(un: Unflattener, name: str, class_hint: Any) -> Any:
             found = lookup(name)
             if found is not None:
                 return found
-        module = class_hint.partition(":")[0]
         raise UnknownClassError(
             f"{un.source}: the file names class {name!r} (saved from {class_hint}), which is not registered here. "
             "Nothing was imported or called. Import the module that defines it before loading (its "
-            f"@ms.rebuildable registers it), pass trusted=[{module!r}] to let modelsafe import that module, or "
-            "register the class with ms.register (with aliases=(...) if it moved)",
+            "@ms.rebuildable registers it), register the class with ms.register (with aliases=(...) if it moved), "
+            + _trust_advice(class_hint),
             path=un.source, key=name,
         ) from exc
 
 
-def resolve_recipe(un: Unflattener, rnode: Any, *, class_hint: Any = None) -> Any:
-    """The class or factory a recipe names (registry or ``trusted=`` only); nothing is called."""
+def resolve_recipe(un: Unflattener, rnode: Any, *, class_hint: Any = None, kind: Any = None) -> Any:
+    """The class or factory a recipe names (registry or ``trusted=`` only); nothing is called.
+
+    ``kind`` is ``(test, what)``: the target must pass ``test`` for the node it sits in
+    (an optimizer node names an optimizer class), so a file cannot route a class
+    around the codec that bounds it (a ``torch.nn.Linear`` built for real as a scheduler).
+    """
     if not (isinstance(rnode, dict) and isinstance(rnode.get("name"), str)):
         raise un.bad(rnode, "a recipe needs a class name")
-    return _resolve_target(un, rnode["name"], class_hint)
+    target = _resolve_target(un, rnode["name"], class_hint)
+    if kind is not None and not kind[0](target):
+        raise CorruptCheckpointError(
+            f"{un.source}: the recipe {rnode['name']!r} names {getattr(target, '__qualname__', target)!r} where "
+            f"{kind[1]} belongs; the file is damaged or hostile",
+            path=un.source, key=rnode["name"],
+        )
+    return target
 
 
-def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True, class_hint: Any = None) -> Any:
+def decode_recipe(un: Unflattener, rnode: Any, *, build: bool = True, class_hint: Any = None, kind: Any = None) -> Any:
     """Resolve the recipe's target (registry or ``trusted=`` only), decode its arguments, call it.
 
     The returned object remembers its recipe, so saving it again keeps it rebuildable.
-    ``class_hint`` is the saved object's ``module:qualname``, used only with ``trusted=``.
+    ``class_hint`` is the saved object's ``module:qualname``, used only with ``trusted=``;
+    ``kind`` as in :func:`resolve_recipe`.
     With ``build=False`` returns ``(target, args, kwargs)`` without calling anything.
     """
-    target = resolve_recipe(un, rnode, class_hint=class_hint)  # raises before anything is called
+    target = resolve_recipe(un, rnode, class_hint=class_hint, kind=kind)  # raises before anything is called
     raw_args, raw_kwargs = rnode.get("args", []), rnode.get("kwargs", [])
     if not isinstance(raw_args, list) or not (
         isinstance(raw_kwargs, list) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in raw_kwargs)
@@ -376,12 +388,17 @@ def call_recipe(un: Unflattener, name: str, target: Any, args: tuple, kwargs: di
             "restore its state with ms.load_into(obj, path)",
             path=un.source, key=name,
         ) from exc
+    remember_recipe(obj, target, args, kwargs)
+    return obj
+
+
+def remember_recipe(obj: Any, target: Any, args: tuple, kwargs: dict) -> None:
+    """Let ``obj``, built by ``target(*args, **kwargs)``, keep its recipe (so saving it again keeps it rebuildable)."""
     if recipe_of(obj) is None:
         try:
             attach_recipe(obj, Recipe(target, args, kwargs))
         except TypeError:
             pass
-    return obj
 
 
 # -- registered classes and functions as values (e.g. activation=nn.GELU) --------------
@@ -440,9 +457,15 @@ class RebuildableCodec:
         return encode_object(fl, obj, path, "rebuildable", body)
 
     def decode(self, un: Unflattener, node: dict) -> Any:
-        return decode_recipe(un, node.get("recipe"), class_hint=node.get("class"))
+        return decode_recipe(un, node.get("recipe"), class_hint=node.get("class"), kind=_PLAIN_REBUILDABLE)
 
 
+def _no_codec_of_its_own(target: Any) -> bool:
+    """A class with a framework codec (a torch module, optimizer) is rebuilt only through that codec."""
+    return not isinstance(target, type) or codec_for_type(target) in (None, REBUILDABLE)
+
+
+_PLAIN_REBUILDABLE = (_no_codec_of_its_own, "a plain rebuildable class (not a framework object)")
 REBUILDABLE = RebuildableCodec()
 
 

@@ -5,11 +5,13 @@ name back into a class only through:
 
 1. the registry (``@ms.rebuildable``, ``ms.register``, built-in registrations),
    including aliases kept for classes that moved or were renamed;
-2. modules the caller lists in ``trusted=`` (only those are ever imported).
+2. packages the caller lists in ``trusted=`` (only those are ever imported), and
+   there only classes defined in them, never functions or what they import.
 
 Plain data containers (dataclasses and namedtuples) may also be found among
-modules the program has already imported, because rebuilding them calls no code
-of theirs (``object.__new__`` and attribute assignment only).
+modules the program has already imported (defined exactly where the file says),
+because rebuilding them calls no code of theirs (``object.__new__`` and attribute
+assignment only).  :func:`_find_class` is the one place a name becomes a class.
 
 A *recipe* is how an object was made: the stable name of its class (or factory) and
 the constructor arguments.  ``@rebuildable`` records it whenever an instance is
@@ -25,7 +27,7 @@ import functools
 import importlib
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .arguments import check_names, check_optional_name
 from .errors import FrameworkNotInstalledError, InvalidArgumentError, UnknownClassError
@@ -234,71 +236,142 @@ def _split(name: str) -> tuple[str, str]:
     return module, qualname
 
 
-def _attr_path(module: Any, qualname: str) -> Any | None:
-    obj = module
-    for part in qualname.split("."):
-        if part.startswith("__") or not part:
+def _is_trusted(module: str, trusted: Iterable[str]) -> bool:
+    return any(isinstance(t, str) and t and (module == t or module.startswith(t + ".")) for t in trusted)
+
+
+def _defined_class(module: Any, qualname: str, defined_in: Callable[[str], bool]) -> type | None:
+    """The class at ``qualname`` inside ``module``, found through namespaces only; None otherwise.
+
+    Each step reads a namespace (``vars()``), never ``getattr``: a module's ``__getattr__``
+    can import submodules (``torch._dynamo``, ``numpy.testing``) and a descriptor can run
+    code.  Every step must be a class whose ``__module__`` satisfies ``defined_in`` and
+    whose ``__qualname__`` is the path walked so far: a function, a module, or a class
+    merely imported into the namespace (``from subprocess import Popen``) is never reached.
+    """
+    obj: Any = module
+    parts = qualname.split(".")
+    for i, part in enumerate(parts):
+        if not part.isidentifier() or part.startswith("__"):
             return None
-        obj = getattr(obj, part, None)
-        if obj is None:
+        obj = _namespace(obj).get(part)
+        if not isinstance(obj, type) or obj.__qualname__ != ".".join(parts[: i + 1]):
+            return None
+        if not (isinstance(obj.__module__, str) and defined_in(obj.__module__)):
             return None
     return obj
 
 
-def _is_trusted(module: str, trusted: Iterable[str]) -> bool:
-    return any(module == t or module.startswith(t + ".") for t in trusted)
+def _namespace(obj: Any) -> dict:
+    """``vars(obj)`` for a module or class, read past any ``__getattribute__`` (a lazy module's loads it)."""
+    if issubclass(type(obj), type):
+        return type.__dict__["__dict__"].__get__(obj)
+    try:
+        found = object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def _find_class(name: str, trusted: Iterable[str], *, already_imported: bool) -> type | None:
+    """The one door from a name in a file to a class outside the registry.
+
+    A module the file names is imported only if the caller trusts it; there any class
+    defined under a trusted package is found.  With ``already_imported`` (records,
+    whose code never runs), modules the program has imported are searched too, for a
+    class defined in exactly the module named.
+    """
+    module, qualname = _split(name)
+    if not module or not qualname:
+        return None
+    trusted = tuple(trusted)
+    if _is_trusted(module, trusted):
+        mod = sys.modules.get(module) or importlib.import_module(module)  # ImportError: the caller names the module
+        return _defined_class(mod, qualname, lambda m: _is_trusted(m, trusted))
+    mod = sys.modules.get(module) if already_imported else None
+    return None if mod is None else _defined_class(mod, qualname, lambda m: m == module)
+
+
+def _trust_advice(name: Any) -> str:
+    module = _split(str(name))[0] or str(name)
+    return (
+        f"or pass trusted=[{module!r}] if you trust that module: modelsafe then imports it and may construct "
+        "classes defined in it with arguments from the file (never functions, never classes it merely imports)"
+    )
 
 
 def resolve(name: str, trusted: Iterable[str] = (), *, source: Any = None) -> Any:
     """Resolve a recipe's class name through the registry or a trusted module.
 
-    Raises UnknownClassError naming the class and what to do; never imports or calls
-    anything for a name that is neither registered nor inside ``trusted``.
+    Registered names and aliases give what was registered (class or factory).  A
+    trusted module gives only classes defined in a trusted package (see
+    docs/recipes.md, "Security model").  Raises UnknownClassError naming the class and
+    what to do; never imports or calls anything for a name that is neither registered
+    nor inside ``trusted``.
     """
-    found = lookup(name) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        raise UnknownClassError(f"{source}: a recipe names {name!r}, which is not a class name", path=source, key=str(name))
+    found = lookup(name)
     if found is not None:
         return found
-    if isinstance(name, str):
-        module, qualname = _split(name)
-        if module and qualname and _is_trusted(module, trusted):
-            try:
-                mod = importlib.import_module(module)
-            except ImportError as exc:
-                raise UnknownClassError(
-                    f"{source}: recipe names {name!r}, but trusted module {module!r} cannot be imported ({exc})",
-                    path=source, key=name,
-                ) from exc
-            obj = _attr_path(mod, qualname)
-            if obj is not None:
-                return obj
-    if isinstance(name, str):
-        _load_provider(name)  # a built-in name whose framework is missing: FrameworkNotInstalledError says so
+    try:
+        found = _find_class(name, trusted, already_imported=False)
+    except ImportError as exc:
+        raise UnknownClassError(
+            f"{source}: recipe names {name!r}, but trusted module {_split(name)[0]!r} cannot be imported ({exc})",
+            path=source, key=name,
+        ) from exc
+    if found is not None:
+        return found
+    _load_provider(name)  # a built-in name whose framework is missing: FrameworkNotInstalledError says so
     raise UnknownClassError(
         f"{source}: the file names class {name!r}, which is not registered. Nothing was imported or called. "
         "Decorate the class with @ms.rebuildable (add aliases=(...) if it moved), call ms.register(cls), "
-        f"or pass trusted=[{_split(str(name))[0]!r}] if you trust that module",
-        path=source, key=str(name),
+        + _trust_advice(name),
+        path=source, key=name,
     )
 
 
 def find_data_class(name: Any, trusted: Iterable[str] = (), *, kind: str) -> type | None:
-    """Find a dataclass or namedtuple class by name without running its code; None if unknown."""
+    """Find a dataclass or namedtuple class by name without running its code; None if unknown.
+
+    Looked for in the registry, in modules the caller trusts, and in modules the
+    program has already imported (a class defined exactly there); nothing else is
+    imported, whatever the name says.
+    """
     if not isinstance(name, str):
         return None
-    candidate = lookup(name)
+    candidate = _REGISTRY.get(name)  # registered names only: no built-in provider is imported for a record
     if candidate is None:
-        module, qualname = _split(name)
-        mod = sys.modules.get(module)
-        if mod is None and _is_trusted(module, trusted):
-            try:
-                mod = importlib.import_module(module)
-            except ImportError:
-                mod = None
-        candidate = _attr_path(mod, qualname) if mod is not None else None
+        try:
+            candidate = _find_class(name, trusted, already_imported=True)
+        except ImportError:
+            candidate = None
     if not isinstance(candidate, type):
         return None
-    if kind == "dataclass" and dataclasses.is_dataclass(candidate):
+    if kind == "dataclass" and dataclasses.is_dataclass(candidate) and _plain_fields(candidate):
         return candidate
-    if kind == "namedtuple" and issubclass(candidate, tuple) and hasattr(candidate, "_fields"):
+    if kind == "namedtuple" and issubclass(candidate, tuple) and isinstance(_class_attr(candidate, "_fields"), tuple):
         return candidate
     return None
+
+
+def _class_attr(cls: type, name: str) -> Any:
+    """``cls.name`` read from the namespaces of its MRO (no descriptor or metaclass code runs); None if absent."""
+    for klass in type.__dict__["__mro__"].__get__(cls):
+        namespace = _namespace(klass)
+        if name in namespace:
+            return namespace[name]
+    return None
+
+
+def _plain_fields(cls: type) -> bool:
+    """True if setting each field on an instance stores it and runs no code of the class.
+
+    Slots are member descriptors; any other data descriptor (a property) would run code.
+    """
+    for f in dataclasses.fields(cls):
+        attr = _class_attr(cls, f.name)
+        if hasattr(type(attr), "__set__") and type(attr).__name__ != "member_descriptor":
+            return False
+    return True

@@ -471,18 +471,59 @@ def _dec_pickle(un: Unflattener, node: dict) -> Any:
     return pickle.loads(un.leaf(node["pickle"]))
 
 
-def _dec_namedtuple(un: Unflattener, node: dict) -> tuple:
+# Distinct stand-in record classes one load may create.  Creating a class costs about
+# 0.3 ms (dataclasses generates and compiles its methods), so a few hundred kilobytes of
+# hostile nodes, each with other field names, would otherwise take seconds; a real file
+# holds a handful of record types however many records.
+MAX_STAND_IN_TYPES = 256
+
+
+def _record_class(un: Unflattener, node: dict, kind: str, fields: list[str]) -> type:
+    """The class a record node comes back as: its own (found without importing), else a stand-in.
+
+    Both are looked up once per load and name: a file of 20,000 records of one type
+    finds (or creates) one class.
+    """
+    name = node[kind]
+    cache = un.context.setdefault("record_classes", {})
+    key = (kind, name if isinstance(name, str) else None, tuple(fields))
+    cls = cache.get(key)
+    if cls is None:
+        cls = _own_record_class(un, kind, name, fields) or _stand_in_class(un, node, kind, name, fields)
+        cache[key] = cls
+    return cls
+
+
+def _own_record_class(un: Unflattener, kind: str, name: Any, fields: list[str]) -> type | None:
     from .recipes import find_data_class
 
+    cls = find_data_class(name, un.trusted, kind=kind)
+    if cls is None:
+        return None
+    own = [f.name for f in dataclasses.fields(cls)] if kind == "dataclass" else list(cls._fields)
+    return cls if (own == fields if kind == "namedtuple" else set(own) == set(fields)) else None
+
+
+def _stand_in_class(un: Unflattener, node: dict, kind: str, name: Any, fields: list[str]) -> type:
+    made = un.context.get("stand_in_types", 0)
+    if made >= MAX_STAND_IN_TYPES:
+        raise un.bad(node, f"more than {MAX_STAND_IN_TYPES} distinct record types in one file; refused as hostile")
+    un.context["stand_in_types"] = made + 1
+    typename = str(name).rpartition(":")[2].rpartition(".")[2]
+    typename = typename if _plain_name(typename) else "Record"
+    if kind == "namedtuple":
+        return collections.namedtuple(typename, fields, rename=True)
+    return dataclasses.make_dataclass(typename, fields)
+
+
+def _dec_namedtuple(un: Unflattener, node: dict) -> tuple:
     fields, items = node.get("fields"), node.get("items")
     if not (isinstance(fields, list) and isinstance(items, list) and len(fields) == len(items)):
         raise un.bad(node, "namedtuple needs equally long fields and items")
+    if not all(isinstance(f, str) for f in fields):
+        raise un.bad(node, "namedtuple field names must be strings")
     values = [un.decode(v) for v in items]
-    cls = find_data_class(node["namedtuple"], un.trusted, kind="namedtuple")
-    if cls is None or list(getattr(cls, "_fields", ())) != fields:
-        typename = str(node["namedtuple"]).rpartition(":")[2].rpartition(".")[2]
-        cls = collections.namedtuple(typename if _plain_name(typename) else "Record", fields, rename=True)
-    return tuple.__new__(cls, values)
+    return tuple.__new__(_record_class(un, node, "namedtuple", fields), values)
 
 
 def _plain_name(name: str) -> bool:
@@ -491,21 +532,15 @@ def _plain_name(name: str) -> bool:
 
 
 def _dec_dataclass(un: Unflattener, node: dict) -> Any:
-    from .recipes import find_data_class
-
     pairs = node.get("fields")
     if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
         raise un.bad(node, "dataclass fields must be [name, value] pairs")
+    if not all(_plain_name(name) for name, _ in pairs) or len({name for name, _ in pairs}) != len(pairs):
+        raise un.bad(node, "dataclass field names must be distinct identifiers (not keywords or __dunder__ names)")
     values = {name: un.decode(v) for name, v in pairs}
-    cls = find_data_class(node["dataclass"], un.trusted, kind="dataclass")
-    if cls is None or {f.name for f in dataclasses.fields(cls)} != set(values):
-        if not all(_plain_name(name) for name in values):
-            raise un.bad(node, "dataclass field names must be identifiers (not keywords or __dunder__ names)")
-        typename = str(node["dataclass"]).rpartition(":")[2].rpartition(".")[2]
-        cls = dataclasses.make_dataclass(typename if _plain_name(typename) else "Record", list(values))
-    obj = object.__new__(cls)
+    obj = object.__new__(_record_class(un, node, "dataclass", list(values)))
     for name, value in values.items():
-        object.__setattr__(obj, name, value)
+        object.__setattr__(obj, name, value)  # no __init__, __post_init__ or __setattr__ of the class runs
     return obj
 
 

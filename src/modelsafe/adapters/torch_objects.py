@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, UnsupportedObjectError
-from ..objects import decode_recipe, encode_object, encode_recipe, in_recipe, resolve_recipe
+from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
+from ..objects import call_recipe, decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
 from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
 from ..tree import Flattener, Unflattener, format_path
 
@@ -303,22 +303,30 @@ class ModuleCodec:
     def decode(self, un: Unflattener, node: dict) -> nn.Module:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch module")
-        resolve_recipe(un, node["recipe"], class_hint=node.get("class"))  # an unknown class fails before any work
+        resolve_recipe(un, node["recipe"], class_hint=node.get("class"), kind=MODULE_KIND)  # fails before any work
         align_loaded_tensors(un)
-        device = un.context.setdefault("torch.default_device", torch.get_default_device())
-        module = None
-        if "state" in node:
-            state = un.decode(node["state"])
-            module = _build_on_meta(un, node, state)
-            if module is None:
-                with torch.device(device):
-                    module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
-                load_module_state(un, node, module, state)
-        else:
-            module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
+        un.context.setdefault("torch.default_device", torch.get_default_device())  # before any meta context
+        state = un.decode(node["state"]) if "state" in node else None
+        if state is not None and not isinstance(state, dict):
+            raise un.bad(node, "module state must be a dict")  # before anything is built
+        module = _build(un, node, state)
         if isinstance(node.get("training"), bool):
             module.train(node["training"])
         return module
+
+
+def _subclass_of(base: type, *, factories: bool) -> Any:
+    def test(target: Any) -> bool:
+        return issubclass(target, base) if isinstance(target, type) else factories and callable(target)
+
+    return test
+
+
+# what each node's recipe may name: its own kind of class, or (modules, schedulers) a registered factory
+MODULE_KIND = (_subclass_of(nn.Module, factories=True), "a torch module class")
+OPTIMIZER_KIND = (_subclass_of(torch.optim.Optimizer, factories=False), "a torch optimizer class")
+SCHEDULER_KIND = (_subclass_of(torch.optim.lr_scheduler.LRScheduler, factories=True), "an LR scheduler class")
+SCALER_KIND = (_subclass_of(torch.amp.GradScaler, factories=False), "torch.amp.GradScaler")
 
 
 def _checked_module(un: Unflattener, node: dict, module: Any) -> nn.Module:
@@ -331,71 +339,130 @@ def _checked_module(un: Unflattener, node: dict, module: Any) -> nn.Module:
     return module
 
 
-def _build_on_meta(un: Unflattener, node: dict, state: Any) -> nn.Module | None:
-    """Build the module on the meta device (no memory, no random init) and assign the loaded state.
+# Bytes one load may allocate for module tensors the file does not hold: non-persistent
+# buffers and caches computed by constructors (rotary tables, causal masks), and the
+# weights of a module saved only as a constructor argument.  Everything else a rebuilt
+# module holds comes from the file.  A real model needs a few MiB of such tensors; a
+# hostile recipe (``Linear(20000, 20000)`` without state, 584 bytes) asks for gigabytes.
+MAX_UNSAVED_BYTES = 128 << 20
 
-    Every weight the file holds replaces a meta tensor, so this is the module the recipe
-    builds, minus the wasted initialisation.  If anything reachable from the module is
-    still on the meta device afterwards (a non-persistent buffer, a tensor attribute, a
-    cache in a helper object or closure), or the constructor needs real values, None is
-    returned — with every object decoded meanwhile forgotten — and the caller builds it
-    for real.
+
+def _build(un: Unflattener, node: dict, state: dict | None) -> nn.Module:
+    """Build on the meta device, check the file's state against it, then materialize only what it needs.
+
+    On the meta device the constructor allocates nothing and its random init costs nothing;
+    the file's tensors then replace the meta ones (``state`` None: the file holds none).
+    Tensors still on meta afterwards (non-persistent buffers, tensor attributes, the
+    weights of a module saved without state) are computed by running the constructor for
+    real, only if they fit what is left of :data:`MAX_UNSAVED_BYTES` for this load.
     """
     memo = un.context.setdefault("objects", {})
     before = set(memo)
-    module = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with torch.device("meta"):  # constructor arguments that are modules are built here too
-                module = decode_recipe(un, node["recipe"], class_hint=node.get("class"))
-        if isinstance(module, nn.Module):
-            load_module_state(un, node, module, state)
-    except IncompatibleStateError:
-        raise
-    except Exception:
-        module = None
-    if not isinstance(module, nn.Module) or _holds_meta(module):
-        for key in set(memo) - before:
-            del memo[key]
-        return None
+    module = _build_on_meta(un, node)
+    if module is not None:
+        if state is not None:
+            load_module_state(un, node, module, state)  # a mismatch is reported before anything is allocated
+        unsaved = _meta_bytes(module)
+        if unsaved == 0:
+            _follow_loaded_device(module, state or {})
+            return module
+        _spend_unsaved(un, node, unsaved)
+    for key in set(memo) - before:  # objects decoded on meta are decoded again for real
+        del memo[key]
+    with torch.device(un.context["torch.default_device"]):
+        module = _checked_module(un, node, decode_recipe(un, node["recipe"], class_hint=node.get("class")))
+    if state is not None:
+        load_module_state(un, node, module, state)
+        _follow_loaded_device(module, state)
     return module
 
 
-def _holds_meta(module: nn.Module, depth: int = 4) -> bool:
-    seen: set[int] = set()
+def _build_on_meta(un: Unflattener, node: dict) -> nn.Module | None:
+    """The module the recipe builds, on the meta device; None if its constructor needs real values.
 
-    def meta_in(value: Any, left: int) -> bool:
+    That fallback (building for real) is left to classes the caller registered or
+    trusted: a built-in torch class that fails on meta is refused, since its arguments
+    come from the file and its size is unknown.
+    """
+    with torch.device("meta"):  # constructor arguments that are modules are built here too
+        target, args, kwargs = decode_recipe(un, node["recipe"], build=False, class_hint=node.get("class"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                module = target(*args, **kwargs)
+    except Exception as exc:
+        if str(getattr(target, "__module__", "")).partition(".")[0] == "torch":
+            raise CorruptCheckpointError(
+                f"{un.source}: the recipe {node['recipe'].get('name')!r} at {node.get('path')} cannot be built with the "
+                f"arguments the file gives ({type(exc).__name__}: {exc})",
+                path=un.source, key=str(node.get("path")),
+            ) from exc
+        return None
+    remember_recipe(module, target, args, kwargs)
+    return _checked_module(un, node, module)
+
+
+def _spend_unsaved(un: Unflattener, node: dict, nbytes: int) -> None:
+    spent = un.context.get("torch.unsaved_bytes", 0) + nbytes
+    if spent > MAX_UNSAVED_BYTES:
+        raise CorruptCheckpointError(
+            f"{un.source}: rebuilding {node.get('path')} ({node['recipe'].get('name')!r}) would allocate "
+            f"{nbytes:,} bytes of tensors the file does not hold (weights saved without state, non-persistent "
+            f"buffers); one load allocates at most {MAX_UNSAVED_BYTES >> 20} MiB of such tensors. Build the model "
+            "yourself and restore its weights with ms.load_into(model, path)",
+            path=un.source, key=str(node.get("path")),
+        )
+    un.context["torch.unsaved_bytes"] = spent
+
+
+def _meta_bytes(module: nn.Module, depth: int = 4) -> int:
+    """Bytes of the meta tensors reachable from ``module``: what building it for real would add."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(value: Any, left: int) -> None:
+        nonlocal total
+        if id(value) in seen:
+            return
         if isinstance(value, torch.Tensor):
-            return value.is_meta
-        if left == 0 or id(value) in seen or isinstance(value, (nn.Module, type, str, bytes, int, float, bool)) or value is None:
-            return False
+            seen.add(id(value))
+            if value.is_meta:
+                total += value.numel() * value.element_size()
+            return
+        if left == 0 or isinstance(value, (nn.Module, type, str, bytes, int, float, bool)) or value is None:
+            return
         seen.add(id(value))
-        if isinstance(value, dict):
-            items: Any = list(value.values())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            items = list(value)
-        elif getattr(value, "__closure__", None):
-            items = []
-            for cell in value.__closure__:
-                try:
-                    items.append(cell.cell_contents)
-                except ValueError:
-                    pass
-        elif hasattr(value, "__dict__"):
-            items = list(vars(value).values())
-        else:
-            return False
-        return any(meta_in(v, left - 1) for v in items)
+        for item in _children(value):
+            visit(item, left - 1)
 
     for sub in module.modules():
         for t in list(sub._parameters.values()) + list(sub._buffers.values()):
-            if t is not None and t.is_meta:
-                return True
+            if t is not None:
+                visit(t, 0)
         for key, value in vars(sub).items():
-            if key not in ("_parameters", "_buffers", "_modules") and meta_in(value, depth):
-                return True
-    return False
+            if key not in ("_parameters", "_buffers", "_modules"):
+                visit(value, depth)
+    return total
+
+
+def _children(value: Any) -> list:
+    """What a helper object, container or closure holds (where constructors keep caches)."""
+    if isinstance(value, dict):
+        return list(value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    if getattr(value, "__closure__", None):
+        items = []
+        for cell in value.__closure__:
+            try:
+                items.append(cell.cell_contents)
+            except ValueError:
+                pass
+        return items
+    if hasattr(value, "__dict__"):
+        return list(vars(value).values())
+    return []
 
 
 def _note_parameter_leaves(fl: Flattener, state: dict, state_node: Any) -> None:
@@ -422,7 +489,7 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
         elif isinstance(value, torch.Tensor):
             saved = state[key]
             _need_torch(un, saved, f"{node.get('path')}[{key!r}]")
-            if tuple(saved.shape) != tuple(value.shape):
+            if tuple(saved.shape) != tuple(value.shape) or _dtype_class(saved) != _dtype_class(value):
                 report.mismatched.append(Mismatch(key, tuple(saved.shape), _dt(saved), tuple(value.shape), _dt(value)))
     report.unexpected.extend(k for k in state if k not in own)
     if report.missing or report.unexpected or report.mismatched:
@@ -436,6 +503,9 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
     module.load_state_dict(state, strict=True, assign=True)
     for key, flag in flags.items():
         state[key].requires_grad_(flag)
+
+
+def _follow_loaded_device(module: nn.Module, state: dict) -> None:
     devices = {v.device for v in state.values() if isinstance(v, torch.Tensor)}
     if len(devices) == 1:
         (device,) = devices
@@ -445,6 +515,127 @@ def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any
 
 def _dt(t: torch.Tensor) -> str:
     return str(t.dtype).replace("torch.", "")
+
+
+def _dtype_class(t: torch.Tensor) -> str:
+    """bool, complex, float or int: a file may store weights in another precision, never another kind."""
+    if t.dtype == torch.bool:
+        return "bool"
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "int"
+
+
+# -- saved state checked against a fresh object's own -------------------------------------------
+#
+# torch's load_state_dict of schedulers (and of the schedulers inside SequentialLR, and
+# of callable objects in lr_lambdas) is ``self.__dict__.update(state)``, and an
+# optimizer takes each saved param group wholesale: a file could replace ``sched.step``
+# or a hyper-parameter with any object it can decode.  So the saved state is compared
+# with the state of the object as built: only keys it has, with values of the kinds it
+# has (numbers stay numbers, strings strings, tensors tensors, lists of them).
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+_MAX_STATE_DEPTH = 16
+
+
+class StateMismatch(ValueError):
+    """A saved state that does not have the shape of the object's own; ``found`` / ``expected`` say how."""
+
+    def __init__(self, where: str, found: str, expected: str) -> None:
+        super().__init__(f"{where} holds {found} where the object has {expected}")
+        self.where, self.found, self.expected = where, found, expected
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Numbers, strings, None, tensors and lists/tuples of them: data that cannot act as code."""
+    if type(value) in _PLAIN_SCALARS or type(value) in (torch.Tensor, nn.Parameter):
+        return True
+    if type(value) in (list, tuple) and depth < _MAX_STATE_DEPTH:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
+
+
+def _conformed(saved: Any, fresh: Any, where: str, depth: int = 0) -> Any:
+    """``saved`` (from a file) where it has the kind of ``fresh`` (the object's own value); unknown keys dropped."""
+    if depth > _MAX_STATE_DEPTH:
+        raise StateMismatch(where, "state nested too deeply", "flat state")
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        ok = type(saved) is bool if isinstance(fresh, bool) else isinstance(saved, str) if isinstance(fresh, str) else _plain(saved)
+    elif isinstance(fresh, (int, float)):
+        ok = type(saved) in (int, float)
+    elif isinstance(fresh, torch.Tensor):
+        ok = isinstance(saved, torch.Tensor)
+    elif isinstance(fresh, dict):
+        if not isinstance(saved, dict):
+            raise StateMismatch(where, _kind(saved), _kind(fresh))
+        out = type(fresh)() if type(fresh) in (dict, collections.OrderedDict, collections.Counter) else {}
+        for key, value in saved.items():
+            if key in fresh and key != RECIPE_ATTR:
+                out[key] = _conformed(value, fresh[key], f"{where}[{key!r}]", depth + 1)
+        return out
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)):
+            raise StateMismatch(where, _kind(saved), _kind(fresh))
+        items = [
+            _conformed(v, fresh[min(i, len(fresh) - 1)], f"{where}[{i}]", depth + 1) if fresh else _plain_or_fail(v, f"{where}[{i}]")
+            for i, v in enumerate(saved)
+        ]
+        return type(fresh)(items) if type(fresh) in (list, tuple) else items
+    else:
+        ok = False  # the object holds an object here (a function, the optimizer): nothing from a file replaces it
+    if not ok:
+        raise StateMismatch(where, _kind(saved), _kind(fresh))
+    return saved
+
+
+def _plain_or_fail(value: Any, where: str) -> Any:
+    if not _plain(value):
+        raise StateMismatch(where, _kind(value), "numbers, strings or tensors")
+    return value
+
+
+def _conformed_optimizer_state(opt: torch.optim.Optimizer, state: Any) -> dict:
+    """Param groups: known keys with the kinds the optimizer has, others (a scheduler's initial_lr) plain data;
+    per-parameter state: plain data (tensors, numbers, lists of them)."""
+    if not isinstance(state, dict) or not isinstance(state.get("param_groups"), list) or not isinstance(state.get("state"), dict):
+        raise StateMismatch("state", _kind(state), "an optimizer state_dict")
+    fresh = opt.param_groups[0] if opt.param_groups else {}
+    groups = []
+    for i, group in enumerate(state["param_groups"]):
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise StateMismatch(f"param_groups[{i}]", _kind(group), "a param group")
+        checked = {"params": [_id_or_fail(p, f"param_groups[{i}]['params']") for p in group["params"]]}
+        for key, value in group.items():
+            if key == "params":
+                continue
+            where = f"param_groups[{i}][{key!r}]"
+            checked[key] = _conformed(value, fresh[key], where) if key in fresh else _plain_or_fail(value, where)
+        groups.append(checked)
+    per_param = {}
+    for key, entry in state["state"].items():
+        if not isinstance(entry, dict):
+            raise StateMismatch(f"state[{key!r}]", _kind(entry), "a dict of tensors")
+        per_param[key] = {name: _plain_or_fail(value, f"state[{key!r}][{name!r}]") for name, value in entry.items()}
+    return {"state": per_param, "param_groups": groups}
+
+
+def _id_or_fail(value: Any, where: str) -> int:
+    if type(value) is not int:
+        raise StateMismatch(where, _kind(value), "parameter indices")
+    return value
+
+
+def conform_state(target: Any, state: Any) -> Any:
+    """``state`` as ``target.load_state_dict`` may take it: checked against ``target``'s own state.
+
+    Raises :class:`StateMismatch` (a ValueError) naming the first entry of the wrong kind.
+    """
+    if isinstance(target, torch.optim.Optimizer):
+        return _conformed_optimizer_state(target, state)
+    return _conformed(state, target.state_dict(), "state")
 
 
 # -- optimizers -----------------------------------------------------------------------------------
@@ -486,7 +677,10 @@ class OptimizerCodec:
         if node.get("recipe") is None:
             raise _no_recipe(un, node, "torch optimizer")
         align_loaded_tensors(un)
-        cls, _, defaults = decode_recipe(un, node["recipe"], build=False)
+        cls, _, defaults = decode_recipe(un, node["recipe"], build=False, kind=OPTIMIZER_KIND)
+        for key, value in defaults.items():  # hyper-parameters are data: they end up in every param group
+            if not _plain(value):
+                raise un.bad(node["recipe"], f"optimizer argument {key!r} must be numbers, strings or tensors, not {_kind(value)}")
         groups = node.get("params")
         if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
             raise un.bad(node, "optimizer params must be a list of groups")
@@ -497,7 +691,9 @@ class OptimizerCodec:
         state = un.decode(node["state"])
         try:
             opt = cls([{"params": group} for group in params], **defaults)
-            opt.load_state_dict(state)
+            opt.load_state_dict(conform_state(opt, state))
+        except ModelsafeError:
+            raise  # already names the file and what is wrong
         except (TypeError, ValueError, KeyError) as exc:
             raise _rebuild_failed(un, node, "optimizer", exc) from exc
         return opt
@@ -647,7 +843,7 @@ class SchedulerCodec:
         if not isinstance(opt, torch.optim.Optimizer):
             raise un.bad(node, "a scheduler must refer to an optimizer")
         settings = _group_settings(opt)
-        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"))
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"), kind=SCHEDULER_KIND)
         given = any(a is opt for a in args) or any(v is opt for v in kwargs.values())  # an @ms.rebuildable scheduler
         if not given and "optimizer" in inspect.signature(cls.__init__).parameters:
             kwargs["optimizer"] = opt
@@ -656,7 +852,9 @@ class SchedulerCodec:
                 warnings.simplefilter("ignore")
                 sched = cls(*args, **kwargs)
                 if "state" in node:
-                    sched.load_state_dict(un.decode(node["state"]))
+                    sched.load_state_dict(conform_state(sched, un.decode(node["state"])))
+        except ModelsafeError:
+            raise  # already names the file and what is wrong
         except (TypeError, ValueError, KeyError) as exc:
             raise _rebuild_failed(un, node, "scheduler", exc) from exc
         finally:
@@ -701,13 +899,28 @@ class GradScalerCodec:
         return encode_object(fl, scaler, path, "torch.grad_scaler", body)
 
     def decode(self, un: Unflattener, node: dict) -> torch.amp.GradScaler:
+        cls, args, kwargs = decode_recipe(un, node.get("recipe"), build=False, kind=SCALER_KIND)
+        try:  # torch takes any value (a device of 5); the arguments must have the kinds of its defaults
+            kwargs = _conformed(kwargs, _argument_defaults(torch.amp.GradScaler), "GradScaler arguments")
+            if args or (kwargs.get("device") is not None and torch.device(kwargs["device"]).type != kwargs["device"]):
+                raise StateMismatch("GradScaler arguments", "positional or unknown device arguments", "keywords")
+        except (StateMismatch, RuntimeError) as exc:
+            raise _rebuild_failed(un, node, "GradScaler", exc) from exc
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a CUDA scaler loaded where there is no CUDA disables itself
-            scaler = decode_recipe(un, node.get("recipe"))
+            scaler = call_recipe(un, node["recipe"]["name"], cls, (), kwargs)
         state = un.decode(node.get("state"))
         if state and scaler.is_enabled():
-            scaler.load_state_dict(state)
+            try:
+                scaler.load_state_dict(conform_state(scaler, state))
+            except (StateMismatch, KeyError) as exc:
+                raise _rebuild_failed(un, node, "GradScaler", exc) from exc
         return scaler
+
+
+def _argument_defaults(cls: type) -> dict:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not p.empty}
 
 
 # -- torch.Generator ----------------------------------------------------------------------------

@@ -13,7 +13,11 @@ attack surface.
 Before CPython's C unpickler runs, :func:`scan_opcodes` walks the stream once and
 refuses the extension-registry opcodes (EXT1/2/4 resolve objects from copyreg's cache
 without asking find_class), out-of-band buffers, and memo slots larger than the
-stream (CPython would allocate and zero a memo table of that size first).
+stream (CPython would allocate and zero a memo table of that size first).  It also
+follows which stack slots hold globals and refuses BUILD, SETITEM(S), APPEND(S) and
+ADDITEMS on them: the allowlisted objects live as long as the process, so changing
+one (``__defaults__`` of a stand-in, the fields of a dtype record) would change every
+later load.  Only objects the unpickler made in this load may be modified.
 
 >>> import io, pickle
 >>> data = pickle.dumps({"a": [1, 2.5, None]}, protocol=2)
@@ -83,18 +87,101 @@ def _opcode_table() -> list:
 
 _OPCODES = _opcode_table()
 
+# Stack effects, from the same table: (pops down to a MARK first, items popped below it or
+# in all, items pushed).  The scan models the stack with one flag per slot: does it hold
+# a global (or a persistent object), which must never be modified?  Marks are kept apart,
+# as CPython's unpickler keeps them: a list of stack heights.
+_MUTATORS = {"BUILD", "SETITEM", "SETITEMS", "APPEND", "APPENDS", "ADDITEMS"}
+_SHARED_RESULTS = {"GLOBAL", "STACK_GLOBAL", "PERSID", "BINPERSID"}
+_KEEPS_TAG = {"DUP", "MEMOIZE"}
+_PUT_OPCODES = {"PUT", "BINPUT", "LONG_BINPUT"}
+_GET_OPCODES = {"GET", "BINGET", "LONG_BINGET"}
+
+
+def _effect_table() -> list:
+    table: list = [None] * 256
+    for op in pickletools.opcodes:
+        before = op.stack_before
+        to_mark = pickletools.markobject in before
+        below = before.index(pickletools.markobject) if to_mark else len(before)
+        table[ord(op.code)] = (to_mark, below, len(op.stack_after))
+    return table
+
+
+_EFFECTS = _effect_table()
+# opcodes that only push one new value (ints, strings, empty containers): the scan's fast path
+_PUSHES_ONE = frozenset(
+    ord(op.code) for op in pickletools.opcodes
+    if _EFFECTS[ord(op.code)] == (False, 0, 1) and op.name not in _SHARED_RESULTS | _GET_OPCODES and op.name != "MARK"
+)
+
+
+class _StackModel:
+    """Which stack slots and memo entries hold globals, opcode by opcode (no objects built)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.stack: list[bool] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, bool] = {}
+
+    def _underflow(self, pos: int) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"{self.source}: the pickle is damaged or hostile (stack underflow at byte {pos})", path=self.source)
+
+    def fence(self) -> int:
+        return self.marks[-1] if self.marks else 0
+
+    def put(self, memo_index: int, pos: int) -> None:
+        if len(self.stack) <= self.fence():
+            raise self._underflow(pos)
+        self.memo[memo_index] = self.stack[-1]
+
+    def step(self, code: int, name: str, memo_index: int | None, pos: int) -> None:
+        stack, marks = self.stack, self.marks
+        if name == "MARK":
+            return marks.append(len(stack))
+        if name in _PUT_OPCODES:
+            return self.put(memo_index, pos)  # type: ignore[arg-type]
+        if name in _GET_OPCODES:
+            return stack.append(self.memo.get(memo_index, False))  # type: ignore[arg-type]
+        if name == "POP" and marks and marks[-1] == len(stack):
+            return marks.pop() and None  # POP on a mark pops the mark, as CPython's unpickler does
+        to_mark, below, pushed = _EFFECTS[code]
+        if to_mark:
+            if not marks:
+                raise self._underflow(pos)
+            del stack[marks.pop():]
+        if len(stack) - (marks[-1] if marks else 0) < below:
+            raise self._underflow(pos)
+        deepest = stack[-below] if below else False
+        if below:
+            del stack[-below:]
+        if deepest and name in _MUTATORS:
+            raise UnsafeObjectError(
+                f"{self.source}: the pickle modifies a global in place ({name} at byte {pos}); an allowlisted "
+                "function or class outlives the load, so changing it would change later loads. Refused (nothing "
+                "was executed)",
+                path=self.source,
+            )
+        if name == "MEMOIZE":
+            self.memo[len(self.memo)] = deepest
+        shared = name in _SHARED_RESULTS or (deepest and name in _KEEPS_TAG)
+        stack.extend([shared] * pushed)
+
 
 def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
     """Walk the opcodes of the pickle at ``data[start:]`` (no objects built); returns the offset after STOP.
 
     Refused: opcodes that bypass the allowlist (extension registry, out-of-band buffers),
-    and memo indices beyond the pickle's size.  A pickler numbers memo entries 0, 1, 2, ...,
+    memo indices beyond the pickle's size, and opcodes that modify a global in place.  A pickler numbers memo entries 0, 1, 2, ...,
     one per PUT, so an index larger than the byte count is never legitimate, while
     CPython's unpickler would allocate (and zero) a memo table of that many slots first.
     """
     n = len(data)
     i = start
     table = _OPCODES
+    model = _StackModel(source)
+    push, pushes_one = model.stack.append, _PUSHES_ONE
     while i < n:
         pos = i
         entry = table[data[i]]
@@ -104,6 +191,7 @@ def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
                 f"{source}: the pickle stream is damaged (unknown opcode {data[pos]:#04x} at byte {pos})", path=source
             )
         kind, name = entry[0], entry[1]
+        code = data[pos]
         if name in _REFUSED_OPCODES:
             raise UnsafeObjectError(
                 f"{source}: the pickle uses opcode {name} at byte {pos}, which resolves objects outside "
@@ -114,6 +202,10 @@ def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
         if kind == "none":
             if name == "STOP":
                 return i
+            if code in pushes_one:
+                push(False)
+            else:
+                model.step(code, name, None, pos - start)
             continue
         if kind == "fixed":
             end = i + entry[2]
@@ -146,6 +238,12 @@ def scan_opcodes(data: Any, source: str, start: int = 0) -> int:
                 "table that large (damaged or hostile file)",
                 path=source,
             )
+        if code in pushes_one:
+            push(False)
+        elif memo is not None and name in _PUT_OPCODES:
+            model.put(memo, pos - start)
+        else:
+            model.step(code, name, memo, pos - start)
     raise CorruptCheckpointError(f"{source}: the pickle stream at byte {start} is truncated (no STOP opcode)", path=source)
 
 
