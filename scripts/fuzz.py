@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", help="run one case KIND:SEED:INDEX alone and print its outcome in full")
     parser.add_argument("--batch", type=int, default=200, help="cases per child process")
     parser.add_argument("--hang", type=float, default=20.0, help="seconds after which one entry point is a hang")
+    parser.add_argument("--headroom", type=int, default=fuzzrun.HEADROOM >> 20,
+                        help="MiB of address space a child may add beyond its start-up size (RLIMIT_AS)")
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         setup = fuzzrun.prepare(work)
         if args.case:
             kind, seed, index = args.case.split(":")
-            outcome = fuzzrun.run_cases(setup, kind, int(seed), [int(index)], hang_s=args.hang)[0]
+            outcome = fuzzrun.run_cases(setup, kind, int(seed), [int(index)], hang_s=args.hang,
+                                        headroom=args.headroom << 20)[-1]
             print(json.dumps(outcome, indent=1))
             return 1 if outcome["outcome"] in fuzzrun.FAILURES else 0
         started = time.perf_counter()
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind, count in (("manifest", args.manifests), ("mutation", args.mutations)):
             if count:
                 outcomes += fuzzrun.run_cases(setup, kind, args.seed, range(args.start, args.start + count),
-                                              batch_size=args.batch, hang_s=args.hang, progress=_progress(kind))
+                                              batch_size=args.batch, hang_s=args.hang, headroom=args.headroom << 20,
+                                              progress=_progress(kind))
         summary = fuzzrun.summarize(outcomes)
         summary["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:

@@ -69,14 +69,16 @@ def prepare(work: str) -> dict:
 
 
 def run_cases(setup: dict, kind: str, seed: int, indices: Iterable[int], *, batch_size: int = 200,
-              hang_s: float = 20.0, batch_timeout: float = 240.0, headroom: int = HEADROOM,
+              hang_s: float = 20.0, batch_timeout: float | None = None, headroom: int = HEADROOM,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """One outcome per case, in order; each batch runs in its own capped child."""
+    """One outcome per case, in order (after one "honest" case if an honest base fails an entry point);
+    each batch runs in its own capped child, under a generous wall limit (a hang detector, not a budget)."""
     pending = list(indices)
     total, outcomes = len(pending), []
     while pending:
         batch = pending[:batch_size]
-        warmup, got, problem = _run_batch(setup, kind, seed, batch, hang_s=hang_s, timeout=batch_timeout, headroom=headroom)
+        timeout = batch_timeout or 120 + 0.5 * len(batch) + hang_s
+        warmup, got, problem = _run_batch(setup, kind, seed, batch, hang_s=hang_s, timeout=timeout, headroom=headroom)
         if warmup["honest_findings"] and not any(o["kind"] == "honest" for o in outcomes):
             outcomes.append(_honest_case(warmup["honest_findings"]))
         outcomes += got
@@ -316,6 +318,33 @@ def entry_points(case: Any) -> list[tuple[str, Callable[[], Any]]]:
             ("show", lambda: _cli(["show", f"{p}@latest", *fmt]))]
 
 
+def control_entry_points(job: dict) -> list[tuple[str, Callable[[], Any]]]:
+    """Entry points with a known outcome each (CONTROL_OUTCOMES), for the harness's own test."""
+    import importlib
+
+    import modelsafe as ms
+
+    from fuzzcraft import CANARY_CLASSES_MODULE, CANARY_IMPORT_MODULE
+
+    def foreign() -> None:
+        raise KeyError("not a ModelsafeError")
+
+    def allocate() -> None:
+        bytearray(2 * job["headroom"])
+
+    return [("foreign", foreign),
+            ("canary_call", lambda: importlib.import_module(CANARY_CLASSES_MODULE).touch()),
+            ("canary_import", lambda: importlib.import_module(CANARY_IMPORT_MODULE)),
+            ("hang", lambda: time.sleep(job["hang_s"] * 5)),
+            ("memory", allocate),
+            ("ok", lambda: ms.load(job["bases"]["files"]["state"])),
+            ("error", lambda: ms.load(os.path.join(job["work"], "no-such-file.safetensors"))),
+            ("crash", lambda: os._exit(3))]
+
+
+CONTROL_OUTCOMES = ["foreign", "canary", "canary", "hang", "memory", "ok", "error", "crash"]
+
+
 # entry points that rightly refuse an honest base: torch objects cannot be rebuilt from numpy arrays
 HONEST_REFUSALS = {("single:objects", "load_numpy")}
 
@@ -374,6 +403,8 @@ class Child:
         from fuzzcraft import Bases, make_case
 
         job = self.job
+        if job["kind"] == "control":
+            return self.run_control(index)
         scratch = os.path.join(job["work"], f"scratch-{os.getpid()}")
         try:
             case = make_case(job["kind"], job["seed"], index, Bases(**job["bases"]), scratch, self.trace)
@@ -388,6 +419,13 @@ class Child:
         worst = min((op["outcome"] for op in ops), key=lambda o: RANK[o])
         return {"kind": case.kind, "seed": case.seed, "index": index, "family": case.family, "target": case.target,
                 "note": case.note, "size": case.size, "outcome": worst, "ops": ops, "peak_rss": self.peak_rss}
+
+    def run_control(self, index: int) -> dict:
+        """A case whose one entry point fails in a known way: proves the harness sees that class."""
+        name, fn = control_entry_points(self.job)[index]
+        op = self.call(name, fn)
+        return {"kind": "control", "seed": 0, "index": index, "family": name, "note": "", "size": 0,
+                "outcome": op["outcome"], "ops": [op], "peak_rss": self.peak_rss}
 
     def warm_up(self) -> list[dict]:
         """Every entry point on every honest base: the records of those that do not succeed (findings in
