@@ -5,6 +5,8 @@
     python scripts/fuzz.py --manifests 500 --mutations 500 --seed 7
     python scripts/fuzz.py --json > fuzz.json       # the summary (and every failing case) as JSON
     python scripts/fuzz.py --case manifest:1:37     # rerun one case alone and show its tracebacks
+    python scripts/fuzz.py --out cases.jsonl        # also keep every case's outcome as it completes
+    python scripts/fuzz.py --summarize cases.jsonl  # the summary of kept outcomes (of an interrupted run too)
 
 Cases come from tests/fuzzcraft.py, deterministically from kind, seed and index; they
 run in capped child processes (tests/fuzzrun.py).  The summary table gives the count
@@ -42,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="MiB of address space a child may add beyond its start-up size (RLIMIT_AS)")
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--out", help="append every case's outcome to this JSON-lines file as batches complete")
+    parser.add_argument("--summarize", metavar="JSONL", help="summarize outcomes kept with --out; run nothing")
     args = parser.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize) as f:
+            outcomes = [json.loads(line) for line in f if line.strip()]
+        return report(fuzzrun.summarize([o for o in outcomes if "outcome" in o]), outcomes, args.json)
 
     with tempfile.TemporaryDirectory(prefix="modelsafe-fuzz-", dir=args.dir) as work:
         setup = fuzzrun.prepare(work)
@@ -54,26 +62,48 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if outcome["outcome"] in fuzzrun.FAILURES else 0
         started = time.perf_counter()
         outcomes = []
-        for kind, count in (("manifest", args.manifests), ("mutation", args.mutations)):
-            if count:
-                outcomes += fuzzrun.run_cases(setup, kind, args.seed, range(args.start, args.start + count),
-                                              batch_size=args.batch, hang_s=args.hang, headroom=args.headroom << 20,
-                                              progress=_progress(kind))
+        for kind, indices in _chunks(args):  # manifests and mutations alternate: a cut-short run has both
+            got = fuzzrun.run_cases(setup, kind, args.seed, indices, batch_size=args.batch, hang_s=args.hang,
+                                    headroom=args.headroom << 20)
+            if any(o["kind"] == "honest" for o in outcomes):
+                got = [o for o in got if o["kind"] != "honest"]
+            outcomes += got
+            _keep(args.out, got)
+            _progress(len(outcomes), args.manifests + args.mutations)
         summary = fuzzrun.summarize(outcomes)
         summary["seconds"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        summary["failing_cases"] = [c for c in outcomes if c["outcome"] in fuzzrun.FAILURES]
+    return report(summary, outcomes, args.json)
+
+
+def _chunks(args: argparse.Namespace):
+    counts = {"manifest": args.manifests, "mutation": args.mutations}
+    for offset in range(0, max(counts.values()), args.batch):
+        for kind, count in counts.items():
+            if offset < count:
+                yield kind, range(args.start + offset, args.start + min(count, offset + args.batch))
+
+
+def _keep(path: str | None, outcomes: list[dict]) -> None:
+    if path:
+        with open(path, "a") as f:
+            for outcome in outcomes:
+                f.write(json.dumps(outcome) + "\n")
+
+
+def report(summary: dict, outcomes: list[dict], as_json: bool) -> int:
+    """Print the summary (table or JSON); the exit status says whether anything failed."""
+    summary.setdefault("seconds", None)
+    if as_json:
+        summary["failing_cases"] = [c for c in outcomes if c.get("outcome") in fuzzrun.FAILURES]
         print(json.dumps(summary, indent=1, default=str))
     else:
         print(render(summary))
     return 1 if summary["failures"] or summary["over_budget"] else 0
 
 
-def _progress(kind: str):
-    def show(done: int, total: int) -> None:
-        if sys.stderr.isatty():
-            print(f"\r{kind}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-    return show
+def _progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total} cases", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
 
 def render(summary: dict) -> str:

@@ -383,7 +383,7 @@ class Child:
                 result = fn()
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            record = result if isinstance(result, CliFailure) else CliFailure(outcome="ok")
+            record = dict(result) if isinstance(result, CliFailure) else {"outcome": "ok"}
         except Hang as exc:
             record = {"outcome": "hang", "type": "Hang", "location": "", "raised_at": _where(exc.__traceback__)[1],
                       "message": str(exc), "traceback": traceback.format_exc()[-4000:]}

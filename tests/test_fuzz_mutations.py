@@ -28,11 +28,11 @@ def fuzz_setup(tmp_path_factory) -> dict:
 
 
 def test_byte_mutations_sample(fuzz_setup):
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED, range(SAMPLE), batch_size=250), budget=False)
+    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED, range(SAMPLE), batch_size=SAMPLE), budget=False)
 
 
 @pytest.mark.slow
 def test_byte_mutations_full_count(fuzz_setup, soak):
     if not soak:
         pytest.skip(f"the full {FULL} cases run with MODELSAFE_SOAK=1 (a {SAMPLE}-case sample runs always)")
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED + 1, range(FULL)), budget=True)
+    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED + 1, range(FULL), batch_size=1000), budget=True)
