@@ -9,8 +9,8 @@ metadata, ``ms.load_into`` into a matching small module, ``ms.load`` with
 case to a results file.  Outcomes, worst first:
 
 * ``canary``  a trace file appeared, or a module the file named got imported;
-* ``hang``    one entry point ran past the hang limit (a timer in the child), or the
-  batch ran past its wall limit (the parent kills it; the case it was on is the hang);
+* ``hang``    one entry point ran past the hang limit (a timer in the child), or the child
+  finished no case for a long while (the parent kills it; the case it was on is the hang);
 * ``crash``   the child died on the case;
 * ``memory``  a MemoryError, raised or wrapped: the child's address space is capped
   (RLIMIT_AS) at what it holds after start-up plus ``headroom``;
@@ -69,16 +69,22 @@ def prepare(work: str) -> dict:
 
 
 def run_cases(setup: dict, kind: str, seed: int, indices: Iterable[int], *, batch_size: int = 200,
-              hang_s: float = 20.0, batch_timeout: float | None = None, headroom: int = HEADROOM,
+              hang_s: float = 20.0, case_timeout: float | None = None, headroom: int = HEADROOM,
               progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """One outcome per case, in order (after one "honest" case if an honest base fails an entry point);
-    each batch runs in its own capped child, under a generous wall limit (a hang detector, not a budget)."""
+    """One outcome per case, in order (after one "honest" case if an honest base fails an entry point).
+
+    Each batch runs in its own capped child.  Besides the child's own timer per entry point
+    (``hang_s``), the parent kills a child that finishes no case for ``case_timeout`` seconds
+    (default: every entry point of a case at its hang limit, plus start-up): a hang detector for
+    calls a timer cannot interrupt, generous on a busy machine, not a speed budget.
+    """
+    case_timeout = case_timeout or 12 * hang_s + 180
     pending = list(indices)
     total, outcomes = len(pending), []
     while pending:
         batch = pending[:batch_size]
-        timeout = batch_timeout or 120 + 0.5 * len(batch) + hang_s
-        warmup, got, problem = _run_batch(setup, kind, seed, batch, hang_s=hang_s, timeout=timeout, headroom=headroom)
+        warmup, got, problem = _run_batch(setup, kind, seed, batch, hang_s=hang_s, case_timeout=case_timeout,
+                                          headroom=headroom)
         if warmup["honest_findings"] and not any(o["kind"] == "honest" for o in outcomes):
             outcomes.append(_honest_case(warmup["honest_findings"]))
         outcomes += got
@@ -100,27 +106,50 @@ def _honest_case(findings: list[dict]) -> dict:
             "outcome": worst if worst in FAILURES else "honest-refused", "ops": findings}
 
 
-def _run_batch(setup: dict, kind: str, seed: int, batch: list[int], *, hang_s: float, timeout: float,
+def _run_batch(setup: dict, kind: str, seed: int, batch: list[int], *, hang_s: float, case_timeout: float,
                headroom: int) -> tuple[dict, list[dict], dict]:
     fd, results = tempfile.mkstemp(prefix="fuzz-", suffix=".jsonl", dir=setup["work"])
     os.close(fd)
     job = dict(setup, kind=kind, seed=seed, indices=batch, hang_s=hang_s, headroom=headroom, results=results)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2",
                PYTHONPATH=os.pathsep.join([HERE, setup["support"], os.environ.get("PYTHONPATH", "")]))
-    problem = {"outcome": "crash", "detail": ""}
-    try:
-        proc = subprocess.run([sys.executable, os.path.join(HERE, "fuzzrun.py")], input=json.dumps(job),
-                              capture_output=True, text=True, timeout=timeout, env=env)
-        problem["detail"] = f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
-    except subprocess.TimeoutExpired as exc:
-        tail = exc.stderr[-2000:] if isinstance(exc.stderr, str) else (exc.stderr or b"")[-2000:].decode(errors="replace")
-        problem = {"outcome": "hang", "detail": f"batch passed its {timeout:.0f} s wall limit: {tail}"}
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stderr:
+        stdin.write(json.dumps(job).encode())
+        stdin.seek(0)
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "fuzzrun.py")], stdin=stdin,
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        stalled = _watch(proc, results, case_timeout)
+        stderr.seek(0)
+        tail = stderr.read()[-2000:].decode(errors="replace")
+    if stalled:
+        problem = {"outcome": "hang", "detail": f"no case finished for {case_timeout:.0f} s (killed): {tail}"}
+    else:
+        problem = {"outcome": "crash", "detail": f"child exited with {proc.returncode}: {tail}"}
     with open(results) as f:
         lines = [json.loads(line) for line in f if line.endswith("\n")]
     os.unlink(results)
     if not lines or lines[0].get("warmup") != "ok":
         raise RuntimeError(f"the fuzz child failed before its first case: {lines[:1]} {problem['detail']}")
     return lines[0], lines[1:], problem
+
+
+def _watch(proc: subprocess.Popen, results: str, case_timeout: float) -> bool:
+    """Wait for the child; kill it when its results file stops growing for ``case_timeout`` seconds
+    (start-up and warm-up get that long too).  True when it was killed: the case it was on hangs."""
+    size, last = -1, time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=1)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        now_size = os.path.getsize(results)
+        if now_size != size:
+            size, last = now_size, time.monotonic()
+        elif time.monotonic() - last > case_timeout:
+            proc.kill()
+            proc.wait()
+            return True
 
 
 # -- summary --------------------------------------------------------------------------------------
