@@ -121,10 +121,10 @@ def render(summary: dict) -> str:
     for item in summary["over_budget"][:10]:
         lines.append(f"  {item['case']} {item['op']}: {item['seconds']} s, {mib(item['peak_extra'] or 0)} ({item['note'][:60]})")
     lines.append("")
-    lines.append("distinct failures (outcome, type, where raised, count, entry points, families, example case)")
+    lines.append("distinct failures (outcome, type, where raised, cases, entry points, families, example case)")
     for e in summary["distinct_failures"]:
         ex = e["example"]
-        lines.append(f"  {e['outcome']:<8} {e['type']:<22} {e['location'] or e['raised_at']:<48} x{e['count']:<5} "
+        lines.append(f"  {e['outcome']:<8} {e['type']:<22} {e['location'] or e['raised_at']:<48} x{e['cases']:<5} "
                      f"{','.join(e['ops'])}  [{','.join(e['families'])}]")
         lines.append(f"           e.g. --case {ex['case']} ({ex['note'][:70]}): {ex['message'][:150]}")
     return "\n".join(lines)

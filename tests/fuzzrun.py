@@ -155,7 +155,9 @@ def _watch(proc: subprocess.Popen, results: str, case_timeout: float) -> bool:
 # -- summary --------------------------------------------------------------------------------------
 
 def failure_key(op: dict) -> tuple:
-    return (op["outcome"], op.get("type", ""), op.get("location", ""))
+    """What makes two failures the same: outcome, exception type, where raised (a canary: its traces)."""
+    where = ",".join(sorted(op["canaries"])) if op.get("canaries") else op.get("location", "")
+    return (op["outcome"], op.get("type", ""), where)
 
 
 def summarize(outcomes: list[dict]) -> dict:
@@ -174,11 +176,13 @@ def summarize(outcomes: list[dict]) -> dict:
             failing_ops = [{"op": "?", "outcome": case["outcome"], "type": case["outcome"],
                             "location": "", "message": case.get("detail", "")[-300:]}]
         for op in failing_ops:
-            entry = distinct.setdefault(failure_key(op), {
-                "outcome": op["outcome"], "type": op.get("type", ""), "location": op.get("location", ""),
-                "raised_at": op.get("raised_at", ""), "count": 0, "ops": set(), "families": set(),
+            key = failure_key(op)
+            entry = distinct.setdefault(key, {
+                "outcome": op["outcome"], "type": op.get("type", ""), "location": key[2],
+                "raised_at": op.get("raised_at", ""), "count": 0, "cases": set(), "ops": set(), "families": set(),
                 "example": _example(case, op)})
             entry["count"] += 1
+            entry["cases"].add((case["kind"], case["index"]))
             entry["ops"].add(op["op"])
             entry["families"].add(case["family"])
         for op in case["ops"]:
@@ -190,7 +194,7 @@ def summarize(outcomes: list[dict]) -> dict:
                 over_budget.append(dict(_example(case, op), seconds=op.get("seconds"), peak_extra=op.get("peak_extra")))
     table = sorted(distinct.values(), key=lambda e: (RANK[e["outcome"]], -e["count"]))
     for entry in table:
-        entry["ops"], entry["families"] = sorted(entry["ops"]), sorted(entry["families"])
+        entry["ops"], entry["families"], entry["cases"] = sorted(entry["ops"]), sorted(entry["families"]), len(entry["cases"])
     return {"cases": len(outcomes), "outcomes": dict(sorted(counts.items(), key=lambda kv: RANK[kv[0]])),
             "failures": sum(counts.get(k, 0) for k in FAILURES), "distinct_failures": table,
             "slowest": slowest, "largest": largest, "over_budget": over_budget, "peak_rss": peak_rss}
@@ -206,7 +210,7 @@ def describe_failures(summary: dict, limit: int = 25) -> str:
     lines = [f"{summary['failures']} failing cases of {summary['cases']}; outcomes {summary['outcomes']}"]
     for e in summary["distinct_failures"][:limit]:
         ex = e["example"]
-        lines.append(f"- {e['outcome']} {e['type']} at {e['location'] or e['raised_at']} x{e['count']} "
+        lines.append(f"- {e['outcome']} {e['type']} at {e['location'] or e['raised_at']} in {e['cases']} cases "
                      f"ops={','.join(e['ops'])} families={','.join(e['families'])}\n"
                      f"    e.g. scripts/fuzz.py --case {ex['case']} ({ex['family']}: {ex['note']}; {ex['op']}): "
                      f"{ex['message'][:200]}")
