@@ -165,9 +165,10 @@ def tensor_order(reader: Any) -> list[str]:
             names = [value["tensor"] for _key, value in items]
         except (KeyError, TypeError, ValueError):
             names = None
-        if names is not None and len(set(names)) == len(names):
+        # names come from the file: check they are strings before hashing them
+        if names is not None and all(isinstance(n, str) for n in names) and len(set(names)) == len(names):
             records, aliases = reader.records, reader.manifest.get("aliases") or {}
-            if all(isinstance(n, str) and (n in records or n in aliases) for n in names):
+            if all(n in records or n in aliases for n in names):
                 return names
     return reader.keys()
 
