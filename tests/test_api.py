@@ -85,8 +85,9 @@ def test_open_whole_tree_load(saved):
 def test_missing_key_error_names_file_and_key(saved):
     path, _ = saved
     with ms.open(path) as reader:
-        with pytest.raises(KeyError) as info:
+        with pytest.raises(ms.TensorKeyError) as info:  # a ModelsafeError, and a KeyError as for any mapping
             reader["encoder.wieght"]
+    assert isinstance(info.value, KeyError) and info.value.key == "encoder.wieght"
     message = str(info.value)
     assert "encoder.wieght" in message and str(path) in message and ".keys()" in message
 
@@ -323,7 +324,7 @@ def test_small_edges_of_names_and_errors(tmp_path):
     with pytest.raises(ms.UnsupportedObjectError) as info:
         ms.load(path, framework="numpy")  # numpy has no complex32
     assert info.value.path == str(path) and str(path) in str(info.value)
-    with ms.open(path) as reader, pytest.raises(KeyError, match="bytes payload"):
+    with ms.open(path) as reader, pytest.raises(ms.TensorKeyError, match="bytes payload"):
         reader["b"]
 
 

@@ -174,3 +174,27 @@ def test_control_characters_from_a_file_never_reach_the_terminal(tmp_path):
     flip.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
     result = invoke("verify", flip)
     assert result.code == 1 and "\x1b" not in result.out + result.err
+
+
+def test_a_versions_field_of_the_wrong_shape_is_ignored_not_a_crash(tmp_path):
+    """Found by the fuzz harness: manifest['versions'] as a list of triples crashed ``show``."""
+    import json
+    import struct
+
+    from fuzzcraft import MANIFEST_KEY, reseal_bytes
+
+    path = tmp_path / "odd.safetensors"
+    ms.save({"w": np.zeros(2)}, path)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+    manifest["versions"] = [["a", "b", "c"]]
+    header["__metadata__"][MANIFEST_KEY] = json.dumps(manifest)
+    text = json.dumps(header).encode()
+    text += b" " * (n - len(text)) if len(text) <= n else b""
+    assert len(text) == n  # same length: offsets stay valid
+    path.write_bytes(reseal_bytes(blob[:8] + text + blob[8 + n:]))
+    result = invoke("show", str(path), "--json")
+    assert result.code == 0, result
+    assert result.json()["versions"] == {}

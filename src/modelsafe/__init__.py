@@ -26,6 +26,7 @@ from .errors import (
     ModelsafeError,
     NewerFormatError,
     StorageError,
+    TensorKeyError,
     UnknownClassError,
     UnsafeObjectError,
     UnsupportedObjectError,

@@ -28,6 +28,7 @@ __all__ = [
     "InvalidArgumentError",
     "RunConflictError",
     "CheckpointRemovedError",
+    "TensorKeyError",
 ]
 
 
@@ -151,3 +152,9 @@ class UnsupportedFormatError(ModelsafeError, ValueError):
     """A valid file that modelsafe cannot load as it is: another tool's format that
     ``modelsafe convert`` reads, or a safetensors dtype no framework here represents.
     Never used for damaged files (those are :class:`CorruptCheckpointError`)."""
+
+
+class TensorKeyError(ModelsafeError, KeyError):
+    """``reader[key]`` names no tensor: a key the file lacks, or one that holds bytes or a
+    pickled object (``ms.load`` returns those in their place in the tree).  Also a
+    ``KeyError``, as for any mapping."""

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import InvalidArgumentError, ModelsafeError
+from .errors import InvalidArgumentError, ModelsafeError, TensorKeyError
 from .format.manifest import TensorRecord
 from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles, unsupported_dtype
 from .tree import walk_refs
@@ -81,7 +81,8 @@ class Reader:
         try:
             return self._source.records[name]
         except KeyError:
-            raise KeyError(f"{self.path}: no tensor {key!r}; it holds {len(self)} tensors, see .keys()") from None
+            raise TensorKeyError(f"{self.path}: no tensor {key!r}; it holds {len(self)} tensors, see .keys()",
+                                 path=self.path, key=key) from None
 
     # -- data ------------------------------------------------------------------------
     def _mapped(self) -> dict[str | None, np.ndarray]:
@@ -95,7 +96,8 @@ class Reader:
         """One tensor, zero-copy from the mapped file where the dtype allows."""
         record = self.record(key)
         if record.kind != "tensor":
-            raise KeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor; ms.load returns it in its place in the tree")
+            raise TensorKeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor; "
+                                 "ms.load returns it in its place in the tree", path=self.path, key=key)
         verify = self._verify and record.name not in self._verified
         values = materialize(
             self._source, self._mapped(), [record], framework=framework or self._framework,
@@ -124,7 +126,7 @@ class Reader:
         """
         record = self.record(key)
         if record.kind != "tensor":
-            raise KeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor")
+            raise TensorKeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor", path=self.path, key=key)
         return TensorSlice(self, record, framework or self._framework, map_location)
 
     def load(self, *, map_location: Any = None, allow_pickle: bool = False, trusted: tuple = ()) -> Any:

@@ -136,7 +136,7 @@ def describe(reader: Any) -> Description:
         format_version=f"{version[0]}.{version[1]}" if is_modelsafe and isinstance(version, list) and len(version) == 2 else None,
         writer=manifest.get("writer"),
         framework=manifest.get("framework"),
-        versions=dict(manifest.get("versions") or {}),
+        versions=_strings(manifest.get("versions")),
         file_size=_size(reader.path),
         metadata=reader.metadata,
         checkpoint=_checkpoint_block(manifest),
@@ -145,6 +145,13 @@ def describe(reader: Any) -> Description:
         pickled=[n for n, r in records.items() if r.kind == "pickle"],
         copied_views=_names(manifest.get("copied_views")),
     )
+
+
+def _strings(value: Any) -> dict[str, str]:
+    """The string entries of an informational manifest mapping (``versions``); anything else is ignored."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _names(value: Any) -> list[str]:
