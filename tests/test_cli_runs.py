@@ -58,6 +58,12 @@ def test_ls_monitor_override(run):
     assert [r["name"] for r in rows if r["best"]] == [NAMES[0]]
 
 
+def test_ls_with_a_monitor_no_checkpoint_records_is_a_usage_error(run):
+    result = invoke("ls", run, "--monitor", "val_los")
+    assert result.code == 2
+    assert "val_los" in result.err and "val_loss" in result.err  # names the typo and what the run records
+
+
 def test_ls_reads_manifests_only(run, monkeypatch):
     from modelsafe.format import reader
 

@@ -89,6 +89,8 @@ def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
     path = resolve_run(run)
     checkpoints = open_run(path, monitor=monitor, mode=mode)
     infos, problems = listing(checkpoints)
+    if monitor:
+        _check_monitor_is_recorded(infos, monitor)
     best = _best_name(checkpoints, infos)
     latest = infos[-1].name if infos else None
     settings = run_settings(path)
@@ -176,11 +178,11 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
 
 
 def _check_monitor_is_recorded(infos: list, monitor: str) -> None:
-    """A monitor no checkpoint records (a typo) would rank nothing and delete the best: refuse it."""
+    """A monitor no checkpoint records (a typo) ranks nothing (and in prune would delete the best): refuse it."""
     if infos and not any(monitor in info.metrics for info in infos):
         recorded = sorted({name for info in infos for name in info.metrics})
         raise UsageProblem(
-            f"--monitor {monitor}: no checkpoint of this run records that metric, so nothing would be kept as best; "
+            f"--monitor {monitor}: no checkpoint of this run records that metric, so none ranks as best; "
             f"its checkpoints record: {', '.join(recorded) or 'no metrics'}"
         )
 
