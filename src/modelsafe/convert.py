@@ -85,7 +85,7 @@ def _storable(value: Any) -> bool:
     return True
 
 
-def _lower_tree(obj: Any, notes: list[str]) -> Any:
+def lower_tree(obj: Any, notes: list[str]) -> Any:
     """A copy of ``obj`` in which every value ms.save would refuse is lowered (containers are rebuilt)."""
     seen: dict[int, Any] = {}
 
@@ -269,7 +269,7 @@ def convert(
     notes = list(found.notes)
     left_out: list[str] = []
     if to == "modelsafe":
-        tree = _lower_tree(found.tree, notes)
+        tree = lower_tree(found.tree, notes)
         from .api import save
 
         meta = {"converted_from": os.path.basename(src), "source_format": found.format}

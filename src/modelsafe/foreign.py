@@ -53,9 +53,9 @@ def _foreign_entry(path: str) -> Any:
 
 def _converted(path: str, found: legacy.ForeignFile) -> FileSource:
     """``found`` written as a modelsafe file into anonymous memory, opened under ``path``'s name."""
-    from .convert import _lower_tree  # the values convert lowers (torch.Size -> tuple, ...), lowered alike
+    from .convert import lower_tree  # the values convert lowers (torch.Size -> tuple, ...), lowered alike
 
-    fl = flatten(_lower_tree(found.tree, []))
+    fl = flatten(lower_tree(found.tree, []))
     fd = _anonymous_file()
     try:
         with open(fd, "wb", closefd=False) as f:
