@@ -64,4 +64,5 @@ __all__ = [
     "RunLockedError",
     "CheckpointRemovedError",
     "UnsupportedFormatError",
+    "TensorKeyError",
 ]
