@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fuzz modelsafe's readers with crafted manifests and byte mutations; print what happened.
 
-    python scripts/fuzz.py                          # 10,000 crafted manifests + 10,000 mutations
+    python scripts/fuzz.py                          # 10,000 crafted manifests + 10,000 mutations + 200 resource cases
     python scripts/fuzz.py --manifests 500 --mutations 500 --seed 7
     python scripts/fuzz.py --json > fuzz.json       # the summary (and every failing case) as JSON
     python scripts/fuzz.py --case manifest:1:37     # rerun one case alone and show its tracebacks
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--manifests", type=int, default=10_000, help="crafted manifest cases")
     parser.add_argument("--mutations", type=int, default=10_000, help="byte mutation cases")
+    parser.add_argument("--resources", type=int, default=200, help="small files asking for much (huge recipes, stand-ins)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--start", type=int, default=0, help="first case index")
     parser.add_argument("--case", help="run one case KIND:SEED:INDEX alone and print its outcome in full")
@@ -69,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                 got = [o for o in got if o["kind"] != "honest"]
             outcomes += got
             _keep(args.out, got)
-            _progress(len(outcomes), args.manifests + args.mutations)
+            _progress(len(outcomes), args.manifests + args.mutations + args.resources)
         summary = fuzzrun.summarize(outcomes)
         summary["seconds"] = round(time.perf_counter() - started, 1)
     return report(summary, outcomes, args.json)
 
 
 def _chunks(args: argparse.Namespace):
-    counts = {"manifest": args.manifests, "mutation": args.mutations}
+    counts = {"manifest": args.manifests, "mutation": args.mutations, "resource": args.resources}
     for offset in range(0, max(counts.values()), args.batch):
         for kind, count in counts.items():
             if offset < count:

@@ -10,6 +10,8 @@ Two kinds of cases:
 * ``manifest``: a crafted manifest, resealed so it passes every integrity check: tree
   nodes, tensor entries, tensor attrs, aliases, recipes, user metadata, header entries,
   the run file and checkpoint manifests (``FAMILIES``).
+* ``resource``: small honest-looking files that ask for much (a recipe of a huge module,
+  with or without state; thousands of dataclass stand-ins).
 * ``mutation``: byte-level damage (bit flips, interesting bytes, cut, spliced and
   duplicated ranges, JSON tokens replaced) to a file, a shard, a checkpoint manifest or
   the run file, then, for headers, usually resealed so the damage reaches the parser.
@@ -821,6 +823,8 @@ def make_case(kind: str, seed: int, index: int, bases: Bases, scratch: str, trac
         case = _crafted(rng, seed, index, bases, scratch, names)
     elif kind == "mutation":
         case = _mutated(rng, seed, index, bases, scratch, names)
+    elif kind == "resource":
+        case = _resourceful(rng, seed, index, bases, scratch)
     else:
         raise ValueError(f"unknown case kind {kind!r}")
     case.size = _case_size(case.path)
@@ -846,6 +850,39 @@ def _crafted(rng: random.Random, seed: int, index: int, bases: Bases, scratch: s
     with open(path, "wb") as f:
         f.write(seal_file(header, data))
     return Case("manifest", seed, index, family, f"single:{base}", path, note)
+
+
+HEAVY_RECIPES = [("torch.nn.Linear", [20000, 20000]), ("torch.nn.Embedding", [2**31, 2**20]),
+                 ("torch.nn.Conv2d", [4096, 4096, 64]), ("fuzz.Net", [20000]), ("torch.nn.LSTM", [8192, 8192, 8])]
+
+
+def _resourceful(rng: random.Random, seed: int, index: int, bases: Bases, scratch: str) -> Case:
+    """A small file whose honest-looking content asks for much: a recipe that builds a huge module
+    (with or without state), or thousands of dataclass and namedtuple stand-ins."""
+    header, data = read_parts(bases.files["objects"])
+    manifest = json.loads(header["__metadata__"][MANIFEST_KEY])
+    tree = manifest["tree"]
+    if rng.random() < 0.75:
+        name, args = rng.choice(HEAVY_RECIPES)
+        where = rng.choice(nodes_with(tree, lambda n: "recipe" in n))
+        node = _get(tree, where)
+        node["recipe"] = {"name": name, "args": args, "kwargs": []}
+        stateless = rng.random() < 0.5
+        if stateless:
+            node.pop("state", None)
+        note = f"{name}{tuple(args)} at tree{list(where)}{' without state' if stateless else ''}"
+    else:
+        count = rng.choice((500, 5000))  # 20,000 took 10-23 s per load (issue 11); 5,000 is over budget too
+        tag = rng.choice(("dataclass", "namedtuple"))
+        stand_ins = [{"dataclass": f"gone.module{i}:Cls{i}", "fields": [["a", i]]} if tag == "dataclass" else
+                     {"namedtuple": f"gone.module{i}:Nt{i}", "fields": ["a"], "items": [i]} for i in range(count)]
+        tree["dict"].append(["stand_ins", stand_ins])
+        note = f"{count} {tag} stand-ins"
+    header["__metadata__"][MANIFEST_KEY] = manifest
+    path = os.path.join(scratch, "objects.safetensors")
+    with open(path, "wb") as f:
+        f.write(seal_file(header, data))
+    return Case("resource", seed, index, "resource", "single:objects", path, note)
 
 
 def _mutated(rng: random.Random, seed: int, index: int, bases: Bases, scratch: str, names: list) -> Case:

@@ -12,7 +12,8 @@ case to a results file.  Outcomes, worst first:
 * ``hang``    one entry point ran past the hang limit (a timer in the child), or the child
   finished no case for a long while (the parent kills it; the case it was on is the hang);
 * ``crash``   the child died on the case;
-* ``memory``  a MemoryError, raised or wrapped: the child's address space is capped
+* ``memory``  a MemoryError (or torch's "can't allocate memory"), raised or wrapped: the
+  child's address space is capped
   (RLIMIT_AS) at what it holds after start-up plus ``headroom``;
 * ``foreign`` an exception that is not a ModelsafeError (from the CLI: any exception
   the command group did not map to an exit code);
@@ -265,12 +266,15 @@ def _short(filename: str) -> str:
     return "/".join(parts[-2:])
 
 
+_ALLOCATION_FAILED = "can't allocate memory"  # torch's allocator, refused by the cap, raises a RuntimeError
+
+
 def classify(exc: BaseException, tb: Any = None) -> dict:
     """The outcome record of an exception an entry point raised."""
     import modelsafe as ms
 
     chain = _chain(exc)
-    if any(isinstance(e, MemoryError) for e in chain):
+    if any(isinstance(e, MemoryError) or _ALLOCATION_FAILED in str(e) for e in chain):
         outcome = "memory"
     elif isinstance(exc, ms.ModelsafeError):
         outcome = "error"
