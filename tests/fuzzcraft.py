@@ -24,8 +24,6 @@ then fails.
 from __future__ import annotations
 
 import collections
-import copy
-import dataclasses
 import json
 import os
 import random
@@ -39,7 +37,7 @@ import numpy as np
 
 import modelsafe as ms
 from craft import raw_file, read_parts
-from modelsafe.format.container import HEADER_CHECKSUM_KEY, MANIFEST_KEY, reseal
+from modelsafe.format.container import MANIFEST_KEY, reseal
 
 RUN_FILE = ".modelsafe-run.json"
 TRUSTED_MODULE = "fuzz_trusted"           # the module the "load_trusted" operation trusts
