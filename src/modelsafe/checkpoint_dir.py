@@ -42,6 +42,7 @@ __all__ = [
     "ShardIndex",
     "write_shards",
     "hash_files",
+    "disk_usage",
     "build_manifest",
     "write_manifest",
     "parse_manifest",
@@ -232,6 +233,37 @@ def hash_files(directory: str) -> dict[str, dict]:
             size, digest = hash_file(path)
             out[rel] = {"size": size, "xxh3": digest}
     return out
+
+
+def disk_usage(paths: list[str]) -> tuple[list[int], int]:
+    """(new bytes of each checkpoint directory in ``paths``, oldest first; the bytes all of them take on disk).
+
+    A file hard-linked into several checkpoints (deduplication, fork) is one file on
+    disk: it counts once, as new bytes of the oldest checkpoint that holds it.  Links
+    and special files are not followed or counted; a checkpoint that vanishes meanwhile
+    counts what was seen.
+    """
+    seen: set[tuple[int, int]] = set()
+    new: list[int] = []
+    for path in paths:
+        total = 0
+        for st in _regular_files(path):
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+        new.append(total)
+    return new, sum(new)
+
+
+def _regular_files(path: str) -> Iterator[os.stat_result]:
+    for current, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(current, name))
+            except OSError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                yield st
 
 
 def build_manifest(fl: Any, metadata_node: Any, checksums: dict, placement: dict, shards: list, files: dict, checkpoint: dict) -> dict:
@@ -486,6 +518,10 @@ class CheckpointSource:
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)
+
+    def shard_id(self, name: str) -> tuple[int, int]:
+        """(st_dev, st_ino) of open shard ``name``: checkpoints sharing it (dedup) share its bytes."""
+        return self._shards[name].file_id()
 
     def bound_file_checks(self) -> Iterator[tuple[str, int, ModelsafeError | None]]:
         """(path, bytes hashed, problem or None) for ``files/``: its tree holds only regular
