@@ -209,3 +209,27 @@ def test_verify_hashes_a_shared_shard_once_and_blames_every_checkpoint(tmp_path,
         assert [f["tensor"] for f in target["findings"]] == ["model.base.layer0.weight"]
         assert target["findings"][0]["file"].startswith(info.path)
         assert info.path in target["findings"][0]["problem"]
+
+
+def test_a_manifest_claiming_another_shards_identity_costs_a_write_not_a_wrong_shard(tmp_path):
+    """The index comes from manifests, which may lie: a link is kept only if its header is the one to write."""
+    run = tmp_path / "run"
+    first = {"a": np.full(MIB, 1, np.float32), "b": np.full(MIB, 2, np.float32)}  # two 4 MiB shards, same size
+    with ms.Checkpoints(run) as ck:
+        info = ck.save(first, step=0)
+    manifest_path = os.path.join(info.path, "manifest.json")
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    placed = {name: entry["file"] for name, entry in manifest["tensors"].items()}
+    shard_b = next(s for s in manifest["shards"] if s["file"] == placed["b"])
+    shard_a = next(s for s in manifest["shards"] if s["file"] == placed["a"])
+    shard_b["identity"], shard_a["identity"] = shard_a["identity"], shard_b["identity"]  # each claims the other
+    os.chmod(manifest_path, 0o644)
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    with ms.Checkpoints(run) as ck:  # a new writer indexes the lying manifest
+        ck.save(first, step=1)
+        assert_same(ck.load("step1"), first)
+        assert not [e for e in check(ck.info("step1").path) if isinstance(e, Problem)]
+        new, _disk = checkpoint_dir.disk_usage([os.fspath(i.path) for i in ck.list()])
+    assert new[1] > 8 * MIB  # both shards written again, none linked wrongly
