@@ -176,11 +176,13 @@ def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]], payloads: l
 
 
 def write_file(
-    f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None, checksums_out: dict | None = None
+    f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None, checksums_out: dict | None = None,
+    header_out: list | None = None,
 ) -> int:
     """Write flattened tree ``fl`` to the open binary file ``f`` (at offset 0); returns bytes written.
 
-    ``checksums_out``, when given, receives payload name -> xxh3 (checkpoint shards use it).
+    ``checksums_out``, when given, receives payload name -> xxh3 (checkpoint shards use it);
+    ``header_out`` gets the final header appended (the same bytes :func:`hash_payloads` builds).
     """
     with gc_paused():
         layout = plan_layout(fl.leaves)
@@ -199,6 +201,8 @@ def write_file(
         raise ModelsafeError("internal error: header length changed while writing")
     f.flush()
     os.pwrite(f.fileno(), final, 0)
+    if header_out is not None:
+        header_out.append(final)
     return len(header) + (layout[-1][2] if layout else 0)
 
 
