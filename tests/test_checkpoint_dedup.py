@@ -233,3 +233,15 @@ def test_a_manifest_claiming_another_shards_identity_costs_a_write_not_a_wrong_s
         assert not [e for e in check(ck.info("step1").path) if isinstance(e, Problem)]
         new, _disk = checkpoint_dir.disk_usage([os.fspath(i.path) for i in ck.list()])
     assert new[1] > 8 * MIB  # both shards written again, none linked wrongly
+
+
+def test_prune_reports_the_disk_bytes_it_frees(tmp_path):
+    run = tmp_path / "run"
+    base = frozen_base(8, 2)
+    with ms.Checkpoints(run) as ck:
+        for step in range(3):
+            ck.save(state(base, step), step=step)
+    result = invoke("prune", run, "--keep-last", "1")
+    assert result.code == 0
+    freed = result.out.strip().splitlines()[-1]
+    assert "deleted 2 checkpoint(s), 1.0 MiB" in freed, freed  # the two heads; the base stays with step2

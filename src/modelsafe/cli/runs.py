@@ -164,9 +164,11 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         _check_monitor_is_recorded(infos, checkpoints.monitor)
     by_name = {i.name: i for i in infos}
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
+    kept = [i for i in infos if i.name not in {d.name for d in doomed}]
+    # files kept checkpoints share (dedup hard links) free nothing: count what only the doomed hold
+    freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
     if not dry_run and doomed:
         delete_checkpoints(path, [i.name for i in doomed])
-    kept = [i for i in infos if i.name not in {d.name for d in doomed}]
     if as_json:
         emit_json({
             "run": path, "dry_run": dry_run,
@@ -182,7 +184,6 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
     for info in doomed:
         say(f"{verb} {escape(info.name)} (step {info.step}, {human_bytes(info.size)})")
     if doomed:
-        freed = sum(i.size for i in doomed)
         say(f"{verb} {len(doomed)} checkpoint(s), {human_bytes(freed)}; kept {len(kept)}: {escape(', '.join(i.name for i in kept))}")
     for problem in problems:
         say(f"[yellow]unreadable (left alone):[/yellow] {escape(problem)}")
