@@ -245,3 +245,20 @@ def test_prune_reports_the_disk_bytes_it_frees(tmp_path):
     assert result.code == 0
     freed = result.out.strip().splitlines()[-1]
     assert "deleted 2 checkpoint(s), 1.0 MiB" in freed, freed  # the two heads; the base stays with step2
+
+
+def test_linked_shards_are_not_fsynced_again(tmp_path, monkeypatch):
+    """A linked shard is durable since its own commit: the fsync of its new directory entry suffices."""
+    run = tmp_path / "run"
+    base = frozen_base(8, 2)
+    with ms.Checkpoints(run) as ck:
+        ck.save(state(base, 0), step=0)
+        synced = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))[1])
+        ck.save(state(base, 1), step=1)
+        monkeypatch.undo()
+        shared = {os.stat(os.path.join(ck.info("step1").path, f)).st_ino for f in os.listdir(ck.info("step1").path)} \
+            & {os.stat(os.path.join(ck.info("step0").path, f)).st_ino for f in os.listdir(ck.info("step0").path)}
+    assert len(shared) == 2 and not shared & set(synced)  # the two base layers: linked, never fsynced
+    assert len(synced) >= 3  # the new shard, the manifest, the directories

@@ -105,9 +105,11 @@ class ShardIndex:
     ``shards``: identity -> (checkpoint directory, shard file, size).  An entry may be
     stale (its checkpoint pruned): linking it then fails and the shard is written.
     ``refused``: the errno of a file system that refused a hard link (dedup stops trying).
+    ``linked``: the paths the last :func:`write_shards` linked (durable already).
     """
 
     shards: dict = dataclasses.field(default_factory=dict)
+    linked: set = dataclasses.field(default_factory=set)
     refused: int | None = None
     warned: bool = False
 
@@ -133,6 +135,8 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
     header, which holds every name, dtype, shape and payload checksum).
     """
     groups = plan_shards(fl.leaves, STABLE_SHARD_BYTES if index is not None else max_shard_bytes)
+    if index is not None:
+        index.linked = set()
     checksums: dict[str, str] = {}
     placement: dict[str, str] = {}
     shards: list[dict] = []
@@ -170,6 +174,7 @@ def _write_or_link(path: str, shard: Any, index: ShardIndex, checksums: dict) ->
     entry = {"file": os.path.basename(path), "size": hashed.size, "identity": hashed.identity}
     earlier = index.shards.get(hashed.identity)
     if earlier is not None and index.refused is None and _link_equal(earlier, path, hashed, index):
+        index.linked.add(path)
         return entry
     with open(path, "xb", buffering=4 << 20) as f:
         write_hashed(f, hashed)

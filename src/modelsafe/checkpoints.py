@@ -536,7 +536,7 @@ class Checkpoints:
                 manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
                 manifest["rng"] = rng  # beside the user's tree, never in it: ms.load and ck.load do not see it
                 write_manifest(staging, manifest)
-            path = self._storage.commit(staging, name)
+            path = self._storage.commit(staging, name, frozenset(index.linked if index is not None else ()))
         except BaseException as exc:
             self._storage.discard(staging)
             if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
