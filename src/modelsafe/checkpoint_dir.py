@@ -120,6 +120,10 @@ class ShardIndex:
             if isinstance(identity, str):
                 self.shards[identity] = (checkpoint, shard["file"], shard["size"])
 
+    def forget(self, checkpoint: str) -> None:
+        """Drop the entries of deleted ``checkpoint`` (a long run would otherwise grow the index forever)."""
+        self.shards = {k: v for k, v in self.shards.items() if v[0] != checkpoint}
+
 
 def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BYTES,
                  index: ShardIndex | None = None) -> tuple[dict, dict, list]:

@@ -602,15 +602,21 @@ class Checkpoints:
         ours = [i.candidate for i in self.list() if i.run_id == run_id]
         doomed = retention.to_delete(ours, self._policy)
         for candidate in doomed:
-            self._storage.delete(candidate.name)
+            self._delete_checkpoint(candidate.name)
         return [c.name for c in doomed]
 
     def delete(self, which: Any) -> CheckpointInfo:
         """Delete one committed checkpoint of this run (as its writer); returns what it was."""
         self._become_writer()
         info = self._resolve(which)
-        self._storage.delete(info.name)
+        self._delete_checkpoint(info.name)
         return info
+
+    def _delete_checkpoint(self, name: str) -> None:
+        """Delete checkpoint ``name`` and drop its shards from the dedup index."""
+        self._storage.delete(name)
+        if self._shard_index is not None:
+            self._shard_index.forget(self._storage.path(name))
 
     def wait(self) -> CheckpointInfo | None:
         """Wait for a background save; re-raise it if it failed.  Returns the last info (or None)."""
