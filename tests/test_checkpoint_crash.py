@@ -4,7 +4,9 @@ A forked child saves checkpoints in a loop (sync or async) and reports each comm
 through a pipe; the parent SIGKILLs it at a random moment.  Afterwards the latest
 committed checkpoint must load with the right contents, no checkpoint the child saw
 committed may be missing unless retention legitimately dropped it, and the next
-writer must leave no leftovers.  A bounded sample runs by default; MODELSAFE_SOAK=1
+writer must leave no leftovers.  Every checkpoint also holds a frozen tensor, which
+deduplication shares between checkpoints through one hard-linked shard: it must
+survive every kill and every prune.  A bounded sample runs by default; MODELSAFE_SOAK=1
 runs the full 200 kills.
 """
 
@@ -28,8 +30,12 @@ KEEP_LAST, KEEP_BEST = 2, 1
 SAMPLE_KILLS, SOAK_KILLS = 20, 200
 
 
+FROZEN = np.arange(1 << 20, dtype=np.float32)  # 4 MiB, the same in every checkpoint: one shared shard
+
+
 def make_state(step: int) -> dict:
     return {
+        "frozen": FROZEN,
         "w": np.full(512 * 1024, step, dtype=np.float32),          # 2 MiB: a save takes a while
         "small": [np.arange(64, dtype=np.int64) + step for _ in range(20)],  # many small tensors
         "step": step,
@@ -87,6 +93,16 @@ def leftovers(directory: str) -> list[str]:
     return [n for n in os.listdir(directory) if any(m in n for m in (STAGING_MARK, DELETING_MARK, REPLACED_MARK))]
 
 
+def frozen_inodes(infos: list) -> set:
+    """The inodes of the shards holding the frozen tensor in ``infos``' checkpoints."""
+    inodes = set()
+    for info in infos:
+        with open(os.path.join(info.path, "manifest.json")) as f:
+            shard = json.load(f)["tensors"]["frozen"]["file"]
+        inodes.add(os.stat(os.path.join(info.path, shard)).st_ino)
+    return inodes
+
+
 def check_after_kill(directory: str, committed: list[int], history: dict[int, float]) -> None:
     reader = open_run(directory)
     infos = reader.list()
@@ -103,6 +119,8 @@ def check_after_kill(directory: str, committed: list[int], history: dict[int, fl
         assert back["step"] == info.step and float(back["w"][0]) == info.step and back["w"].size == 512 * 1024
         assert all(int(a[0]) == info.step for a in back["small"])
         assert info.metrics == {"loss": loss_of(info.step)}
+        assert np.array_equal(back["frozen"], FROZEN)
+    assert len(frozen_inodes(infos)) <= 1  # shared by every checkpoint, never written twice
     # the next writer starts: leftovers of the killed one are gone
     writer = open_run(directory)
     writer._become_writer()

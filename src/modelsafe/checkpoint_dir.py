@@ -14,9 +14,11 @@ accept one.  See docs/checkpoints.md for the layout.
 from __future__ import annotations
 
 import dataclasses
+import errno as errno_mod
 import json
 import os
 import re
+import stat as stat_mod
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -25,10 +27,10 @@ import xxhash
 
 from . import sources
 from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
-from .format import manifest as manifest_mod
+from .format import checksum, manifest as manifest_mod
 from .format.manifest import TensorRecord
 from .format.reader import FileSource
-from .format.writer import write_file
+from .format.writer import HashedFile, hash_payloads, write_file, write_hashed
 from .run_file import MAX_TEXT, check_lineage
 from .storage.commit import MAX_MANIFEST_BYTES
 from .storage.local import open_directory, open_regular, read_small_file
@@ -37,8 +39,10 @@ __all__ = [
     "MANIFEST",
     "FILES_DIR",
     "plan_shards",
+    "ShardIndex",
     "write_shards",
     "hash_files",
+    "disk_usage",
     "build_manifest",
     "write_manifest",
     "parse_manifest",
@@ -50,6 +54,11 @@ __all__ = [
 MANIFEST = "manifest.json"
 FILES_DIR = "files"
 MAX_SHARD_BYTES = 2 << 30
+# Deduplicating saves: payloads of 4 MiB or more get a shard each; smaller ones share
+# shards of up to 4 MiB.  A 7B-parameter model then has ~300 shards; a trained head packed
+# with frozen neighbours rewrites at most 4 MiB of them per checkpoint.
+STABLE_SHARD_BYTES = 4 << 20
+_LINK_REFUSED = (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES)
 HASH_CHUNK = 4 << 20
 _SHARD_RE = re.compile(r"state-\d{5}-of-\d{5}\.safetensors\Z")
 
@@ -59,12 +68,22 @@ def shard_name(index: int, count: int) -> str:
 
 
 def plan_shards(leaves: list, max_bytes: int = MAX_SHARD_BYTES) -> list[list]:
-    """Group leaves (in order) into shards of at most ``max_bytes`` (a bigger leaf gets its own)."""
+    """Group leaves into shards: a leaf of ``max_bytes`` or more alone, smaller ones (in
+    order) together in shards of at most ``max_bytes``.
+
+    With ``max_bytes`` = :data:`STABLE_SHARD_BYTES` (deduplicating saves) the boundaries
+    are stable: a frozen tensor of that size or more lands in a shard of the same bytes in
+    every checkpoint whatever its neighbours do; only small payloads share shards (a
+    changed one rewrites at most ``max_bytes`` of unchanged neighbours).
+    """
     shards: list[list] = []
     current: list = []
     size = 0
     for leaf in leaves:
         nbytes = leaf.nbytes
+        if nbytes >= max_bytes:
+            shards.append([leaf])
+            continue
         if current and size + nbytes > max_bytes:
             shards.append(current)
             current, size = [], 0
@@ -79,29 +98,134 @@ def _ref(leaf: Any) -> dict:
     return {leaf.kind if leaf.kind != "tensor" else "tensor": leaf.name}
 
 
-def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> tuple[dict, dict, list]:
+@dataclasses.dataclass
+class ShardIndex:
+    """Shards of a run's existing checkpoints by content identity, for deduplicating saves.
+
+    ``shards``: identity -> (checkpoint directory, shard file, size).  An entry may be
+    stale (its checkpoint pruned): linking it then fails and the shard is written.
+    ``refused``: the errno of a file system that refused a hard link (dedup stops trying).
+    ``linked``: the paths the last :func:`write_shards` linked (durable already).
+    """
+
+    shards: dict = dataclasses.field(default_factory=dict)
+    linked: set = dataclasses.field(default_factory=set)
+    refused: int | None = None
+    warned: bool = False
+
+    def add(self, checkpoint: str, manifest: dict) -> None:
+        """Index the shards of committed ``checkpoint`` whose manifest records their identity."""
+        for shard in manifest["shards"]:
+            identity = shard.get("identity")
+            if isinstance(identity, str):
+                self.shards[identity] = (checkpoint, shard["file"], shard["size"])
+
+    def forget(self, checkpoint: str) -> None:
+        """Drop the entries of deleted ``checkpoint`` (a long run would otherwise grow the index forever)."""
+        self.shards = {k: v for k, v in self.shards.items() if v[0] != checkpoint}
+
+
+def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BYTES,
+                 index: ShardIndex | None = None) -> tuple[dict, dict, list]:
     """Write the leaves of flattened ``fl`` as shards in ``directory``.
 
     Returns (checksums: name -> xxh3, files: name -> shard file, shards: [{"file", "size"}]).
     Each shard is itself a valid modelsafe / safetensors file holding a flat dict of its
     tensors.  Files are flushed but not fsynced; the commit fsyncs the whole directory.
+
+    With an ``index`` (deduplication) the boundaries are stable, every shard's payloads
+    are hashed first, and a shard equal to one of an existing checkpoint is hard-linked
+    instead of written; each shard entry then records its ``identity`` (the xxh3 of its
+    header, which holds every name, dtype, shape and payload checksum).
     """
-    groups = plan_shards(fl.leaves, max_shard_bytes)
+    groups = plan_shards(fl.leaves, STABLE_SHARD_BYTES if index is not None else max_shard_bytes)
+    if index is not None:
+        index.linked = set()
     checksums: dict[str, str] = {}
     placement: dict[str, str] = {}
     shards: list[dict] = []
-    for index, group in enumerate(groups):
-        name = shard_name(index, len(groups))
+    for position, group in enumerate(groups):
+        name = shard_name(position, len(groups))
         path = os.path.join(directory, name)
         shard = SimpleNamespace(skeleton={"dict": [[leaf.name, _ref(leaf)] for leaf in group]}, leaves=group, aliases={})
         try:
-            with open(path, "xb", buffering=4 << 20) as f:
-                size = write_file(f, shard, checksums_out=checksums)
+            if index is None:
+                with open(path, "xb", buffering=4 << 20) as f:
+                    entry = {"file": name, "size": write_file(f, shard, checksums_out=checksums)}
+            else:
+                entry = _write_or_link(path, shard, index, checksums)
         except OSError as exc:
             raise _with_file(exc, path) from exc
         placement.update((leaf.name, name) for leaf in group)
-        shards.append({"file": name, "size": size})
+        shards.append(entry)
     return checksums, placement, shards
+
+
+def _write_or_link(path: str, shard: Any, index: ShardIndex, checksums: dict) -> dict:
+    """Hard-link an equal shard of an earlier checkpoint to ``path``, else write ``shard`` there.
+
+    With nothing to link from (a run's first checkpoint, a file system without hard
+    links) each payload is hashed while it is written, in cache: one pass over memory.
+    Measured on a 1 GiB first save: hashing all first, then writing, took 1.36x as long.
+    """
+    if not index.shards or index.refused is not None:
+        headers: list[bytes] = []
+        with open(path, "xb", buffering=4 << 20) as f:
+            size = write_file(f, shard, checksums_out=checksums, header_out=headers)
+        return {"file": os.path.basename(path), "size": size, "identity": checksum.digest(headers[0])}
+    hashed = hash_payloads(shard)
+    checksums.update(hashed.checksums)
+    entry = {"file": os.path.basename(path), "size": hashed.size, "identity": hashed.identity}
+    earlier = index.shards.get(hashed.identity)
+    if earlier is not None and index.refused is None and _link_equal(earlier, path, hashed, index):
+        index.linked.add(path)
+        return entry
+    with open(path, "xb", buffering=4 << 20) as f:
+        write_hashed(f, hashed)
+    return entry
+
+
+def _link_equal(earlier: tuple, path: str, hashed: HashedFile, index: ShardIndex) -> bool:
+    """Link shard ``earlier`` (checkpoint, file, size) to ``path`` if it holds exactly ``hashed``'s header and size.
+
+    The earlier shard is opened relative to its checkpoint without following links, and
+    what was linked is checked (size, regular file, header bytes) before it is kept: a
+    stale index entry, a pruned checkpoint or a tampered manifest costs a write, never
+    a wrong shard.
+    """
+    checkpoint, file, size = earlier
+    if size != hashed.size:
+        return False
+    try:
+        dir_fd = open_directory(checkpoint, shown=checkpoint)
+    except (OSError, ModelsafeError):
+        return False
+    try:
+        os.link(file, path, src_dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _LINK_REFUSED:
+            index.refused = exc.errno  # the file system has no hard links here: write from now on
+        return False
+    finally:
+        os.close(dir_fd)
+    if _holds(path, hashed):
+        return True
+    os.unlink(path)
+    return False
+
+
+def _holds(path: str, hashed: HashedFile) -> bool:
+    """True when the file at ``path`` is a regular file of ``hashed``'s size starting with its header."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        return stat_mod.S_ISREG(st.st_mode) and st.st_size == hashed.size and \
+            os.pread(fd, len(hashed.header), 0) == hashed.header
+    finally:
+        os.close(fd)
 
 
 def _with_file(exc: OSError, path: str) -> OSError:
@@ -128,6 +252,37 @@ def hash_files(directory: str) -> dict[str, dict]:
             size, digest = hash_file(path)
             out[rel] = {"size": size, "xxh3": digest}
     return out
+
+
+def disk_usage(paths: list[str]) -> tuple[list[int], int]:
+    """(new bytes of each checkpoint directory in ``paths``, oldest first; the bytes all of them take on disk).
+
+    A file hard-linked into several checkpoints (deduplication, fork) is one file on
+    disk: it counts once, as new bytes of the oldest checkpoint that holds it.  Links
+    and special files are not followed or counted; a checkpoint that vanishes meanwhile
+    counts what was seen.
+    """
+    seen: set[tuple[int, int]] = set()
+    new: list[int] = []
+    for path in paths:
+        total = 0
+        for st in _regular_files(path):
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+        new.append(total)
+    return new, sum(new)
+
+
+def _regular_files(path: str) -> Iterator[os.stat_result]:
+    for current, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(current, name))
+            except OSError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode):
+                yield st
 
 
 def build_manifest(fl: Any, metadata_node: Any, checksums: dict, placement: dict, shards: list, files: dict, checkpoint: dict) -> dict:
@@ -382,6 +537,10 @@ class CheckpointSource:
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)
+
+    def shard_id(self, name: str) -> tuple[int, int]:
+        """(st_dev, st_ino) of open shard ``name``: checkpoints sharing it (dedup) share its bytes."""
+        return self._shards[name].file_id()
 
     def bound_file_checks(self) -> Iterator[tuple[str, int, ModelsafeError | None]]:
         """(path, bytes hashed, problem or None) for ``files/``: its tree holds only regular

@@ -41,6 +41,7 @@ from .checkpoint_dir import (
     FILES_DIR,
     MANIFEST,
     CheckpointSource,
+    ShardIndex,
     build_manifest,
     hash_files,
     parse_manifest,
@@ -180,7 +181,10 @@ class Checkpoints:
     with neither, every checkpoint is kept.  ``name``: a template filled with ``step``
     and the metrics, e.g. ``"epoch{step:03d}-val_loss{val_loss:.4f}"``.  With
     ``async_save=True``, ``save`` returns a :class:`PendingSave` once the state is
-    copied, and writing continues in the background.
+    copied, and writing continues in the background.  ``dedup`` (on by default): a shard
+    byte-identical to one of an existing checkpoint of the run (a frozen base) is
+    hard-linked, not written again; ``dedup=False`` writes every byte (for file systems
+    whose hard links misbehave; one that refuses them is detected and written in full).
 
     A run remembers these settings: each of ``keep_last``, ``keep_best``, ``monitor``,
     ``mode`` and ``name`` left out comes from the run (as its last writer saved them),
@@ -199,6 +203,7 @@ class Checkpoints:
         name: str = FROM_RUN,
         async_save: bool = False,
         storage_options: dict | None = None,
+        dedup: bool = True,
     ) -> None:
         self._storage = _storage_for(directory, storage_options)
         self.directory = self._storage.location
@@ -209,6 +214,10 @@ class Checkpoints:
         self.monitor, self.mode, self.name_template = settings["monitor"], settings["mode"], settings["name"]
         self.async_save = async_save
         self.storage_options = storage_options
+        if not isinstance(dedup, bool):
+            raise InvalidArgumentError(f"dedup must be True or False, not {dedup!r}", key="dedup")
+        self.dedup = dedup
+        self._shard_index: ShardIndex | None = None  # built from the run's manifests at the first save
         self._policy = retention.policy_for(self.keep_last, self.keep_best, self.monitor, self.mode)
         self._prunes = self.keep_last is not None or self.keep_best is not None
         self._writer = BackgroundWriter(os.path.basename(self.directory)) if async_save else None
@@ -519,13 +528,15 @@ class Checkpoints:
     def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict, rng: dict) -> CheckpointInfo:
         name = checkpoint["name"]
         try:
-            checksums, placement, shards = write_shards(staging, fl)
+            index = self._index() if self.dedup else None
+            checksums, placement, shards = write_shards(staging, fl, index=index)
+            self._warn_refused(index)
             files = hash_files(staging)
             with gc_paused():  # many small objects, none of them cyclic garbage
                 manifest = build_manifest(fl, metadata_node, checksums, placement, shards, files, checkpoint)
                 manifest["rng"] = rng  # beside the user's tree, never in it: ms.load and ck.load do not see it
                 write_manifest(staging, manifest)
-            path = self._storage.commit(staging, name)
+            path = self._storage.commit(staging, name, frozenset(index.linked if index is not None else ()))
         except BaseException as exc:
             self._storage.discard(staging)
             if isinstance(exc, OSError) and not isinstance(exc, ModelsafeError):
@@ -534,8 +545,31 @@ class Checkpoints:
                 raise storage_error(self._storage.path(name), action, exc) from exc
             raise
         info = self._read_back(name, path)
+        if index is not None:
+            index.add(path, manifest)
         self._prune()
         return info
+
+    def _index(self) -> ShardIndex:
+        """The shards of the run's existing checkpoints by identity (read from their manifests once)."""
+        if self._shard_index is None:
+            index = ShardIndex()
+            for info in self.list():
+                with contextlib.suppress(ModelsafeError, OSError):  # unreadable: nothing to share with it
+                    data = self._storage.read_manifest(info.name)
+                    if data is not None:
+                        index.add(info.path, parse_manifest(data, os.path.join(info.path, MANIFEST)))
+            self._shard_index = index
+        return self._shard_index
+
+    def _warn_refused(self, index: ShardIndex | None) -> None:
+        """Say once that the file system refused a hard link: checkpoints are written in full from now on."""
+        if index is not None and index.refused is not None and not index.warned:
+            index.warned = True
+            warnings.warn(
+                f"{self.directory}: the file system refused a hard link ({os.strerror(index.refused)}), so unchanged "
+                "payloads are written again (no deduplication); pass dedup=False to stop trying", stacklevel=4,
+            )
 
     def _read_back(self, name: str, path: str) -> CheckpointInfo:
         """The info of the checkpoint just committed, read from disk by the readers' parser.
@@ -568,15 +602,21 @@ class Checkpoints:
         ours = [i.candidate for i in self.list() if i.run_id == run_id]
         doomed = retention.to_delete(ours, self._policy)
         for candidate in doomed:
-            self._storage.delete(candidate.name)
+            self._delete_checkpoint(candidate.name)
         return [c.name for c in doomed]
 
     def delete(self, which: Any) -> CheckpointInfo:
         """Delete one committed checkpoint of this run (as its writer); returns what it was."""
         self._become_writer()
         info = self._resolve(which)
-        self._storage.delete(info.name)
+        self._delete_checkpoint(info.name)
         return info
+
+    def _delete_checkpoint(self, name: str) -> None:
+        """Delete checkpoint ``name`` and drop its shards from the dedup index."""
+        self._storage.delete(name)
+        if self._shard_index is not None:
+            self._shard_index.forget(self._storage.path(name))
 
     def wait(self) -> CheckpointInfo | None:
         """Wait for a background save; re-raise it if it failed.  Returns the last info (or None)."""
@@ -714,7 +754,7 @@ class Checkpoints:
         """
         info = self._resolve(which)
         options = dict(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode,
-                       name=self.name_template, async_save=self.async_save, storage_options=self.storage_options)
+                       name=self.name_template, async_save=self.async_save, storage_options=self.storage_options, dedup=self.dedup)
         options.update(settings)
         target = Checkpoints(dst, **options)
         if os.path.abspath(target.directory) == os.path.abspath(self.directory):

@@ -70,10 +70,13 @@ Event = Checked | Problem
 _READ_ERRORS = (ModelsafeError, OSError)
 
 
-def check(path: str | os.PathLike) -> Iterator[Event]:
+def check(path: str | os.PathLike, shared: dict | None = None) -> Iterator[Event]:
     """Every tensor and bound file of a single file or a checkpoint directory, checked.
 
-    A directory of another registered layout is checked through its Source.
+    A directory of another registered layout is checked through its Source.  ``shared``:
+    a dict kept across the checkpoints of one verify run, so a shard that several
+    checkpoints share through hard links (deduplication) is hashed once, and its damage
+    is reported for every checkpoint that holds it.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -81,7 +84,7 @@ def check(path: str | os.PathLike) -> Iterator[Event]:
         return
     opener = directory_opener(path)
     if opener is open_checkpoint:
-        yield from _check_checkpoint(path)
+        yield from _check_checkpoint(path, shared)
     elif opener is not None:
         yield from _check_source(path, opener)
     else:
@@ -108,9 +111,9 @@ def run_targets(run: str | os.PathLike) -> list[tuple[str, str, ModelsafeError |
     return targets
 
 
-def check_listed(path: str) -> Iterator[Event]:
+def check_listed(path: str, shared: dict | None = None) -> Iterator[Event]:
     """:func:`check` of a checkpoint a run listing named: if it vanishes meanwhile, it was removed."""
-    for event in check(path):
+    for event in check(path, shared):
         if isinstance(event, Problem) and isinstance(event.error, CheckpointNotFoundError) and not event.removed \
                 and not os.path.lexists(path):
             event = Problem(path, None, removed_error(path))
@@ -168,22 +171,24 @@ def _other_format(path: str) -> ModelsafeError | None:
 def _check_records(source: Any, base_of: Any, file_of: Callable[[Any], str]) -> Iterator[Event]:
     """Every record of ``source`` against its checksum (``base_of``: one buffer or a dict per file)."""
     for record in source.records.values():
-        file = file_of(record)
-        if record.checksum is None:
-            yield Checked(file, record.name, record.nbytes, has_checksum=False)
-            continue
-        base = base_of[record.file] if isinstance(base_of, dict) else base_of
-        try:
-            source.verify_record(record, base)
-        except _READ_ERRORS as exc:
-            yield Problem(file, record.name, _as_error(exc, file))
-            continue
-        yield Checked(file, record.name, record.nbytes)
+        base = base_of[record.file] if isinstance(base_of, dict) and record.checksum is not None else base_of
+        yield _check_record(source, record, base, file_of(record))
+
+
+def _check_record(source: Any, record: Any, base: Any, file: str) -> Event:
+    """One record of ``source`` against its checksum."""
+    if record.checksum is None:
+        return Checked(file, record.name, record.nbytes, has_checksum=False)
+    try:
+        source.verify_record(record, base)
+    except _READ_ERRORS as exc:
+        return Problem(file, record.name, _as_error(exc, file))
+    return Checked(file, record.name, record.nbytes)
 
 
 # -- checkpoint directories -----------------------------------------------------------------
 
-def _check_checkpoint(path: str) -> Iterator[Event]:
+def _check_checkpoint(path: str, shared: dict | None = None) -> Iterator[Event]:
     problems: list[ModelsafeError] = []
     try:
         source = CheckpointSource(path, problems=problems)
@@ -193,9 +198,41 @@ def _check_checkpoint(path: str) -> Iterator[Event]:
     with source:
         for error in problems:
             yield Problem(_file_of(error, path), error.key, error)
-        yield from _check_records(source, source.buffers(lazy=True), lambda record: os.path.join(path, record.file))
+        file_of = lambda record: os.path.join(path, record.file)  # noqa: E731
+        if shared is None:
+            yield from _check_records(source, source.buffers(lazy=True), file_of)
+        else:
+            yield from _check_shared(source, file_of, shared)
         for file, nbytes, error in source.bound_file_checks():
             yield Checked(file, None, nbytes) if error is None else Problem(_file_of(error, file), None, error)
+
+
+def _check_shared(source: CheckpointSource, file_of: Callable[[Any], str], shared: dict) -> Iterator[Event]:
+    """:func:`_check_records` of a checkpoint, hashing only tensors of shard files not seen before in ``shared``.
+
+    ``shared`` maps (st_dev, st_ino, tensor) to the first event about it; a later
+    checkpoint holding the same file gets that result under its own path.
+    """
+    buffers = source.buffers(lazy=True)
+    for record in source.records.values():
+        key = (*source.shard_id(record.file), record.name)
+        first = shared.get(key)
+        if first is None:
+            shared[key] = first = _check_record(source, record, buffers[record.file], file_of(record))
+        yield _as_shared(first, file_of(record))
+
+
+def _as_shared(event: Event, file: str) -> Event:
+    """``event`` (about a shard file) for the hard link ``file`` to the same bytes."""
+    if event.file == file:
+        return event
+    if isinstance(event, Checked):
+        return Checked(file, event.tensor, event.nbytes, event.has_checksum)
+    error = event.error
+    if isinstance(error, CorruptCheckpointError):
+        error = CorruptCheckpointError(f"{str(error).replace(event.file, file)} (the same bytes as {event.file}, "
+                                       "shared through a hard link)", path=file, key=error.key)
+    return Problem(file, event.tensor, error, event.other_format)
 
 
 def _file_of(error: BaseException, default: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import click
 
 from .. import retention
+from ..checkpoint_dir import disk_usage
 from ..errors import CheckpointNotFoundError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
 from .errors import UsageProblem
@@ -22,22 +23,25 @@ _MODE = click.Choice(["min", "max"])
 
 # -- the checkpoint table --------------------------------------------------------------
 
-def info_dict(info: Any, *, best: bool = False, latest: bool = False) -> dict[str, Any]:
-    """A CheckpointInfo as JSON-ready data."""
+def info_dict(info: Any, *, best: bool = False, latest: bool = False, new_bytes: int | None = None) -> dict[str, Any]:
+    """A CheckpointInfo as JSON-ready data (``new_bytes``, when given: what it holds that no older checkpoint shares)."""
+    extra = {} if new_bytes is None else {"new_bytes": new_bytes}
     return {
         "name": info.name,
         "step": info.step,
         "time": info.time.isoformat() if hasattr(info.time, "isoformat") else info.time,
         "metrics": dict(info.metrics),
         "size": info.size,
+        **extra,
         "path": os.fspath(info.path),
         "best": best,
         "latest": latest,
     }
 
 
-def checkpoint_table(infos: list[Any], *, best: str | None = None, latest: str | None = None, title: str | None = None) -> TableSpec:
-    """Table of CheckpointInfo rows: name, step, time, one column per metric, size, marks."""
+def checkpoint_table(infos: list[Any], *, best: str | None = None, latest: str | None = None, title: str | None = None,
+                     new_bytes: list[int] | None = None) -> TableSpec:
+    """Table of CheckpointInfo rows: name, step, time, one column per metric, size, (new bytes), marks."""
     metric_names: list[str] = []
     for info in infos:
         for key in info.metrics:
@@ -45,13 +49,14 @@ def checkpoint_table(infos: list[Any], *, best: str | None = None, latest: str |
                 metric_names.append(key)
     columns = [Column("name"), Column("step", "right"), Column("time")]
     columns += [Column(m, "right") for m in metric_names]
-    columns += [Column("size", "right"), Column("marks")]
+    columns += [Column("size", "right")] + ([Column("new", "right")] if new_bytes is not None else []) + [Column("marks")]
     table = TableSpec(columns, title=title)
-    for info in infos:
+    for position, info in enumerate(infos):
         marks = [m for m, on in (("best", info.name == best), ("latest", info.name == latest)) if on]
         cells = [info.name, str(info.step), format_time(info.time)]
         cells += [exact_number(info.metrics[m]) if m in info.metrics else "" for m in metric_names]
-        cells += [human_bytes(info.size), " ".join(marks)]
+        cells += [human_bytes(info.size)] + ([human_bytes(new_bytes[position])] if new_bytes is not None else [])
+        cells += [" ".join(marks)]
         table.add(*cells, style="bold" if marks else None)
     return table
 
@@ -82,9 +87,11 @@ def _best_name(run: Any, infos: list[Any]) -> str | None:
 @click.option("--mode", type=_MODE, help="Whether the best has the lowest (min) or highest (max) metric.")
 @json_option
 def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
-    """List the committed checkpoints of RUN: name, step, time, metrics, size, best/latest.
+    """List the committed checkpoints of RUN: name, step, time, metrics, size, new bytes, best/latest.
 
-    Reads each checkpoint's manifest.json only; no shard is opened.
+    Reads each checkpoint's manifest.json only; no shard is opened.  "new" is what a
+    checkpoint holds that no older one shares (deduplicated shards are hard links), and
+    the run's total counts each file on disk once.
     """
     path = resolve_run(run)
     checkpoints = open_run(path, monitor=monitor, mode=mode)
@@ -94,6 +101,7 @@ def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
     best = _best_name(checkpoints, infos)
     latest = infos[-1].name if infos else None
     settings = run_settings(path)
+    new_bytes, disk_bytes = disk_usage([os.fspath(i.path) for i in infos])
     if as_json:
         emit_json({
             "run": path,
@@ -101,21 +109,24 @@ def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
             "mode": checkpoints.mode,
             "settings": {k: settings.get(k) for k in ("keep_last", "keep_best", "name") if k in settings},
             "lineage": settings.get("lineage", []),
-            "checkpoints": [info_dict(i, best=i.name == best, latest=i.name == latest) for i in infos],
+            "checkpoints": [info_dict(i, best=i.name == best, latest=i.name == latest, new_bytes=n)
+                            for i, n in zip(infos, new_bytes)],
+            "run_disk_bytes": disk_bytes,
             "unreadable": problems,
         })
         return
     if not infos:
         say(f"{escape(path)}: no committed checkpoints")
     else:
-        facts = [f"{len(infos)} checkpoint(s)", f"{human_bytes(sum(i.size for i in infos))}"]
+        facts = [f"{len(infos)} checkpoint(s)", f"{human_bytes(sum(i.size for i in infos))}",
+                 f"{human_bytes(disk_bytes)} on disk"]
         if checkpoints.monitor:
             facts.append(f"best by {checkpoints.monitor} ({checkpoints.mode})")
         for key in ("keep_last", "keep_best"):
             if settings.get(key) is not None:
                 facts.append(f"{key}={settings[key]}")
         say(f"[bold]{escape(path)}[/bold]  {escape(', '.join(facts))}")
-        checkpoint_table(infos, best=best, latest=latest).render()
+        checkpoint_table(infos, best=best, latest=latest, new_bytes=new_bytes).render()
     for parent in settings.get("lineage") or []:
         if isinstance(parent, dict):
             say(f"forked from {escape(parent.get('run'))}@{escape(parent.get('checkpoint'))} (step {escape(parent.get('step'))})")
@@ -153,9 +164,11 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
         _check_monitor_is_recorded(infos, checkpoints.monitor)
     by_name = {i.name: i for i in infos}
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
+    kept = [i for i in infos if i.name not in {d.name for d in doomed}]
+    # files kept checkpoints share (dedup hard links) free nothing: count what only the doomed hold
+    freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
     if not dry_run and doomed:
         delete_checkpoints(path, [i.name for i in doomed])
-    kept = [i for i in infos if i.name not in {d.name for d in doomed}]
     if as_json:
         emit_json({
             "run": path, "dry_run": dry_run,
@@ -171,7 +184,6 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
     for info in doomed:
         say(f"{verb} {escape(info.name)} (step {info.step}, {human_bytes(info.size)})")
     if doomed:
-        freed = sum(i.size for i in doomed)
         say(f"{verb} {len(doomed)} checkpoint(s), {human_bytes(freed)}; kept {len(kept)}: {escape(', '.join(i.name for i in kept))}")
     for problem in problems:
         say(f"[yellow]unreadable (left alone):[/yellow] {escape(problem)}")

@@ -85,10 +85,12 @@ class TargetReport:
         advance(event.nbytes)
 
 
-def verify_path(path: str, advance: Callable[[int], None] = lambda n: None, *, listed: bool = False) -> TargetReport:
-    """Verify one file or checkpoint directory, collecting every failure (``listed``: named by a run listing)."""
+def verify_path(path: str, advance: Callable[[int], None] = lambda n: None, *, listed: bool = False,
+                shared: dict | None = None) -> TargetReport:
+    """Verify one file or checkpoint directory, collecting every failure (``listed``: named by a run listing;
+    ``shared``: results of shard files already hashed in this verify run, see :func:`check`)."""
     report = TargetReport(path)
-    for event in (check_listed(path) if listed else check(path)):
+    for event in (check_listed(path, shared) if listed else check(path, shared)):
         report.add(event, advance)
     return report
 
@@ -136,6 +138,7 @@ def verify_targets(targets: list[tuple[str, str | None, ModelsafeError | None]],
     """Verify each (path, checkpoint name, listing error) with one progress bar over all their bytes."""
     total = sum(_total_bytes(p) for p, _, error in targets if error is None) if len(targets) < 10_000 else 0
     reports = []
+    shared: dict = {}  # shards that checkpoints share (dedup) are hashed once
     with progress(total, "verifying", unit_bytes=True) as bar:
         for path, name, error in targets:
             bar.describe(f"verifying {name or os.path.basename(path)}")
@@ -143,7 +146,7 @@ def verify_targets(targets: list[tuple[str, str | None, ModelsafeError | None]],
                 report = TargetReport(path)
                 report.add(Problem(os.fspath(error.path or path), None, error), bar.advance)
             else:
-                report = verify_path(path, bar.advance, listed=listed)
+                report = verify_path(path, bar.advance, listed=listed, shared=shared)
             report.name = name
             reports.append(report)
     return reports

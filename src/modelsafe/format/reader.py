@@ -141,6 +141,11 @@ class FileSource:
                 pass
         return {None: self.read_data()}
 
+    def file_id(self) -> tuple[int, int]:
+        """(st_dev, st_ino) of the open file: equal for hard links to the same bytes."""
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino
+
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         if record.checksum is None:
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..errors import ModelsafeError, UnsupportedObjectError
@@ -151,18 +152,20 @@ class _SmallBatch:
             self._views, self._bytes = [], 0
 
 
-def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str]:
+def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]], payloads: list | None = None) -> list[str]:
     """Write every payload in layout order; return their checksums in the same order.
 
     Each payload is hashed just before it is written, while its bytes are in cache.
     (Hashing on a second thread was tried: xxh3 runs at ~25 GB/s, far faster than the
     disk, and the extra thread made saves slower and less steady on a loaded machine.)
+    ``payloads``: bytes already read and hashed (:func:`hash_payloads`): written, not hashed again.
     """
     checksums: list[str] = []
     small = _SmallBatch(f)
-    for leaf, begin, end in layout:
-        data = _payload(leaf, end - begin)
-        checksums.append(checksum.digest(data))
+    for index, (leaf, begin, end) in enumerate(layout):
+        data = _payload(leaf, end - begin) if payloads is None else payloads[index]
+        if payloads is None:
+            checksums.append(checksum.digest(data))
         if end - begin >= LARGE_PAYLOAD_BYTES:
             small.flush()
             f.write(data)
@@ -173,11 +176,13 @@ def _write_payloads(f: BinaryIO, layout: list[tuple[Any, int, int]]) -> list[str
 
 
 def write_file(
-    f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None, checksums_out: dict | None = None
+    f: BinaryIO, fl: Any, *, metadata_node: Any = None, user_metadata: Any = None, checksums_out: dict | None = None,
+    header_out: list | None = None,
 ) -> int:
     """Write flattened tree ``fl`` to the open binary file ``f`` (at offset 0); returns bytes written.
 
-    ``checksums_out``, when given, receives payload name -> xxh3 (checkpoint shards use it).
+    ``checksums_out``, when given, receives payload name -> xxh3 (checkpoint shards use it);
+    ``header_out`` gets the final header appended (the same bytes :func:`hash_payloads` builds).
     """
     with gc_paused():
         layout = plan_layout(fl.leaves)
@@ -196,4 +201,51 @@ def write_file(
         raise ModelsafeError("internal error: header length changed while writing")
     f.flush()
     os.pwrite(f.fileno(), final, 0)
+    if header_out is not None:
+        header_out.append(final)
     return len(header) + (layout[-1][2] if layout else 0)
+
+
+@dataclass(frozen=True)
+class HashedFile:
+    """A flattened tree read and hashed but not yet written: its final header, bytes and checksums.
+
+    Two trees with the same header hold the same names, dtypes, shapes and payload
+    checksums, so checkpoint shards use the header's digest (``identity``) to find an
+    equal file written before (deduplication) instead of writing the bytes again.
+    """
+
+    header: bytes
+    layout: list
+    payloads: list
+    checksums: dict
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + (self.layout[-1][2] if self.layout else 0)
+
+    @property
+    def identity(self) -> str:
+        return checksum.digest(self.header)
+
+
+def hash_payloads(fl: Any) -> HashedFile:
+    """Read and hash every payload of flattened tree ``fl`` once; :func:`write_hashed` writes it."""
+    with gc_paused():
+        layout = plan_layout(fl.leaves)
+    payloads = [_payload(leaf, end - begin) for leaf, begin, end in layout]
+    checksums = {leaf.name: checksum.digest(data) for (leaf, _, _), data in zip(layout, payloads)}
+    with gc_paused():
+        header = _header(layout, fl, None, None, checksums)
+    return HashedFile(header, layout, payloads, checksums)
+
+
+def write_hashed(f: BinaryIO, hashed: HashedFile) -> int:
+    """Write ``hashed`` to the open binary file ``f`` (at offset 0); returns bytes written."""
+    reserve = getattr(f, "reserve", None)
+    if reserve is not None:
+        reserve(hashed.size)
+    f.write(hashed.header)
+    _write_payloads(f, hashed.layout, hashed.payloads)
+    f.flush()
+    return hashed.size

@@ -69,16 +69,21 @@ class RunStorage(Protocol):
     def clean_leftovers(self) -> list[str]: ...
     def stage(self, name: str) -> str: ...
     def discard(self, staging: str) -> None: ...
-    def commit(self, staging: str, name: str) -> str: ...
+    def commit(self, staging: str, name: str, durable: frozenset[str] = frozenset()) -> str: ...
     def delete(self, name: str) -> None: ...
 
 
-def fsync_tree(root: str) -> None:
-    """fsync every regular file and directory under ``root`` (deepest directories first)."""
+def fsync_tree(root: str, durable: frozenset[str] = frozenset()) -> None:
+    """fsync every regular file and directory under ``root`` (deepest directories first).
+
+    ``durable``: paths of files that are hard links to files of committed checkpoints,
+    durable since their own commit: only their new directory entries need the fsync of
+    their directory (a linked 1 GiB base made 16 extra fsyncs, 40% of a save's fsync time).
+    """
     for directory, dirs, files in os.walk(root, topdown=False):
         for name in files:
             path = os.path.join(directory, name)
-            if os.path.islink(path):
+            if os.path.islink(path) or path in durable:
                 continue
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
@@ -269,12 +274,15 @@ class LocalRunStorage:
         with contextlib.suppress(OSError):
             _remove(staging)
 
-    def commit(self, staging: str, name: str) -> str:
-        """Make ``staging`` durable and visible as ``name`` in one atomic rename."""
+    def commit(self, staging: str, name: str, durable: frozenset[str] = frozenset()) -> str:
+        """Make ``staging`` durable and visible as ``name`` in one atomic rename.
+
+        ``durable``: files in ``staging`` hard-linked from committed checkpoints (see :func:`fsync_tree`).
+        """
         self._require_lock("committing a checkpoint")
         final = self.path(name)
         try:
-            fsync_tree(staging)
+            fsync_tree(staging, durable)
             if os.path.lexists(final):
                 # swap atomically where the kernel can; else old aside, new in place (readers
                 # and the next writer treat an aside whose name is missing as committed)
