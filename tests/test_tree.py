@@ -91,6 +91,14 @@ def decode(node, values=None, **kwargs):
     return Unflattener(values or {}, source="f.safetensors", **kwargs).decode(node)
 
 
+@pytest.mark.parametrize("node", [{"bytes": "t"}, {"pickle": "t"}, {"tensor": "b"}])
+def test_a_node_must_use_a_payload_of_its_own_kind(node):
+    """Found by the fuzz harness: a bytes node pointed at a tensor reached bytearray() with a tensor."""
+    values = {"t": np.arange(3), "b": b"raw"}
+    with pytest.raises(ms.CorruptCheckpointError, match="as (bytes|pickle|tensor), but the file stores"):
+        decode(node, values, allow_pickle=True)
+
+
 def test_decode_inverts_encode():
     obj = {"a": [1, (2.5, None)], 3: {"s": {1, 2}}, "p": Pt(1, [2]), "d": DC(3, [4]), "big": 2**70}
     fl = flatten(obj)

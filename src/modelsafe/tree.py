@@ -384,14 +384,26 @@ class Unflattener:
             path=self.source,
         )
 
-    def leaf(self, name: Any) -> Any:
+    def leaf(self, name: Any, kind: str = "tensor") -> Any:
+        """The loaded payload ``name``, which the tree uses as a ``kind`` ("tensor", "bytes" or "pickle").
+
+        The node and the payload must agree: a file that points a bytes or pickle node at
+        a tensor (or the reverse) is damaged, never handed to code expecting the other.
+        """
         try:
-            return self.values[name]
+            value = self.values[name]
         except (KeyError, TypeError):
             raise CorruptCheckpointError(
                 f"{self.source}: the manifest tree refers to tensor {name!r}, which the file does not hold",
                 path=self.source, key=str(name),
             ) from None
+        if isinstance(value, (bytes, bytearray)) != (kind != "tensor"):
+            stored = "bytes" if isinstance(value, (bytes, bytearray)) else "a tensor"
+            raise CorruptCheckpointError(
+                f"{self.source}: the manifest tree uses payload {name!r} as {kind}, but the file stores {stored} there; "
+                "the file is damaged", path=self.source, key=str(name),
+            )
+        return value
 
     def bad(self, node: Any, why: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{self.source}: malformed manifest node {json.dumps(node)[:200]}: {why}", path=self.source)
@@ -457,7 +469,7 @@ def _dec_tensor(un: Unflattener, node: dict) -> Any:
 
 
 def _dec_bytes(un: Unflattener, node: dict) -> Any:
-    data = un.leaf(node["bytes"])
+    data = un.leaf(node["bytes"], "bytes")
     return bytearray(data) if node.get("type") == "bytearray" else data
 
 
@@ -468,7 +480,7 @@ def _dec_pickle(un: Unflattener, node: dict) -> Any:
             "unpickling can run code, so it is refused. Pass allow_pickle=True only if you trust this file",
             path=un.source, key=str(node["pickle"]),
         )
-    return pickle.loads(un.leaf(node["pickle"]))
+    return pickle.loads(un.leaf(node["pickle"], "pickle"))
 
 
 # Distinct stand-in record classes one load may create.  Creating a class costs about
