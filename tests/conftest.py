@@ -14,3 +14,11 @@ SOAK = os.environ.get("MODELSAFE_SOAK") == "1"
 def soak() -> bool:
     """True when the full soak counts should run (MODELSAFE_SOAK=1), else a bounded sample."""
     return SOAK
+
+
+@pytest.fixture(scope="module")
+def fuzz_setup(tmp_path_factory) -> dict:
+    """A work directory with the fuzz harness's base files and canaries (tests/fuzzrun.py)."""
+    import fuzzrun
+
+    return fuzzrun.prepare(str(tmp_path_factory.mktemp("fuzz")))

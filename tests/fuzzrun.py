@@ -201,6 +201,18 @@ def summarize(outcomes: list[dict]) -> dict:
             "slowest": slowest, "largest": largest, "over_budget": over_budget, "peak_rss": peak_rss}
 
 
+def assert_clean(outcomes: list[dict], *, budget: bool, min_ok: int | None = None) -> None:
+    """The tests' verdict: no failure of any class, entry points both load and refuse (not
+    vacuous), and with ``budget`` no call over the time/memory budget (soak runs only)."""
+    summary = summarize(outcomes)
+    assert summary["failures"] == 0, describe_failures(summary)
+    ops = [op["outcome"] for case in outcomes for op in case["ops"]]
+    min_ok = len(outcomes) if min_ok is None else min_ok
+    assert ops.count("ok") >= min_ok and ops.count("error") > len(outcomes) // 4, summary["outcomes"]
+    if budget:
+        assert not summary["over_budget"], summary["over_budget"][:10]
+
+
 def _example(case: dict, op: dict) -> dict:
     return {"case": f"{case['kind']}:{case['seed']}:{case['index']}", "family": case.get("family"),
             "note": case.get("note", "")[:200], "op": op.get("op"), "message": op.get("message", "")[:300]}

@@ -24,11 +24,6 @@ SAMPLE = 500
 FULL = 10_000
 
 
-@pytest.fixture(scope="module")
-def fuzz_setup(tmp_path_factory) -> dict:
-    return fuzzrun.prepare(str(tmp_path_factory.mktemp("fuzz")))
-
-
 def test_the_harness_sees_every_failure_class(fuzz_setup):
     """Controls: a foreign exception, a called and an imported canary, a hang, an allocation past the
     cap and a dying child are each reported as such; an honest load is ok and a refusal an error."""
@@ -80,26 +75,15 @@ def test_the_sample_covers_every_family(fuzz_setup, tmp_path):
     assert len(set(notes)) > 40  # the cases differ from one another
 
 
-def _assert_clean(outcomes: list[dict], *, budget: bool, min_ok: int | None = None) -> None:
-    summary = fuzzrun.summarize(outcomes)
-    assert summary["failures"] == 0, fuzzrun.describe_failures(summary)
-    # not vacuous: entry points succeed on some cases and refuse others
-    ops = [op["outcome"] for case in outcomes for op in case["ops"]]
-    min_ok = len(outcomes) if min_ok is None else min_ok
-    assert ops.count("ok") >= min_ok and ops.count("error") > len(outcomes) // 4, summary["outcomes"]
-    if budget:
-        assert not summary["over_budget"], summary["over_budget"][:10]
-
-
 def test_crafted_manifests_sample(fuzz_setup):
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "manifest", SEED, range(SAMPLE), batch_size=SAMPLE), budget=False)
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "manifest", SEED, range(SAMPLE), batch_size=SAMPLE), budget=False)
 
 
 @pytest.mark.slow
 def test_crafted_manifests_full_count(fuzz_setup, soak):
     if not soak:
         pytest.skip(f"the full {FULL} cases run with MODELSAFE_SOAK=1 (a {SAMPLE}-case sample runs always)")
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "manifest", SEED + 1, range(FULL), batch_size=1000), budget=True)
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "manifest", SEED + 1, range(FULL), batch_size=1000), budget=True)
 
 
 RESOURCE_SAMPLE = 40
@@ -108,7 +92,7 @@ RESOURCE_SAMPLE = 40
 def test_resource_cases_sample(fuzz_setup):
     """Huge recipes (with and without state) and thousands of stand-ins in small files: refused or
     loaded within the address-space cap, never a MemoryError (the cap is the file's size + 384 MiB)."""
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "resource", SEED, range(RESOURCE_SAMPLE), batch_size=RESOURCE_SAMPLE),
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "resource", SEED, range(RESOURCE_SAMPLE), batch_size=RESOURCE_SAMPLE),
                   budget=False, min_ok=0)
 
 
@@ -116,4 +100,4 @@ def test_resource_cases_sample(fuzz_setup):
 def test_resource_cases_full_count(fuzz_setup, soak):
     if not soak:
         pytest.skip(f"400 resource cases run with MODELSAFE_SOAK=1 (a {RESOURCE_SAMPLE}-case sample runs always)")
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "resource", SEED + 1, range(400), batch_size=400), budget=True, min_ok=0)
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "resource", SEED + 1, range(400), batch_size=400), budget=True, min_ok=0)

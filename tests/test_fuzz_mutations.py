@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 import fuzzrun
-from test_fuzz_manifests import _assert_clean
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -22,17 +21,12 @@ SAMPLE = 500
 FULL = 10_000
 
 
-@pytest.fixture(scope="module")
-def fuzz_setup(tmp_path_factory) -> dict:
-    return fuzzrun.prepare(str(tmp_path_factory.mktemp("fuzz")))
-
-
 def test_byte_mutations_sample(fuzz_setup):
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED, range(SAMPLE), batch_size=SAMPLE), budget=False)
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED, range(SAMPLE), batch_size=SAMPLE), budget=False)
 
 
 @pytest.mark.slow
 def test_byte_mutations_full_count(fuzz_setup, soak):
     if not soak:
         pytest.skip(f"the full {FULL} cases run with MODELSAFE_SOAK=1 (a {SAMPLE}-case sample runs always)")
-    _assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED + 1, range(FULL), batch_size=1000), budget=True)
+    fuzzrun.assert_clean(fuzzrun.run_cases(fuzz_setup, "mutation", SEED + 1, range(FULL), batch_size=1000), budget=True)
