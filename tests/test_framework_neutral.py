@@ -155,3 +155,38 @@ def test_framework_records_are_frozen():
     fw = framework_named("numpy")
     with pytest.raises(dataclasses.FrozenInstanceError):
         fw.name = "other"
+
+
+def _relative_imports(name: str) -> set[str]:
+    """The modelsafe modules ``name``.py imports anywhere in it (``from .objects import x`` -> "objects")."""
+    found = set()
+    for node in ast.walk(ast.parse((SRC / f"{name}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(node.module or next(a.name for a in node.names))
+    return found
+
+
+def test_tree_objects_recipes_import_no_circle():
+    """tree is the mechanism, objects builds on tree and recipes, recipes is a pure registry."""
+    assert "objects" not in _relative_imports("tree")
+    assert not {"objects", "tree"} & _relative_imports("recipes")
+    assert "sys.modules" not in (SRC / "objects.py").read_text()
+    assert "modelsafe.objects" not in (SRC / "recipes.py").read_text()
+
+
+def test_registering_a_class_after_it_was_met_makes_it_storable(tmp_path):
+    """objects' per-type cache follows recipes' generation counter (no reach-in from recipes)."""
+    import modelsafe as ms
+    from modelsafe.recipes import generation
+
+    class Late:
+        pass
+
+    with pytest.raises(ms.UnsupportedObjectError):
+        ms.save({"x": Late()}, tmp_path / "a.safetensors")
+    before = generation()
+    ms.register(Late, name="tests.framework_neutral.Late")
+    late = ms.build(Late)
+    assert generation() > before
+    ms.save({"x": late}, tmp_path / "a.safetensors")
+    assert type(ms.load(tmp_path / "a.safetensors")["x"]) is Late
