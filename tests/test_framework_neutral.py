@@ -14,6 +14,7 @@ import pytest
 import modelsafe
 from modelsafe.adapters import (
     framework_for_kind, framework_for_type, framework_named, imported_frameworks, known_frameworks, register_framework,
+    unregister_framework,
 )
 from modelsafe.adapters.protocol import Framework, Lowering, rng_sources
 from modelsafe.errors import FrameworkNotInstalledError
@@ -97,7 +98,7 @@ def test_lookups_by_type_and_kind():
     assert "numpy" in [f.name for f in imported_frameworks()]
 
 
-def test_a_missing_framework_names_its_extra(monkeypatch):
+def test_a_missing_framework_names_its_extra():
     register_framework("nosuchfw", "modelsafe.adapters.nosuchfw", type_roots=("nosuchfw",),
                        kind_prefixes=("nosuchfw.",), extra="nosuchfw")
     try:
@@ -106,10 +107,7 @@ def test_a_missing_framework_names_its_extra(monkeypatch):
         with pytest.raises(FrameworkNotInstalledError, match="nosuchfw"):
             framework_for_kind("nosuchfw.module")
     finally:
-        from modelsafe import adapters
-
-        adapters._REGISTRY.pop("nosuchfw")
-        adapters._by_root.pop("nosuchfw")
+        unregister_framework("nosuchfw")
 
 
 def test_a_registered_framework_reaches_the_core(tmp_path):
@@ -143,12 +141,7 @@ def test_a_registered_framework_reaches_the_core(tmp_path):
         assert ms.load(tmp_path / "t.safetensors", framework="numpy")["b"].tolist() == [0, 1, 2]
     finally:
         sys.path.remove(str(tmp_path))
-        from modelsafe import adapters
-
-        adapters._REGISTRY.pop("toyfw")
-        adapters._by_root.pop("toyfw")
-        adapters._by_type.clear()
-        adapters._adapter_by_type.clear()
+        unregister_framework("toyfw")
 
 
 def test_framework_records_are_frozen():
