@@ -34,6 +34,7 @@ from .errors import (
 from .load_into import LoadReport, load_into
 from .reader import Reader
 from .recipes import build, rebuildable, register
+from . import distributed  # torch is imported by its first save or load, not here
 
 __all__ = [
     "__version__",
@@ -47,6 +48,7 @@ __all__ = [
     "register",
     "Reader",
     "Checkpoints",
+    "distributed",
     "CheckpointInfo",
     "ModelsafeError",
     "CorruptCheckpointError",
