@@ -54,7 +54,8 @@ def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, proce
         return PendingDistributedSave(future, writer, os.fspath(path))
     try:
         with _unwrapped():
-            dcp.save(state, storage_writer=writer, planner=JsonSavePlanner(), process_group=process_group)
+            dcp.save(state, storage_writer=writer, planner=JsonSavePlanner(), process_group=process_group,
+                     no_dist=_single())
     finally:
         writer.close()
     return None
@@ -73,9 +74,10 @@ def load_into(state: Any, path: str | os.PathLike, *, process_group: Any = None)
 
     reader = ModelsafeReader(path)
     try:
+        reader.source()  # the manifest checked here, on every rank: DCP would flatten a failure into a string
         with _unwrapped():
             dcp.load(state, storage_reader=reader, planner=JsonLoadPlanner(source_path=os.fspath(path)),
-                     process_group=process_group)
+                     process_group=process_group, no_dist=_single())
     finally:
         reader.close()
 
@@ -104,6 +106,13 @@ class PendingDistributedSave:
         return f"<PendingDistributedSave {self.path!r} {'done' if self.done() else 'running'}>"
 
 
+def _single() -> bool:
+    """True in a process without an initialized process group (DCP then saves as world size 1)."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
+
+
 def _async_group() -> Any:
     """A gloo group of all ranks for background saves: their collectives must not interleave with training's."""
     import torch.distributed as dist
@@ -125,7 +134,7 @@ class _unwrapped:
         failures = getattr(exc, "failures", None)
         if isinstance(failures, dict):
             for wrapped in failures.values():
-                inner = getattr(wrapped, "exc", wrapped)
+                inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped  # (exception, stack summary)
                 if isinstance(inner, ModelsafeError):
                     raise inner from exc
         return False

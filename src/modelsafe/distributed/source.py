@@ -114,7 +114,9 @@ class DistributedSource:
             dtype = BY_NAME[entry.dtype]
             nbytes = math.prod(entry.shape) * dtype.itemsize
             framework = next((self._files[c.file].records[c.key].framework for c in entry.chunks), None)
-            records[fqn] = TensorRecord(fqn, "tensor", dtype, entry.shape, 0, nbytes, None, framework or "torch", {}, fqn)
+            # the checksum of a whole tensor is that of its chunks (verify_record checks each one)
+            digest = "+".join(c.xxh3 for c in entry.chunks)
+            records[fqn] = TensorRecord(fqn, "tensor", dtype, entry.shape, 0, nbytes, digest, framework or "torch", {}, fqn)
         return records
 
     def _tree(self) -> Any:
@@ -162,7 +164,7 @@ class DistributedSource:
         return base[record.begin:record.end]
 
     def assemble(self, fqn: str) -> np.ndarray:
-        """The whole tensor ``fqn`` as C-order bytes (uint8), every chunk verified."""
+        """The whole tensor ``fqn`` as C-order bytes (uint8); :meth:`verify_record` checks its chunks."""
         entry = self.layout.tensors[fqn]
         itemsize = BY_NAME[entry.dtype].itemsize
         out = np.empty(math.prod(entry.shape) * itemsize, np.uint8)
@@ -170,7 +172,9 @@ class DistributedSource:
         for chunk in entry.chunks:
             if math.prod(chunk.sizes) == 0:
                 continue
-            piece = self.chunk_bytes(fqn, chunk).reshape(*chunk.sizes, itemsize)
+            record = self._files[chunk.file].records[chunk.key]
+            base = self._files[chunk.file].buffers(lazy=True)[None]
+            piece = base[record.begin:record.end].reshape(*chunk.sizes, itemsize)
             grid[tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))] = piece
         return out
 
@@ -178,7 +182,9 @@ class DistributedSource:
         return _Assembled(self)
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
-        """Nothing to do: every chunk was verified when :meth:`assemble` read it."""
+        """Check every chunk of ``record``'s tensor against its checksum (the error names rank file and tensor)."""
+        for chunk in self.layout.tensors[record.name].chunks:
+            self.chunk_bytes(record.name, chunk)
 
     def close(self) -> None:
         for source in self._files.values():
@@ -212,7 +218,7 @@ def _encode(node: Any) -> Any:
 
 
 class _Assembled(Mapping):
-    """fqn -> whole tensor bytes, assembled (and verified) on first access, kept after."""
+    """fqn -> whole tensor bytes, assembled on first access, kept after."""
 
     def __init__(self, source: DistributedSource) -> None:
         self._source = source

@@ -24,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+from datetime import datetime, timezone
 
 from typing import Any
 
@@ -186,7 +187,8 @@ class ModelsafeWriter(StorageWriter):
         """Coordinator, after every rank wrote: manifest.json into the staging directory, then commit."""
         layout = metadata_layout(metadata, results)
         name = os.path.basename(self.path)
-        checkpoint = self._checkpoint or {"name": name, "step": 0, "metrics": {}, "run_id": None}
+        checkpoint = self._checkpoint or {"name": name, "step": 0, "time": datetime.now(timezone.utc).isoformat(),
+                                          "metrics": {}, "run_id": None}
         manifest = build_manifest(None, None, {}, {}, [], {}, checkpoint)
         manifest["framework"] = "torch"
         manifest["distributed"] = layout_json(layout)
