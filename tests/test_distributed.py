@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +50,16 @@ def _launch(args: list[str], *, ranks: int | None, cwd: str) -> subprocess.Compl
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
                    "--master-port", str(_free_port()), WORKER, *args]
-    return subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    # a session of its own, so a hung launch is ended with every worker it started
+    with subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as process:
+        try:
+            out, err = process.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, err = process.communicate()
+            err += f"\n[killed after {TIMEOUT} s]"
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +67,7 @@ def runs(tmp_path_factory):
     """Run the three launches once; each test checks the part it is about."""
     d = str(tmp_path_factory.mktemp("dist"))
     out = {"dir": d}
-    out["save2"] = _launch(["save", "c2", "ref2.safetensors", "--async", "a2"], ranks=2, cwd=d)
+    out["save2"] = _launch(["save", "c2", "ref2.safetensors", "--async", "a2", "ckrun", "run"], ranks=2, cwd=d)
     if out["save2"].returncode == 0:
         out["single"] = _launch(["load", "c2", "ref2.safetensors", "a2", "ref2.safetensors",
                                  "+", "save", "c1", "ref1.safetensors"], ranks=None, cwd=d)
@@ -78,6 +88,17 @@ def test_two_ranks_save_sync_and_async(runs):
     for name in ("c2", "a2"):
         files = sorted(os.listdir(os.path.join(runs["dir"], name)))
         assert files == ["manifest.json", "rank-00000.safetensors", "rank-00001.safetensors"]
+
+
+def test_checkpoints_run_of_sharded_saves(runs):
+    _ok(runs["save2"], ["OK rank 0", "OK rank 1"])  # the worker resumed from the latest on both ranks
+    run = ms.Checkpoints(os.path.join(runs["dir"], "run"))
+    assert [info.name for info in run.list()] == ["step1", "step2"]  # rank 0 pruned step0
+    assert run.best().name == "step2"
+    latest = ms.load(run.latest().path)
+    assert latest["extra"]["epoch"] == 2
+    ref = ms.load(os.path.join(runs["dir"], "ref2.safetensors"))
+    assert torch.equal(latest["model"]["0.weight"], ref["model.0.weight"])
 
 
 def test_two_to_one_and_one_rank_save(runs):

@@ -427,14 +427,21 @@ class Checkpoints:
             self._storage.write_run_file(json.dumps(run, indent=1).encode())
         return run
 
-    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None) -> Any:
+    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None,
+             distributed: bool = False) -> Any:
         """Save ``state`` as the checkpoint for ``step`` and apply retention.
 
         Returns the CheckpointInfo, or a PendingSave when ``async_save`` is on (the state
         is copied before this returns).  A failed earlier background save is raised here.
         ``step`` defaults to one past the latest; ``metrics`` fill the name template and
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
+        ``distributed=True``: sharded state (DTensor / FSDP2) saved by every rank through
+        ``ms.distributed`` (see docs/distributed.md); rank 0 commits and prunes.
         """
+        if distributed:
+            from .distributed.checkpoints import save_sharded
+
+            return save_sharded(self, state, step=step, metrics=metrics)
         # every argument is checked before anything is written or deleted
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)

@@ -88,6 +88,20 @@ def save(ckpt, ref, async_ckpt=None):
         ms.save(whole, ref)
 
 
+def run_checkpoints(directory):
+    """Three sharded saves into a Checkpoints run keeping the last 2; then resume from the latest."""
+    _, _, state = setup(0)
+    ck = ms.Checkpoints(directory, keep_last=2, monitor="loss", name="step{step}")
+    for step in range(3):
+        state["extra"]["epoch"] = step
+        info = ck.save(state, step=step, metrics={"loss": 1.0 / (step + 1)}, distributed=True)
+        assert (info is None) == (SHARDED and dist.get_rank() != 0), info
+    model, opt, fresh = setup(1)
+    ms.distributed.load_into(fresh, ms.Checkpoints(directory).latest().path)
+    assert fresh["extra"]["epoch"] == 2
+    assert torch.equal(full(fresh["extra"]["table"]), full(state["extra"]["table"]))
+
+
 def load(ckpt, ref):
     model, opt, state = setup(1)
     ms.distributed.load_into(state, ckpt)
@@ -108,6 +122,8 @@ def run(args):
     mode = args[0]
     if mode == "save":
         save(args[1], args[2], args[args.index("--async") + 1] if "--async" in args else None)
+        if "ckrun" in args:
+            run_checkpoints(args[args.index("ckrun") + 1])
     elif mode == "load":
         for ckpt, ref in zip(args[1::2], args[2::2]):
             load(ckpt, ref)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from typing import Any
 
 from ..errors import ModelsafeError
@@ -125,12 +126,20 @@ def _async_group() -> Any:
 
 
 class _unwrapped:
-    """Re-raise a modelsafe error that DCP wrapped in its CheckpointException (one per failed rank) as itself."""
+    """Re-raise a modelsafe error that DCP wrapped in its CheckpointException (one per failed rank) as itself.
+
+    Also silences DCP's warning that it "assumes the intent" of a single process: one
+    process without a process group is a supported way to call save and load_into.
+    """
 
     def __enter__(self) -> None:
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        self._warnings.__exit__(kind, exc, tb)
         failures = getattr(exc, "failures", None)
         if isinstance(failures, dict):
             for wrapped in failures.values():
