@@ -52,6 +52,7 @@ def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, proce
         except BaseException:
             writer.close()
             raise
+        future.add_done_callback(lambda _: writer.close())  # the run lock is released even if nobody waits
         return PendingDistributedSave(future, writer, os.fspath(path))
     try:
         with _unwrapped():

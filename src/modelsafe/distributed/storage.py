@@ -24,6 +24,7 @@ import dataclasses
 import io
 import json
 import os
+import threading
 from datetime import datetime, timezone
 
 from typing import Any
@@ -57,7 +58,6 @@ from .source import DistributedSource
 
 __all__ = ["ModelsafeWriter", "ModelsafeReader", "JsonSavePlanner", "JsonLoadPlanner"]
 
-MAX_OBJECT_BYTES = 16 << 20
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -107,9 +107,13 @@ class JsonLoadPlanner(DefaultLoadPlanner):
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
         # DefaultLoadPlanner.load_bytes would torch.load (unpickle) the bytes; this is its
         # logic with modelsafe's JSON tree decoder in place of the unpickler
-        node = json.loads(value.read(MAX_OBJECT_BYTES))
-        obj = Unflattener({}, source=self._source_path).decode(node)
         fqn = read_item.dest_index.fqn
+        try:
+            node = json.loads(value.read())
+        except (ValueError, RecursionError):
+            raise CorruptCheckpointError(f"{self._source_path}: entry {fqn!r} is not valid JSON; the checkpoint is "
+                                         "damaged", path=self._source_path, key=fqn) from None
+        obj = Unflattener({}, source=self._source_path).decode(node)
         if self.flatten_state_dict:
             set_element(self.original_state_dict, self.mappings[fqn], obj)
         else:
@@ -135,6 +139,7 @@ class ModelsafeWriter(StorageWriter):
         self._staging: str | None = None
         self.committed: str | None = None
         self.is_coordinator = False
+        self._closing = threading.Lock()
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         if checkpoint_id is not None:
@@ -198,12 +203,13 @@ class ModelsafeWriter(StorageWriter):
 
     def close(self) -> None:
         """Drop an uncommitted staging directory and the run lock this writer took (after success or failure)."""
-        if self._staging is not None and self._storage is not None:
-            self._storage.discard(self._staging)
-            self._staging = None
-        if self._own_storage and self._storage is not None:
-            self._storage.unlock()
-            self._storage = None
+        with self._closing:  # a background save's callback and wait() may both close
+            if self._staging is not None and self._storage is not None:
+                self._storage.discard(self._staging)
+                self._staging = None
+            if self._own_storage and self._storage is not None:
+                self._storage.unlock()
+                self._storage = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
