@@ -72,7 +72,9 @@ def runs(tmp_path_factory):
         out["single"] = _launch(["load", "c2", "ref2.safetensors", "a2", "ref2.safetensors",
                                  "+", "save", "c1", "ref1.safetensors"], ranks=None, cwd=d)
     if out.get("single") is not None and out["single"].returncode == 0:
-        out["load2"] = _launch(["load", "c1", "ref1.safetensors", "c2", "ref2.safetensors"], ranks=2, cwd=d)
+        _damage(os.path.join(d, "c2"), os.path.join(d, "bad2"))
+        out["load2"] = _launch(["load", "c1", "ref1.safetensors", "c2", "ref2.safetensors", "bad2", "damaged"],
+                               ranks=2, cwd=d)
     return out
 
 
@@ -105,8 +107,8 @@ def test_two_to_one_and_one_rank_save(runs):
     _ok(runs["single"], ["OK single"])  # the worker compares every tensor and value with the reference
 
 
-def test_one_to_two_and_two_to_two(runs):
-    _ok(runs.get("load2"), ["OK rank 0", "OK rank 1"])
+def test_one_to_two_and_two_to_two_and_damaged(runs):
+    _ok(runs.get("load2"), ["OK rank 0", "OK rank 1"])  # both ranks also saw the damaged copy refused
 
 
 def _flat(tree, prefix=""):
@@ -151,13 +153,18 @@ def test_no_pickle_anywhere(runs):
             assert any(key.startswith("extra.table@") for key in f.keys())
 
 
-def _corrupt_copy(runs, tmp_path) -> str:
-    bad = str(tmp_path / "bad")
-    shutil.copytree(os.path.join(runs["dir"], "c2"), bad)
+def _damage(checkpoint: str, bad: str) -> None:
+    """A copy of ``checkpoint`` at ``bad`` with one bit of rank 1's last payload flipped."""
+    shutil.copytree(checkpoint, bad)
     path = os.path.join(bad, "rank-00001.safetensors")
     data = bytearray(open(path, "rb").read())
-    data[-3] ^= 0x10  # the last payload's bytes
+    data[-3] ^= 0x10
     open(path, "wb").write(bytes(data))
+
+
+def _corrupt_copy(runs, tmp_path) -> str:
+    bad = str(tmp_path / "bad")
+    _damage(os.path.join(runs["dir"], "c2"), bad)
     return bad
 
 

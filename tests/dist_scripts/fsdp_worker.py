@@ -118,6 +118,17 @@ def load(ckpt, ref):
             assert got == value, (key, got, value)
 
 
+def load_damaged(ckpt):
+    """Loading a checkpoint with a damaged rank file fails on every rank, naming that file and a tensor."""
+    _, _, state = setup(1)
+    try:
+        ms.distributed.load_into(state, ckpt)
+    except ms.CorruptCheckpointError as exc:
+        assert "rank-00001.safetensors" in str(exc) and "tensor '" in str(exc), str(exc)
+    else:
+        raise AssertionError("a damaged checkpoint loaded")
+
+
 def run(args):
     mode = args[0]
     if mode == "save":
@@ -126,7 +137,10 @@ def run(args):
             run_checkpoints(args[args.index("ckrun") + 1])
     elif mode == "load":
         for ckpt, ref in zip(args[1::2], args[2::2]):
-            load(ckpt, ref)
+            if ref == "damaged":
+                load_damaged(ckpt)
+            else:
+                load(ckpt, ref)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
