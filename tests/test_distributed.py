@@ -281,3 +281,20 @@ def test_object_nodes_are_decoded_not_run(small):
 def test_importing_modelsafe_distributed_imports_no_torch():
     code = "import sys, modelsafe; modelsafe.distributed.save; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=TIMEOUT)
+
+
+def test_checkpoints_distributed_in_one_process(tmp_path):
+    ck = ms.Checkpoints(str(tmp_path / "run"), keep_last=1)
+    for step in range(2):
+        info = ck.save(_small_state(), step=step, distributed=True)
+        assert info.name == f"step{step}"
+    assert [i.name for i in ck.list()] == ["step1"]
+    assert torch.equal(ms.load(ck.latest().path)["model"]["w"], _small_state()["model"]["w"])
+    with pytest.raises(ms.InvalidArgumentError, match="metadata"):
+        ck.save(_small_state(), step=2, distributed=True, metadata={"a": "b"})
+    fixed = ms.Checkpoints(str(tmp_path / "fixed"), name="last")
+    fixed.save(_small_state(), step=0, distributed=True)
+    with pytest.raises(ms.RunConflictError):  # the name is taken by step 0: refused before anything is written
+        fixed.save({"other": torch.ones(1)}, step=1, distributed=True)
+    assert [(i.name, i.step) for i in fixed.list()] == [("last", 0)]
+    assert sorted(os.listdir(tmp_path / "fixed")) == [".modelsafe-run.json", ".modelsafe.lock", "last"]

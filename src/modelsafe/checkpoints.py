@@ -441,7 +441,7 @@ class Checkpoints:
         if distributed:
             from .distributed.checkpoints import save_sharded
 
-            return save_sharded(self, state, step=step, metrics=metrics)
+            return save_sharded(self, state, step=step, metrics=metrics, metadata=metadata)
         # every argument is checked before anything is written or deleted
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)

@@ -15,12 +15,18 @@ from typing import Any
 
 from ..checkpoint_names import format_name
 from ..checkpoints import _checked_step, _metrics_to_json
+from ..errors import InvalidArgumentError, ModelsafeError
 
 __all__ = ["save_sharded"]
 
 
-def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None) -> Any:
+def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None, metadata: dict | None = None) -> Any:
     """Save sharded ``state`` as the next checkpoint of run ``ck``; returns its CheckpointInfo on rank 0, else None."""
+    if metadata is not None:
+        raise InvalidArgumentError(
+            f"{ck.directory}: ck.save(..., distributed=True) takes no metadata= yet; put plain values in the state "
+            "dict instead", path=str(ck.directory), key="metadata",
+        )
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
@@ -40,8 +46,6 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None)
         shared = [None if verdict is None else f"{type(verdict).__name__}: {verdict}"]
         dist.broadcast_object_list(shared, src=0)
         if shared[0] is not None and verdict is None:
-            from ..errors import ModelsafeError
-
             raise ModelsafeError(f"{ck.directory}: rank 0 refused the save: {shared[0]}", path=str(ck.directory))
     if verdict is not None:
         raise verdict
