@@ -99,6 +99,7 @@ def test_checkpoints_run_of_sharded_saves(runs):
     assert run.best().name == "step2"
     latest = ms.load(run.latest().path)
     assert latest["extra"]["epoch"] == 2
+    assert ms.load(os.path.join(runs["dir"], "run") + "@best")["extra"]["epoch"] == 2  # addresses reach it too
     ref = ms.load(os.path.join(runs["dir"], "ref2.safetensors"))
     assert torch.equal(latest["model"]["0.weight"], ref["model.0.weight"])
 

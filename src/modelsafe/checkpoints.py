@@ -63,7 +63,7 @@ from .format import checksum
 from .gc_pause import gc_paused
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
-from .sources import register_directory_opener, register_run_opener
+from .sources import directory_opener, register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
 from .storage.local import storage_error
@@ -882,7 +882,7 @@ def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource
         info = run.info(selector)
         try:
             with _removal_noticed(info):
-                return CheckpointSource(info.path)
+                return (directory_opener(info.path) or CheckpointSource)(info.path)  # sharded ones too
         except CheckpointRemovedError:
             if selector != "latest" or attempt == _REMOVED_RETRIES:
                 raise
