@@ -37,6 +37,7 @@ from .recipes import build, rebuildable, register
 from . import objects as _objects, rng as _rng
 
 _objects.install(_rng.CODECS)  # the tree learns framework objects, rebuildables and modelsafe's own generators
+from . import distributed  # torch is imported by its first save or load, not here
 
 __all__ = [
     "__version__",
@@ -50,6 +51,7 @@ __all__ = [
     "register",
     "Reader",
     "Checkpoints",
+    "distributed",
     "CheckpointInfo",
     "ModelsafeError",
     "CorruptCheckpointError",

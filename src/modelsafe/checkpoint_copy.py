@@ -18,6 +18,7 @@ from .checkpoint_dir import CheckpointSource
 from .errors import InvalidArgumentError
 from .format.writer import write_file
 from .loading import decode_metadata
+from .sources import directory_opener
 from .storage.local import atomic_file, open_directory, open_regular
 from .tree import Leaf, walk_refs
 
@@ -49,7 +50,8 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, ori
     metadata as ``exported_from``.  Only the default ``"model"`` falls back to the whole
     state; another ``key`` the saved dict lacks is an error (a typo never exports everything).
     """
-    with CheckpointSource(checkpoint) as source:
+    opener = directory_opener(checkpoint) or CheckpointSource  # a sharded checkpoint is read as whole tensors
+    with opener(checkpoint) as source:
         node, prefix = _subtree(source.manifest.get("tree"), key or "model")
         if key is not None and not prefix:
             raise InvalidArgumentError(

@@ -63,7 +63,7 @@ from .format import checksum
 from .gc_pause import gc_paused
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
-from .sources import register_directory_opener, register_run_opener
+from .sources import directory_opener, register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
 from .storage.local import storage_error
@@ -427,14 +427,21 @@ class Checkpoints:
             self._storage.write_run_file(json.dumps(run, indent=1).encode())
         return run
 
-    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None) -> Any:
+    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None,
+             distributed: bool = False) -> Any:
         """Save ``state`` as the checkpoint for ``step`` and apply retention.
 
         Returns the CheckpointInfo, or a PendingSave when ``async_save`` is on (the state
         is copied before this returns).  A failed earlier background save is raised here.
         ``step`` defaults to one past the latest; ``metrics`` fill the name template and
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
+        ``distributed=True``: sharded state (DTensor / FSDP2) saved by every rank through
+        ``ms.distributed`` (see docs/distributed.md); rank 0 commits and prunes.
         """
+        if distributed:
+            from .distributed.checkpoints import save_sharded
+
+            return save_sharded(self, state, step=step, metrics=metrics, metadata=metadata)
         # every argument is checked before anything is written or deleted
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)
@@ -875,7 +882,7 @@ def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource
         info = run.info(selector)
         try:
             with _removal_noticed(info):
-                return CheckpointSource(info.path)
+                return (directory_opener(info.path) or CheckpointSource)(info.path)  # sharded ones too
         except CheckpointRemovedError:
             if selector != "latest" or attempt == _REMOVED_RETRIES:
                 raise

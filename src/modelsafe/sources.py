@@ -41,8 +41,9 @@ _DIRECTORY_OPENERS: list[tuple[Callable[[str], bool], Callable[..., Source]]] = 
 _RUN_OPENERS: list[Callable[[str, str], Source]] = []
 
 
-def register_directory_opener(matches: Callable[[str], bool], opener: Callable[..., Source]) -> None:
-    _DIRECTORY_OPENERS.append((matches, opener))
+def register_directory_opener(matches: Callable[[str], bool], opener: Callable[..., Source], *, first: bool = False) -> None:
+    """Add a directory layout; ``first``: tried before those registered earlier (a layout refining another)."""
+    _DIRECTORY_OPENERS.insert(0 if first else len(_DIRECTORY_OPENERS), (matches, opener))
 
 
 def register_run_opener(opener: Callable[[str, str], Source]) -> None:
