@@ -9,7 +9,7 @@ mx = pytest.importorskip("mxnet")
 
 def _wire() -> None:
     # until the core consumes Framework records: register through today's registries
-    from modelsafe import adapters, objects, recipes
+    from modelsafe import adapters, objects
     from modelsafe.adapters import mxnet as fw
 
     adapters.register_adapter("mxnet", "modelsafe.adapters.mxnet", type_roots=["mxnet"])

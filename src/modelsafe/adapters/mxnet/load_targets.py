@@ -112,7 +112,7 @@ class ArrayTarget(_Target):
         return isinstance(obj, mx.nd.NDArray)
 
     def assign(self, obj: mx.nd.NDArray, value: Any) -> None:
-        obj[...] = as_mxnet(value).as_in_context(obj.context)
+        obj[...] = as_mxnet(value).as_in_context(obj.ctx)
 
 
 LOAD_TARGETS = (BlockTarget(), ParameterDictTarget(), TrainerTarget(), ArrayTarget())

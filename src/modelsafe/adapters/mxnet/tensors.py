@@ -46,8 +46,8 @@ class MXNetAdapter:
         attrs: dict[str, Any] = {}
         if isinstance(obj, mx.np.ndarray):
             attrs["variant"] = "np"
-        if obj.context.device_type != "cpu":
-            attrs["device"] = f"{obj.context.device_type}:{obj.context.device_id}"  # a hint, as torch's
+        if obj.ctx.device_type != "cpu":
+            attrs["device"] = f"{obj.ctx.device_type}:{obj.ctx.device_id}"  # a hint, as torch's
         identity = ("mxnet", obj.handle.value) if obj.size else None  # one NDArray handle = one array
         return TensorInfo(dt.name, tuple(obj.shape), identity, attrs)
 

@@ -107,8 +107,8 @@ def _on(value: Any, ctx: mx.Context) -> Any:
 def assign(trainer: gluon.Trainer, state: dict) -> None:
     """Restore a conformed state into ``trainer``."""
     updater = _updater(trainer)
-    ctx = trainer._contexts[0]
-    updater.states = {i: _on(v, ctx) for i, v in state["states"].items()}
+    params = trainer._params
+    updater.states = {i: _on(v, params[i].list_ctx()[0]) for i, v in state["states"].items()}  # beside its weight
     updater.states_synced = dict.fromkeys(updater.states, False)
     opt = trainer.optimizer
     opt.num_update = int(state["num_update"])
