@@ -205,11 +205,16 @@ def _fits(param: gluon.Parameter, saved: mx.nd.NDArray) -> bool:
 
 def as_mxnet(value: Any) -> mx.nd.NDArray:
     """``value`` as an MXNet array (a file loaded with framework="numpy" gives numpy arrays)."""
-    if isinstance(value, mx.nd.NDArray):
-        return value
-    arr = np.asarray(value)
-    with mx.util.np_shape(True):
-        return mx.nd.array(arr, dtype=arr.dtype)
+    numpy_mode = mx.util.is_np_array()  # under npx.set_np() parameters hold mx.np arrays
+    if not isinstance(value, mx.nd.NDArray):
+        arr = np.asarray(value)
+        with mx.util.np_shape(True):
+            value = mx.nd.array(arr, dtype=arr.dtype)
+    if numpy_mode and not isinstance(value, mx.np.ndarray):
+        return value.as_np_ndarray()
+    if not numpy_mode and isinstance(value, mx.np.ndarray):
+        return value.as_nd_ndarray()
+    return value
 
 
 CODECS = [BlockCodec()]
