@@ -12,6 +12,9 @@ def _wire() -> None:
     from modelsafe import adapters, objects
     from modelsafe.adapters import mxnet as fw
 
+    if hasattr(adapters, "register_framework"):
+        return
+
     adapters.register_adapter("mxnet", "modelsafe.adapters.mxnet", type_roots=["mxnet"])
     objects.register_codec_module("modelsafe.adapters.mxnet", type_roots=["mxnet"], kinds=["mxnet.block", "mxnet.trainer"])
     fw.register_builtins()

@@ -27,7 +27,7 @@ def test_tiny_run_prints_every_contender(tmp_path):
 
 def test_json_has_a_ratio_per_contender(tmp_path):
     results = json.loads(_run(tmp_path, "--json"))
-    assert results["tensors"] == 4 and results["bytes"] == 4 * (16 * 16 + 16)
+    assert results["tensors"] == 4 and results["bytes"] == 2 * (16 * 16 + 16) * 4  # two Dense(16) layers of float32
     for kind in ("save", "load"):
         assert all(entry["vs_baseline"] > 0 and len(entry["runs"]) == 1 for entry in results[kind].values())
     assert not list(tmp_path.iterdir()), "the files go into a temporary directory inside --dir, removed afterwards"

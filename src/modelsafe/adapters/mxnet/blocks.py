@@ -69,9 +69,7 @@ def parameter_arrays(block: gluon.Block, path: tuple = ()) -> dict[str, mx.nd.ND
 def _spec(fl: Flattener, block: gluon.Block, path: tuple) -> dict | str:
     """``{"recipe": ...}`` or ``{"children": [...]}`` for a container; a string says why there is none."""
     recipe = recipe_of(block)
-    if recipe is not None:
-        return {"recipe": encode_recipe(fl, recipe, path, _label(block))}
-    if type(block) in _CONTAINERS:
+    if type(block) in _CONTAINERS:  # its children are added after it is built: a recipe of its own misses them
         children = []
         for i, child in enumerate(block):
             sub = _spec(fl, child, path + (i,))
@@ -79,6 +77,8 @@ def _spec(fl: Flattener, block: gluon.Block, path: tuple) -> dict | str:
                 return sub
             children.append(sub)
         return {"container": _CONTAINER_LABELS[type(block)], "children": children}
+    if recipe is not None:
+        return {"recipe": encode_recipe(fl, recipe, path, _label(block))}
     return f"{_label(block)} was not made with ms.build or an @ms.rebuildable class"
 
 
