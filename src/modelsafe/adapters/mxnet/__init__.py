@@ -49,4 +49,5 @@ FRAMEWORK = Framework(
     codecs=CODECS,
     register_builtins=register_builtins,
     load_targets=LOAD_TARGETS,
+    format_tag="mx",
 )
