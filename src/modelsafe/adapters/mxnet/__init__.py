@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from mxnet import gluon
 
-from ...tree import Flattener
+from ...objects import encode_object
+from ...tree import Flattener, Unflattener
 from ..protocol import Framework
 from .blocks import CODECS as _BLOCK_CODECS, parameter_arrays, register_builtins
 from .load_targets import LOAD_TARGETS, _AsBlock
@@ -27,18 +28,22 @@ __all__ = ["FRAMEWORK", "ADAPTER", "CODECS"]
 
 
 class ParameterDictCodec:
-    """``block.collect_params()``: saved as ``{full name: array}``, loaded back as that dict."""
+    """``block.collect_params()``: its arrays by full name (as ``ParameterDict.save``); ``ms.load`` gives that dict."""
 
-    kinds: tuple[str, ...] = ()  # a plain dict in the file: nothing to decode
+    kinds = ("mxnet.parameters",)
 
     def handles(self, tp: type) -> bool:
         return issubclass(tp, gluon.ParameterDict)
 
     def encode(self, fl: Flattener, params: gluon.ParameterDict, path: tuple) -> dict:
-        return fl.encode(parameter_arrays(_AsBlock(params), path), path)
+        arrays = parameter_arrays(_AsBlock(params), path)
+        return encode_object(fl, params, path, "mxnet.parameters", lambda node: node.update(state=fl.encode(arrays, path)))
 
-    def decode(self, un: object, node: dict) -> None:  # pragma: no cover - kinds is empty
-        raise NotImplementedError
+    def decode(self, un: Unflattener, node: dict) -> dict:
+        state = un.decode(node.get("state"))
+        if not isinstance(state, dict):
+            raise un.bad(node, "saved parameters must be a dict")
+        return state
 
 
 CODECS = [*_BLOCK_CODECS, *_TRAINER_CODECS, ParameterDictCodec()]

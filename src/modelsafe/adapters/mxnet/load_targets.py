@@ -66,6 +66,7 @@ class ParameterDictTarget(_Target):
     """``block.collect_params()``: parameters matched by their full names ("dense0_weight")."""
 
     plan = "module"
+    saved_kinds = ("mxnet.parameters",)
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, gluon.ParameterDict)
