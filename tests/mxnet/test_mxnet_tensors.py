@@ -77,3 +77,16 @@ def test_the_file_is_safetensors_with_the_saved_names(tmp_path):
     ms.save({"w": mx.nd.ones((2, 2))}, tmp_path / "x.ms")
     with ms.open(tmp_path / "x.ms") as reader:
         assert list(reader.keys()) == ["w"]
+
+
+def test_loaded_arrays_are_private_writable_memory(tmp_path):
+    """Arrays view the file's copy-on-write mapping: writing to one changes neither the file nor a later load."""
+    ms.save({"w": mx.nd.arange(16), "i": mx.nd.array(np.arange(4), dtype="int8")}, tmp_path / "x.ms")
+    first = ms.load(tmp_path / "x.ms")
+    first["w"][:] = 7
+    first["i"][:] = 1
+    again = ms.load(tmp_path / "x.ms")
+    assert (again["w"].asnumpy() == np.arange(16)).all() and (again["i"].asnumpy() == np.arange(4)).all()
+    assert (first["w"].asnumpy() == 7).all()
+    ms.save(first, tmp_path / "y.ms")  # saving what was loaded (and changed) writes the new values
+    assert (ms.load(tmp_path / "y.ms")["w"].asnumpy() == 7).all()

@@ -22,6 +22,7 @@ from ...format import dtypes
 from .. import LoadOptions, TensorInfo, TensorSpec
 
 # the dtypes MXNet 1.9's arrays hold (mx.nd.array refuses int16, uint16/32/64 and complex)
+ALIGNMENT = 64  # MXNet's CPU kernels (MKL-DNN) expect 64-byte aligned arrays
 DTYPES = ("bool", "uint8", "int8", "int32", "int64", "float16", "float32", "float64")
 
 
@@ -59,14 +60,23 @@ class MXNetAdapter:
     def from_buffer(self, base: np.ndarray, specs: Sequence[TensorSpec], options: LoadOptions) -> list:
         ctx = _context(options.map_location)
         out = []
+        address = base.ctypes.data if base.size else 0
         with mx.util.np_shape(True):  # 0-d and empty shapes
             for spec in specs:
                 if spec.dtype not in DTYPES:
                     raise UnsupportedObjectError(f"MXNet has no dtype {spec.dtype}; load with framework='numpy'")
                 npdt = dtypes.numpy_dtype(dtypes.BY_NAME[spec.dtype])
                 arr = base[spec.offset : spec.offset + spec.nbytes].view(npdt).reshape(spec.shape)
-                make = mx.np.array if spec.attrs.get("variant") == "np" else mx.nd.array
-                out.append(make(arr, ctx=ctx, dtype=npdt))  # MXNet copies into its own memory
+                # zero-copy (DLPack) over the file's private copy-on-write mapping: MXNet's own copy ran at
+                # ~300 MB/s here (bench/README.md); a transient buffer, a misaligned tensor and int8 (which MXNet's
+                # from_numpy does not take) are copied
+                if options.copy or not spec.nbytes or (address + spec.offset) % ALIGNMENT or spec.dtype == "int8":
+                    t = mx.nd.array(arr, ctx=mx.cpu(), dtype=npdt)
+                else:
+                    t = mx.nd.from_numpy(arr, zero_copy=True)  # keeps arr (and so the mapping) alive
+                if ctx != mx.cpu():
+                    t = t.as_in_context(ctx)
+                out.append(t.as_np_ndarray() if spec.attrs.get("variant") == "np" else t)
         return out
 
 
