@@ -9,7 +9,8 @@ Saves: ``net.save_parameters`` (the baseline), ``mx.nd.save`` of the parameter d
 file format ``npx.save`` writes) and ``ms.save(net)`` (atomic and durable: fsync +
 rename).  MXNet's savers do not fsync; they are also timed with an ``fsync`` of the file
 added.  Loads: ``net.load_parameters`` (the baseline), ``mx.nd.load``, ``ms.load_into(net,
-path)`` (checksums verified) and ``ms.load(path)`` (the net rebuilt from its recipe).
+path)`` (checksums verified) into an initialized net, and ``ms.load(path)`` (the net rebuilt
+from its recipe; compare it with "build net + load_parameters", the same work by hand).
 Every load waits for MXNet's asynchronous engine (``mx.nd.waitall``).  Each figure is
 the median of ``--repeat`` runs after one untimed warm-up; ratios are against the
 baseline measured in the same run.
@@ -33,12 +34,13 @@ from mxnet.gluon import nn
 import modelsafe as ms
 
 
-def make_net(width: int, depth: int) -> nn.Block:
+def make_net(width: int, depth: int, *, init: bool = True) -> nn.Block:
     net = ms.build(nn.HybridSequential)
     for _ in range(depth):
         net.add(ms.build(nn.Dense, width, in_units=width, activation="relu"))
-    net.initialize(mx.init.Normal(0.02))
-    net(mx.nd.ones((1, width)))
+    if init:
+        net.initialize(mx.init.Normal(0.02))
+        net(mx.nd.ones((1, width)))
     return net
 
 
@@ -87,6 +89,7 @@ def run(width: int, depth: int, repeat: int, directory: Path) -> dict:
     }
     loads = {
         "net.load_parameters": lambda: clone.load_parameters(str(mxp)),
+        "build net + load_parameters": lambda: make_net(width, depth, init=False).load_parameters(str(mxp)),
         "mx.nd.load": lambda: mx.nd.load(str(ndp)),
         "ms.load_into(net, path)": lambda: ms.load_into(clone, msp),
         "ms.load(path) (rebuilds the net)": lambda: ms.load(msp),

@@ -19,7 +19,7 @@ def _run(tmp_path, *extra) -> str:
 
 def test_tiny_run_prints_every_contender(tmp_path):
     out = _run(tmp_path)
-    for name in ["net.save_parameters", "mx.nd.save", "ms.save(net) (durable)", "net.load_parameters", "mx.nd.load",
+    for name in ["net.save_parameters", "mx.nd.save", "ms.save(net) (durable)", "net.load_parameters", "build net + load_parameters", "mx.nd.load",
                  "ms.load_into(net, path)", "ms.load(path) (rebuilds the net)"]:
         assert name in out, out
     assert "1.00x" in out  # the baseline against itself
