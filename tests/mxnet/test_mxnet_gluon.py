@@ -234,3 +234,17 @@ def test_a_recipe_asking_for_huge_layers_allocates_nothing(tmp_path):
     _retarget(tmp_path / "x.ms", "mxnet.gluon.nn.Dense", [1 << 40])
     with pytest.raises(IncompatibleStateError, match="weight"):
         ms.load(tmp_path / "x.ms")
+
+
+def test_save_parameters_files_convert_and_load_into_a_block(tmp_path, mlp_module):
+    """MXNet's own .params (read without MXNet, nothing executed) -> modelsafe -> load_into a clone."""
+    from modelsafe.convert import convert
+
+    net = trained(mlp_module.MLP(hidden=16, out=3))
+    net.save_parameters(str(tmp_path / "mlp.params"))
+    convert(tmp_path / "mlp.params", tmp_path / "mlp.safetensors", framework="mxnet")
+    loaded = ms.load(tmp_path / "mlp.safetensors")
+    assert all(isinstance(v, mx.nd.NDArray) for v in loaded.values())
+    clone = mlp_module.MLP(hidden=16, out=3)
+    assert ms.load_into(clone, tmp_path / "mlp.safetensors").ok
+    assert same_outputs(clone, net)
