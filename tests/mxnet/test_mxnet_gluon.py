@@ -248,3 +248,18 @@ def test_save_parameters_files_convert_and_load_into_a_block(tmp_path, mlp_modul
     clone = mlp_module.MLP(hidden=16, out=3)
     assert ms.load_into(clone, tmp_path / "mlp.safetensors").ok
     assert same_outputs(clone, net)
+
+
+def test_children_under_a_layer_that_is_not_a_sequential_are_refused(tmp_path):
+    from modelsafe.errors import CorruptCheckpointError
+
+    net = ms.build(nn.Dense, 2, in_units=3)
+    net.initialize()
+    ms.save(net, tmp_path / "x.ms")
+
+    def edit(manifest: dict) -> None:
+        manifest["tree"]["children"] = [{"recipe": {"name": "mxnet.gluon.nn.Dense", "args": [2], "kwargs": []}}]
+
+    craft.edit_manifest(tmp_path / "x.ms", edit)
+    with pytest.raises(CorruptCheckpointError, match="only nn.Sequential"):
+        ms.load(tmp_path / "x.ms")

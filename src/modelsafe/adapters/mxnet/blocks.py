@@ -3,8 +3,8 @@
 A Block node holds the block's recipe (``ms.build`` / ``@ms.rebuildable``) and its
 parameters under their structured names, the names ``save_parameters`` writes
 (``"features.0.weight"``).  ``nn.Sequential`` / ``nn.HybridSequential`` need no recipe
-of their own: their children (each with a recipe, or a container again) are stored
-in order and added back.  Without a recipe ``ms.load`` refuses the block and names
+of their own (without one, the plain constructor's): their children (each with a
+recipe, or a Sequential again) are stored in order and added back.  Without a recipe ``ms.load`` refuses the block and names
 ``ms.load_into``.
 
 Security: a recipe resolves only through the registry (the built-in ``gluon.nn``
@@ -67,7 +67,7 @@ def parameter_arrays(block: gluon.Block, path: tuple = ()) -> dict[str, mx.nd.ND
 
 
 def _spec(fl: Flattener, block: gluon.Block, path: tuple) -> dict | str:
-    """``{"recipe": ...}`` or ``{"children": [...]}`` for a container; a string says why there is none."""
+    """``{"recipe": ...}``, plus ``"children"`` for a Sequential; a string says why there is none."""
     recipe = recipe_of(block)
     if type(block) in _CONTAINERS:  # its children are added after it is built: a recipe of its own misses them
         children = []
@@ -76,7 +76,8 @@ def _spec(fl: Flattener, block: gluon.Block, path: tuple) -> dict | str:
             if isinstance(sub, str):
                 return sub
             children.append(sub)
-        return {"container": _CONTAINER_LABELS[type(block)], "children": children}
+        own = {"name": _CONTAINER_LABELS[type(block)], "args": [], "kwargs": []}
+        return {"recipe": own if recipe is None else encode_recipe(fl, recipe, path, _label(block)), "children": children}
     if recipe is not None:
         return {"recipe": encode_recipe(fl, recipe, path, _label(block))}
     return f"{_label(block)} was not made with ms.build or an @ms.rebuildable class"
@@ -105,7 +106,7 @@ class BlockCodec:
         return encode_object(fl, block, path, KIND, body)
 
     def decode(self, un: Unflattener, node: dict) -> gluon.Block:
-        if node.get("recipe") is None and "container" not in node:
+        if node.get("recipe") is None:
             raise _no_recipe(un, node)
         _check_spec(un, node, 0)  # every class resolves before anything is built
         state = un.decode(node["state"]) if "state" in node else None
@@ -122,24 +123,21 @@ _MAX_DEPTH = 32
 
 def _check_spec(un: Unflattener, spec: Any, depth: int) -> None:
     if depth > _MAX_DEPTH or not isinstance(spec, dict):
-        raise un.bad(spec, "a block is a recipe or a container of blocks")
-    if spec.get("recipe") is not None:
-        resolve_recipe(un, spec["recipe"], class_hint=spec.get("class"), kind=BLOCK_KIND)
+        raise un.bad(spec, "a block is a recipe, and a Sequential also a list of children")
+    target = resolve_recipe(un, spec.get("recipe"), class_hint=spec.get("class"), kind=BLOCK_KIND)
+    if "children" not in spec:
         return
-    children = spec.get("children")
-    if spec.get("container") not in _CONTAINER_NAMES or not isinstance(children, list):
-        raise un.bad(spec, "a block container must be nn.Sequential or nn.HybridSequential with a list of children")
-    for child in children:
+    if target not in _CONTAINERS or not isinstance(spec["children"], list):
+        raise un.bad(spec, "only nn.Sequential and nn.HybridSequential hold a list of children")
+    for child in spec["children"]:
         _check_spec(un, child, depth + 1)
 
 
 def _build(un: Unflattener, spec: dict, depth: int) -> gluon.Block:
-    if spec.get("recipe") is not None:
-        return decode_recipe(un, spec["recipe"], class_hint=spec.get("class"), kind=BLOCK_KIND)
-    container = _CONTAINER_NAMES[spec["container"]]()
-    for child in spec["children"]:
-        container.add(_build(un, child, depth + 1))
-    return container
+    block = decode_recipe(un, spec["recipe"], class_hint=spec.get("class"), kind=BLOCK_KIND)
+    for child in spec.get("children", ()):
+        block.add(_build(un, child, depth + 1))
+    return block
 
 
 def _is_block_class(target: Any) -> bool:
@@ -147,8 +145,7 @@ def _is_block_class(target: Any) -> bool:
 
 
 BLOCK_KIND = (_is_block_class, "a Gluon block class")
-_CONTAINER_NAMES = {"mxnet.gluon.nn.Sequential": gluon.nn.Sequential, "mxnet.gluon.nn.HybridSequential": gluon.nn.HybridSequential}
-_CONTAINER_LABELS = {cls: name for name, cls in _CONTAINER_NAMES.items()}
+_CONTAINER_LABELS = {gluon.nn.Sequential: "mxnet.gluon.nn.Sequential", gluon.nn.HybridSequential: "mxnet.gluon.nn.HybridSequential"}
 
 
 def _no_recipe(un: Unflattener, node: dict) -> MissingRecipeError:
