@@ -90,3 +90,13 @@ def test_loaded_arrays_are_private_writable_memory(tmp_path):
     assert (first["w"].asnumpy() == 7).all()
     ms.save(first, tmp_path / "y.ms")  # saving what was loaded (and changed) writes the new values
     assert (ms.load(tmp_path / "y.ms")["w"].asnumpy() == 7).all()
+
+
+def test_map_location_names_an_mxnet_context(tmp_path):
+    from modelsafe.errors import InvalidArgumentError
+
+    ms.save({"w": mx.nd.ones(3)}, tmp_path / "x.ms")
+    for where in ("cpu", "cpu(0)", "cpu:0", mx.cpu()):
+        assert ms.load(tmp_path / "x.ms", map_location=where)["w"].ctx == mx.cpu()
+    with pytest.raises(InvalidArgumentError, match="mx.Context"):
+        ms.load(tmp_path / "x.ms", map_location="tpu:0")
