@@ -175,7 +175,7 @@ def test_shared_subtrees_are_not_cycles(tmp_path):
 def test_unknown_framework_argument_is_an_argument_error_listing_the_known_ones(tmp_path):
     path = tmp_path / "f.safetensors"
     ms.save({"a": np.ones(2)}, path)
-    with pytest.raises(ms.InvalidArgumentError, match="framework must be one of numpy, torch.*'nope'"):
+    with pytest.raises(ms.InvalidArgumentError, match=r"framework must be one of (\w+, )*numpy, (\w+, )*torch.*'nope'"):
         ms.load(path, framework="nope")
 
 

@@ -20,7 +20,8 @@ EXPECTED = {
 
 
 def test_every_example_is_listed():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+    # <framework>_walkthrough.py run in their framework's tests (tests/mxnet runs in .venv-mxnet)
+    assert sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.endswith("_walkthrough.py")) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

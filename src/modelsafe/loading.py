@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .adapters import LoadOptions, TensorSpec, adapter_for_type, adapter_named
-from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError, UnsupportedFormatError
+from .errors import CorruptCheckpointError, ModelsafeError, UnsafeObjectError, UnsupportedFormatError, UnsupportedObjectError
 from .format.manifest import TensorRecord, check_views
 from .gc_pause import gc_paused
 from .tree import Unflattener
@@ -54,6 +54,7 @@ def materialize(
     options = LoadOptions(map_location=map_location, copy=copy)
     for (file, framework_name), group in groups.items():
         adapter = adapter_named(framework_name)
+        _check_dtypes(source, adapter, group)
         specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs) for r in group]
         try:
             tensors = adapter.from_buffer(buffers[file], specs, options)
@@ -65,6 +66,20 @@ def materialize(
             values[record.name] = value
     share_views(source, values)
     return values
+
+
+def _check_dtypes(source: Any, adapter: Any, group: list[TensorRecord]) -> None:
+    """A tensor whose dtype the target framework lacks is an error naming the tensor and the dtype."""
+    supports = getattr(adapter, "supports_dtype", None)  # optional: adapters that hold every dtype omit it
+    if supports is None:
+        return
+    for record in group:
+        if not supports(record.dtype.name):
+            raise UnsupportedObjectError(
+                f"{source.path}: tensor {record.name!r} is {record.dtype.name}, which {adapter.framework} has no dtype "
+                "for; load the file with framework='numpy' (or a framework that has it) and convert the tensor",
+                path=source.path, key=record.name,
+            )
 
 
 def share_views(source: Any, values: dict[str, Any]) -> None:

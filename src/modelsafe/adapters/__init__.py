@@ -146,6 +146,7 @@ def unregister_framework(name: str) -> None:
 register_framework("numpy", "modelsafe.adapters.numpy", type_roots=("numpy",), kind_prefixes=("numpy.",))
 register_framework("torch", "modelsafe.adapters.torch", type_roots=("torch",), kind_prefixes=("torch.",),
                    extra="torch", rng_keys=("torch", "cuda"))
+register_framework("mxnet", "modelsafe.adapters.mxnet", type_roots=("mxnet",), kind_prefixes=("mxnet.",), extra="mxnet")
 # tensorflow / keras, jax / flax / optax and mxnet register here, one line each
 
 

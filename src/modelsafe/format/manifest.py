@@ -252,7 +252,9 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
 # Tensor attrs a reader acts on, with the one type each value may have.  Every attr is
 # checked here, before any adapter sees it: a file cannot hand torch a value it was not
 # meant to take (a device that imports a module, requires_grad on an integer tensor).
-ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str}
+ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str, "variant": str}
+# "variant": which of a framework's array types the tensor was (MXNet's "np" for mx.np.ndarray); a short name
+_VARIANT = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 # a device is only a hint (the caller's map_location decides), but it must look like one
 _DEVICE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,4})?\Z")
 _GRADIENT_DTYPES = ("float", "bfloat", "complex")
@@ -271,6 +273,9 @@ def check_attrs(attrs: Any, dtype: DType, shape: tuple[int, ...], path: Any, nam
     device = attrs.get("device")
     if device is not None and not _DEVICE.match(device):
         raise _corrupt(path, f"attr 'device' {device[:40]!r} is not a device name such as 'cuda:0'", name)
+    variant = attrs.get("variant")
+    if variant is not None and not _VARIANT.match(variant):
+        raise _corrupt(path, f"attr 'variant' {variant[:40]!r} is not a short lower-case name", name)
     wants_grad = attrs.get("requires_grad", attrs.get("parameter", False))
     if wants_grad and not dtype.name.startswith(_GRADIENT_DTYPES):
         raise _corrupt(path, f"a {dtype.name} tensor cannot require gradients (only floating and complex ones can)", name)

@@ -237,37 +237,37 @@ def read_foreign(path: str | os.PathLike, *, framework: str | None = None,
 def arrays_as(tree: Any, framework: str | None) -> Any:
     """``tree`` (a dict or list of numpy arrays) with every array converted to ``framework``'s tensors.
 
-    None and "numpy" keep numpy arrays; "torch" gives torch tensors of the same dtype (bfloat16 included).
+    None and "numpy" keep numpy arrays; another framework gets its own tensors of the same dtype
+    (bfloat16 included), made by its adapter from a private copy of the bytes.
     """
     if framework in (None, "numpy"):
         return tree
-    if framework != "torch":
-        from ..errors import FrameworkNotInstalledError
-
-        raise FrameworkNotInstalledError(f"this format converts to numpy or torch tensors, not {framework!r}")
     import numpy as np
 
-    from ..adapters import adapter_named
-    from ..adapters.torch.tensors import torch_dtype
+    from ..adapters import LoadOptions, TensorSpec, adapter_named
+    from ..errors import UnsupportedObjectError
     from ..format import dtypes
 
-    adapter_named("torch")  # raises FrameworkNotInstalledError with an install hint
-    import torch
-
+    adapter = adapter_named(framework)  # raises FrameworkNotInstalledError with an install hint
+    supports = getattr(adapter, "supports_dtype", lambda name: True)
     made: dict[int, Any] = {}  # an array reached under several names (h5 hard links) stays one tensor
 
-    def convert(value: Any) -> Any:
+    def convert(key: Any, value: Any) -> Any:
         if not isinstance(value, np.ndarray):
             return value
         if id(value) not in made:
             dt = dtypes.from_numpy(value.dtype)
+            if not supports(dt.name):
+                raise UnsupportedObjectError(f"tensor {key!r} is {dt.name}, which {framework} has no dtype for; "
+                                             "convert with framework='numpy'", key=str(key))
             flat = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
-            made[id(value)] = torch.from_numpy(flat.copy()).view(torch_dtype(dt.name)).reshape(value.shape)
+            spec = TensorSpec(0, flat.nbytes, dt.name, tuple(value.shape))
+            made[id(value)] = adapter.from_buffer(flat, [spec], LoadOptions(copy=True))[0]
         return made[id(value)]
 
     if isinstance(tree, dict):
-        return {k: convert(v) for k, v in tree.items()}
-    return [convert(v) for v in tree]
+        return {k: convert(k, v) for k, v in tree.items()}
+    return [convert(i, v) for i, v in enumerate(tree)]
 
 
 # -- signatures -------------------------------------------------------------------
