@@ -54,6 +54,7 @@ _CODEC_MODULES: dict[str, list[str]] = {
     "random": ["modelsafe.rng"],
     "numpy": ["modelsafe.rng"],
     "modelsafe": ["modelsafe.rng"],
+    "flax": ["modelsafe.adapters.jax"],
 }
 # node kind -> codec module; only modelsafe's own modules are ever imported for a file
 _KIND_MODULES: dict[str, str] = {
@@ -66,6 +67,8 @@ _KIND_MODULES: dict[str, str] = {
     "numpy.generator": "modelsafe.rng",
     "numpy.random_state": "modelsafe.rng",
     "modelsafe.rng_state": "modelsafe.rng",
+    **{kind: "modelsafe.adapters.jax" for kind in (
+        "flax.frozen_dict", "flax.nnx.variable", "flax.nnx.state", "flax.nnx.rngs", "flax.nnx.module")},
 }
 _by_type: dict[type, ObjectCodec | None] = {}
 _by_kind: dict[str, ObjectCodec] = {}

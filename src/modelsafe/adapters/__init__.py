@@ -52,6 +52,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""   # the tensor's name in the file, for error messages
 
 
 class TensorAdapter(Protocol):
@@ -85,16 +86,19 @@ class LoadOptions:
 _ADAPTER_MODULES: dict[str, str] = {
     "numpy": "modelsafe.adapters.numpy",
     "torch": "modelsafe.adapters.torch",
+    "jax": "modelsafe.adapters.jax",
 }
 # top-level module of a type -> framework name
 _TYPE_ROOTS: dict[str, str] = {
     "numpy": "numpy",
     "torch": "torch",
+    "jax": "jax",
+    "jaxlib": "jax",
 }
 _INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install numpy",
     "torch": "pip install 'modelsafe[torch]'",
-    "jax": "pip install jax",
+    "jax": "pip install 'modelsafe[jax]'",
     "tensorflow": "pip install tensorflow",
     "mxnet": "pip install mxnet",
 }

@@ -1,0 +1,40 @@
+"""JAX, Flax and Optax: arrays of every dtype, Linen/NNX parameters, NNX modules, Optax states.
+
+>>> import jax.numpy as jnp, tempfile, os, modelsafe as ms
+>>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+>>> ms.save({"w": jnp.arange(3.0)}, p)
+>>> ms.load(p)["w"]
+Array([0., 1., 2.], dtype=float32)
+
+Optax states are namedtuples: the tree stores them as records, and they come back as
+the real Optax classes when Optax is imported in the loading process.  JAX has no
+global random generator (keys are values you pass around), so there is no RNG state
+to capture for exact resume: save your key (``jax.random.key_data(key)``) or your
+model's ``nnx.Rngs`` with the rest of the state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..protocol import Framework
+from .targets import LOAD_TARGETS
+from .tensors import ADAPTER, snapshot
+
+if importlib.util.find_spec("flax") is not None:  # Flax is optional: arrays and Optax states need only jax
+    from .flax_objects import CODECS, register_builtins
+
+    register_builtins()  # until the core calls Framework.register_builtins itself
+else:  # pragma: no cover - the jax extra installs flax
+    CODECS, register_builtins = (), None
+
+FRAMEWORK = Framework(
+    name="jax",
+    tensors=ADAPTER,
+    codecs=CODECS,
+    register_builtins=register_builtins,
+    snapshot=snapshot,
+    load_targets=LOAD_TARGETS,
+)
+
+__all__ = ["ADAPTER", "CODECS", "FRAMEWORK"]
