@@ -248,3 +248,14 @@ np.testing.assert_array_equal(np.load(sys.argv[2] + "/ref.npy"), np.asarray(nnx.
 print("resumed equal")
 ''', ckpt, out)
     assert "ScaleByAdamState" in printed and "resumed equal" in printed
+
+
+def test_optax_records_resolve_before_the_program_imports_optax(tmp_path):
+    params = {"w": jnp.ones(3)}
+    ms.save({"params": params, "opt": optax.adam(1e-3).init(params)}, tmp_path / "o.safetensors")
+    printed = _run('''
+import sys, modelsafe as ms
+state = ms.load(sys.argv[1])["opt"]
+print(type(state[0]).__module__, type(state[0]).__name__, "optax" in sys.modules)
+''', str(tmp_path / "o.safetensors"))
+    assert printed.split() == ["optax._src.transform", "ScaleByAdamState", "True"]

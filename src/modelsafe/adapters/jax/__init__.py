@@ -7,7 +7,7 @@
 Array([0., 1., 2.], dtype=float32)
 
 Optax states are namedtuples: the tree stores them as records, and they come back as
-the real Optax classes when Optax is imported in the loading process.  JAX has no
+the real Optax classes (registered here; nothing a file names is imported).  JAX has no
 global random generator (keys are values you pass around), so there is no RNG state
 to capture for exact resume: save your key (``jax.random.key_data(key)``) or your
 model's ``nnx.Rngs`` with the rest of the state.
@@ -18,15 +18,16 @@ from __future__ import annotations
 import importlib.util
 
 from ..protocol import Framework
+from .builtins import register_builtins
 from .targets import LOAD_TARGETS
 from .tensors import ADAPTER, snapshot
 
 if importlib.util.find_spec("flax") is not None:  # Flax is optional: arrays and Optax states need only jax
-    from .flax_objects import CODECS, register_builtins
-
-    register_builtins()  # until the core calls Framework.register_builtins itself
+    from .flax_objects import CODECS
 else:  # pragma: no cover - the jax extra installs flax
-    CODECS, register_builtins = (), None
+    CODECS = ()
+
+register_builtins()  # until the core calls Framework.register_builtins itself
 
 FRAMEWORK = Framework(
     name="jax",

@@ -2,8 +2,8 @@
 
 Linen parameters are plain nested dicts (or a ``FrozenDict``) of arrays and need
 nothing else; Optax states are namedtuples, which the tree stores as records and
-gives back as the real Optax class whenever Optax is imported in the loading process
-(the class is found among imported modules; nothing a file names is imported).
+gives back as the real Optax class (registered by :mod:`.builtins`; nothing a file
+names is imported).
 
 An NNX module is stored as its recipe (``@ms.rebuildable`` / ``ms.build``) and its
 ``nnx.state``; ``ms.load`` rebuilds it and ``nnx.update``s the state into it.  A
@@ -22,20 +22,13 @@ from flax.core import FrozenDict
 
 from ...errors import MissingRecipeError
 from ...objects import decode_recipe, encode_object, encode_recipe, in_recipe
-from ...recipes import qualified_name, recipe_of, register, registered_name
+from ...recipes import qualified_name, recipe_of, registered_name
 from ...tree import Attr, Flattener, Unflattener
 from .tensors import is_key_array
 
 # typed PRNG key implementations a file may name (jax.random.key_impl)
 KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 _PLAIN = (type(None), bool, int, float, str)
-
-
-def register_builtins() -> None:
-    """Register Flax NNX's Variable types under ``flax.nnx.<Name>`` (what files name them by)."""
-    for name, obj in vars(nnx).items():
-        if isinstance(obj, type) and issubclass(obj, nnx.Variable) and not name.startswith("_"):
-            register(obj, name=f"flax.nnx.{name}")
 
 
 def _plain_metadata(value: Any) -> bool:
