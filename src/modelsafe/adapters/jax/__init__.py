@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ...recipes import ensure_builtins
 from ..protocol import Framework
 from .builtins import register_builtins
 from .targets import LOAD_TARGETS
@@ -27,8 +28,6 @@ if importlib.util.find_spec("flax") is not None:  # Flax is optional: arrays and
 else:  # pragma: no cover - the jax extra installs flax
     CODECS = ()
 
-register_builtins()  # until the core calls Framework.register_builtins itself
-
 FRAMEWORK = Framework(
     name="jax",
     tensors=ADAPTER,
@@ -36,6 +35,12 @@ FRAMEWORK = Framework(
     register_builtins=register_builtins,
     snapshot=snapshot,
     load_targets=LOAD_TARGETS,
+    format_tag="flax",
 )
 
 __all__ = ["ADAPTER", "CODECS", "FRAMEWORK"]
+
+# Records (Optax states) are found by name in the registry only, without asking a framework
+# for its built-ins (recipes.find_data_class): register them as soon as jax is in use, so a
+# state comes back as the real Optax classes even before the program imports Optax.
+ensure_builtins(FRAMEWORK)

@@ -50,12 +50,26 @@ def flat_values(state: Any) -> dict[str, Any]:
     return out
 
 
+def _lone_module_state(state: Any) -> Any:
+    """The state of the one NNX module (or State) in a saved training dict (``{"model": m, "step": 3}``), else ``state``."""
+    from flax import nnx
+
+    if isinstance(state, nnx.Module):
+        return nnx.state(state)
+    if isinstance(state, dict) and not isinstance(state, nnx.State):
+        found = [v for v in state.values() if isinstance(v, (nnx.Module, nnx.State))]
+        if len(found) == 1 and not any(isinstance(v, jax.Array) for v in state.values()):
+            return _lone_module_state(found[0])
+    return state
+
+
 class NnxModuleTarget:
     """``ms.load_into(nnx_module, path)``: the saved NNX state replaces the module's, checked first."""
 
     plan = "state"
     saved_kinds = ("flax.nnx.module", "flax.nnx.state")
     framework = "jax"
+    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         from flax import nnx
@@ -71,6 +85,7 @@ class NnxModuleTarget:
         return None
 
     def conform(self, obj: Any, state: Any) -> Any:
+        state = _lone_module_state(state)
         mine, saved = self.named_state(obj), flat_values(state)
         unexpected = sorted(set(saved) - set(mine))
         missing = sorted(set(mine) - set(saved))
@@ -93,14 +108,21 @@ class NnxModuleTarget:
 
 
 class ImmutableArrayTarget:
-    """A jax array as a ``load_into`` target: refused, because it cannot change in place."""
+    """A jax array as a ``load_into`` target: refused while the load is planned, before anything is written.
+
+    Left to the generic planner, a tuple of arrays (an Optax state) would be skipped and
+    a lone array reported as "no target"; this says what to do instead.
+    """
 
     plan = "state"
     saved_kinds = ()
     framework = "jax"
+    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
-        return isinstance(obj, jax.Array)
+        if isinstance(obj, jax.Array):
+            self.conform(obj, None)
+        return False
 
     def named_state(self, obj: Any) -> dict[str, Any]:
         return {}
