@@ -280,3 +280,16 @@ state = ms.load(sys.argv[1])["opt"]
 print(type(state[0]).__module__, type(state[0]).__name__, "optax" in sys.modules)
 ''', str(tmp_path / "o.safetensors"))
     assert printed.split() == ["optax._src.transform", "ScaleByAdamState", "True"]
+
+
+def test_async_checkpoint_keeps_what_was_saved_when_the_arrays_are_donated_after(tmp_path):
+    params = {"w": jnp.arange(6.0), "b": jnp.ones(2, jnp.bfloat16)}
+    opt = optax.adam(1e-3).init(params)
+    ck = ms.Checkpoints(tmp_path / "run", async_save=True)
+    ck.save({"params": params, "opt": opt}, step=1)
+    for leaf in jax.tree.leaves((params, opt)):
+        leaf.delete()                       # what jit(donate_argnums=...) does to the buffers
+    ck.wait()
+    back = ck.load("latest")
+    assert _same_bits(back["params"]["w"], np.arange(6.0, dtype=np.float32))
+    assert type(back["opt"][0]) is optax.ScaleByAdamState and isinstance(back["params"]["b"], jax.Array)
