@@ -293,3 +293,29 @@ def test_async_checkpoint_keeps_what_was_saved_when_the_arrays_are_donated_after
     back = ck.load("latest")
     assert _same_bits(back["params"]["w"], np.arange(6.0, dtype=np.float32))
     assert type(back["opt"][0]) is optax.ScaleByAdamState and isinstance(back["params"]["b"], jax.Array)
+
+
+def test_a_file_naming_another_class_for_a_variable_or_module_gets_nothing_called(tmp_path):
+    from craft import edit_manifest
+
+    from modelsafe.errors import CorruptCheckpointError, UnknownClassError
+
+    path = tmp_path / "m.safetensors"
+    ms.save(Net(3, 2, rngs=nnx.Rngs(0)), path)
+
+    def rename(node, old, new):
+        if isinstance(node, dict):
+            if node.get("name") == old:
+                node["name"] = new
+            for value in node.values():
+                rename(value, old, new)
+        elif isinstance(node, list):
+            for value in node:
+                rename(value, old, new)
+
+    edit_manifest(path, lambda m: rename(m["tree"], "flax.nnx.Param", "os:system"))
+    with pytest.raises(UnknownClassError, match="os:system"):
+        ms.load(path)
+    edit_manifest(path, lambda m: rename(m["tree"], "os:system", "tests.jax.Net"))   # a module where a Variable belongs
+    with pytest.raises(CorruptCheckpointError, match="Variable"):
+        ms.load(path)
