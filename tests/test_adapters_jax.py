@@ -319,3 +319,25 @@ def test_a_file_naming_another_class_for_a_variable_or_module_gets_nothing_calle
     edit_manifest(path, lambda m: rename(m["tree"], "os:system", "tests.jax.Net"))   # a module where a Variable belongs
     with pytest.raises(CorruptCheckpointError, match="Variable"):
         ms.load(path)
+
+
+def test_variable_metadata_from_a_file_is_plain_values_only(tmp_path):
+    from craft import edit_manifest
+
+    path = tmp_path / "v.safetensors"
+    ms.save({"v": nnx.Param(jnp.ones(2), tag="keep")}, path)
+    assert ms.load(path)["v"].get_metadata()["tag"] == "keep"
+
+    def add_hook(node):
+        if isinstance(node, dict):
+            if node.get("object") == "flax.nnx.variable":
+                node["metadata"]["dict"].append(["on_get_value", "print"])
+            for value in node.values():
+                add_hook(value)
+        elif isinstance(node, list):
+            for value in node:
+                add_hook(value)
+
+    edit_manifest(path, lambda m: add_hook(m["tree"]))
+    with pytest.raises(ms.ModelsafeError, match="hooks"):
+        ms.load(path)

@@ -31,7 +31,10 @@ KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 _PLAIN = (type(None), bool, int, float, str)
 
 
-def _plain_metadata(value: Any) -> bool:
+def _storable_metadata(name: Any, value: Any) -> bool:
+    """Plain metadata (sharding names, tags); never Flax's value hooks (``on_get_value``: callables)."""
+    if not isinstance(name, str) or name.startswith("on_"):
+        return False
     if isinstance(value, (tuple, list)):
         return all(type(v) in _PLAIN for v in value)
     return type(value) in _PLAIN
@@ -70,7 +73,7 @@ class VariableCodec:
         def body(node: dict) -> None:
             value = obj.get_raw_value()
             node["recipe"] = {"name": registered_name(type(obj)) or qualified_name(type(obj)), "args": [], "kwargs": []}
-            meta = {k: v for k, v in obj.get_metadata().items() if isinstance(k, str) and _plain_metadata(v)}
+            meta = {k: v for k, v in obj.get_metadata().items() if _storable_metadata(k, v)}
             node["metadata"] = fl.encode(meta, path + (Attr("metadata"),))
             if isinstance(value, jax.Array) and is_key_array(value):
                 node["key_impl"] = str(jax.random.key_impl(value))
@@ -82,8 +85,8 @@ class VariableCodec:
     def decode(self, un: Unflattener, node: dict) -> Any:
         cls = decode_recipe(un, node.get("recipe"), build=False, class_hint=node.get("class"), kind=_VARIABLE)[0]
         meta = un.decode(node.get("metadata", {"dict": []}))
-        if not (isinstance(meta, dict) and all(isinstance(k, str) and _plain_metadata(v) for k, v in meta.items())):
-            raise un.bad(node, "Variable metadata must map names to plain values")
+        if not (isinstance(meta, dict) and all(_storable_metadata(k, v) for k, v in meta.items())):
+            raise un.bad(node, "Variable metadata must map names (not hooks such as on_get_value) to plain values")
         value = un.decode(node.get("state"))
         impl = node.get("key_impl")
         if impl is not None:
