@@ -199,8 +199,9 @@ def test_nnx_load_target_checks_everything_before_writing():
 
 def test_jax_arrays_are_no_load_into_target_and_the_error_says_why(tmp_path):
     assert not ImmutableArrayTarget().handles(np.ones(2))
-    ms.save({"w": jnp.ones(3)}, tmp_path / "w.safetensors")
-    for target in (jnp.zeros(3), {"w": jnp.zeros(3)}):
+    state = optax.adam(1e-3).init({"w": jnp.ones(3)})
+    ms.save({"w": jnp.ones(3), "opt": state}, tmp_path / "w.safetensors")
+    for target in (jnp.zeros(3), {"w": jnp.zeros(3)}, {"opt": state}):   # an Optax state: namedtuples of arrays
         with pytest.raises(ms.ModelsafeError, match="immutable.*ms.load"):
             ms.load_into(target, tmp_path / "w.safetensors")
 
