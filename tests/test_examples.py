@@ -16,6 +16,9 @@ EXPECTED = {
     "02_whole_model.py": ["rebuilt TextClassifier: embed=(100, 16), dropout=0.2", "outputs equal: True"],
     "03_train_and_resume.py": ["resumed at epoch 3", "{'run': 'example-3'}", "epoch 5: loss"],
     "04_transfer_layers.py": ["copied: encoder.0.weight, encoder.0.bias, encoder.2.weight, encoder.2.bias", "unexpected in the file"],
+    "05_jax_walkthrough.py": ["array: [0. 1. 2. 3.]", "list: [Array([0., 1., 2., 3.], dtype=float32), Array([1, 1], dtype=bfloat16)]",
+                              "'y': Array([0, 0, 0], dtype=int8)", "outputs equal: True",
+                              "optax state: ScaleByAdamState at step 1", "resumed step equal: True"],
 }
 
 

@@ -245,7 +245,7 @@ class _Planner:
                 self.plan(value, child, full + ".", full)
 
     def plan_sequence(self, target: Any, node: Any, prefix: str) -> None:
-        items = node.get("tuple") if isinstance(node, dict) else node
+        items = node.get("tuple", node.get("items")) if isinstance(node, dict) else node  # a tuple or namedtuple node
         if not isinstance(items, list) or len(items) != len(target):
             self.s.report.mismatched.append(
                 Mismatch(prefix.rstrip(".") or "<root>", f"{len(items) if isinstance(items, list) else 'no'} items", None, f"{len(target)} items", None)

@@ -55,7 +55,7 @@ def materialize(
     for (file, framework_name), group in groups.items():
         adapter = adapter_named(framework_name)
         _check_dtypes(source, adapter, group)
-        specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs) for r in group]
+        specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs, r.name) for r in group]
         try:
             tensors = adapter.from_buffer(buffers[file], specs, options)
         except ModelsafeError as exc:

@@ -63,6 +63,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""   # the tensor's name in the file, for error messages
 
 
 class TensorAdapter(Protocol):
@@ -147,7 +148,9 @@ register_framework("numpy", "modelsafe.adapters.numpy", type_roots=("numpy",), k
 register_framework("torch", "modelsafe.adapters.torch", type_roots=("torch",), kind_prefixes=("torch.",),
                    extra="torch", rng_keys=("torch", "cuda"))
 register_framework("mxnet", "modelsafe.adapters.mxnet", type_roots=("mxnet",), kind_prefixes=("mxnet.",), extra="mxnet")
-# tensorflow / keras, jax / flax / optax and mxnet register here, one line each
+register_framework("jax", "modelsafe.adapters.jax", type_roots=("jax", "jaxlib", "flax", "optax"),
+                   kind_prefixes=("jax.", "flax.", "optax."), extra="jax")
+# tensorflow / keras and mxnet register here, one line each
 
 
 def known_frameworks() -> list[str]:

@@ -54,7 +54,8 @@ class NumpyAdapter:
             npdt = dtypes.numpy_dtype(dt)
             if npdt is None:
                 raise UnsupportedObjectError(
-                    f"numpy has no dtype {spec.dtype}; load with framework='torch'"
+                    f"tensor {spec.name!r} has dtype {spec.dtype}, which numpy has no dtype for; load it with "
+                    "framework='torch'", key=spec.name or None,
                 )
             raw = base[spec.offset : spec.offset + spec.nbytes]
             if options.copy:

@@ -25,11 +25,14 @@ _NUMPY_COMPATIBLE = {
 }
 
 
-def torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str, tensor: str = "") -> torch.dtype:
     try:
         return _TORCH_DTYPES[name]
     except KeyError:
-        raise UnsupportedObjectError(f"this torch build has no dtype {name}; upgrade torch or load with framework='numpy'") from None
+        raise UnsupportedObjectError(
+            f"tensor {tensor!r} has dtype {name}, which this torch build has no dtype for; upgrade torch or load "
+            "with framework='numpy'", key=tensor or None,
+        ) from None
 
 
 class TorchAdapter:
@@ -116,7 +119,7 @@ class TorchAdapter:
         for spec in specs:
             kind = kinds.get(spec.dtype)
             if kind is None:
-                kind = kinds[spec.dtype] = (torch_dtype(spec.dtype), dtypes.BY_NAME[spec.dtype].itemsize)
+                kind = kinds[spec.dtype] = (torch_dtype(spec.dtype, spec.name), dtypes.BY_NAME[spec.dtype].itemsize)
             dt, size = kind
             if spec.nbytes == 0:
                 t = torch.empty(spec.shape, dtype=dt)
