@@ -54,7 +54,7 @@ def materialize(
     options = LoadOptions(map_location=map_location, copy=copy)
     for (file, framework_name), group in groups.items():
         adapter = adapter_named(framework_name)
-        specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs) for r in group]
+        specs = [TensorSpec(r.begin, r.nbytes, r.dtype.name, r.shape, r.attrs, r.name) for r in group]
         try:
             tensors = adapter.from_buffer(buffers[file], specs, options)
         except ModelsafeError as exc:

@@ -51,6 +51,7 @@ class ObjectCodec(Protocol):
 # top-level module of a type -> codec modules (each exposes CODECS)
 _CODEC_MODULES: dict[str, list[str]] = {
     "torch": ["modelsafe.adapters.torch_objects"],
+    "keras": ["modelsafe.adapters.tensorflow.keras_objects"],
     "random": ["modelsafe.rng"],
     "numpy": ["modelsafe.rng"],
     "modelsafe": ["modelsafe.rng"],
@@ -62,6 +63,8 @@ _KIND_MODULES: dict[str, str] = {
     "torch.lr_scheduler": "modelsafe.adapters.torch_objects",
     "torch.grad_scaler": "modelsafe.adapters.torch_objects",
     "torch.generator": "modelsafe.adapters.torch_objects",
+    "keras.layer": "modelsafe.adapters.tensorflow.keras_objects",
+    "keras.optimizer": "modelsafe.adapters.tensorflow.keras_objects",
     "python.random": "modelsafe.rng",
     "numpy.generator": "modelsafe.rng",
     "numpy.random_state": "modelsafe.rng",

@@ -186,7 +186,7 @@ def build(cls: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 # top-level module of a name -> modelsafe module that registers that framework's built-ins
-_PROVIDERS: dict[str, str] = {"torch": "modelsafe.adapters.torch_objects"}
+_PROVIDERS: dict[str, str] = {"torch": "modelsafe.adapters.torch_objects", "keras": "modelsafe.adapters.tensorflow.keras_objects"}
 _PROVIDED: set[str] = set()
 
 

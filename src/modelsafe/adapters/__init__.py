@@ -52,6 +52,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None  # the tensor's name in the file, for errors
 
 
 class TensorAdapter(Protocol):
@@ -85,17 +86,20 @@ class LoadOptions:
 _ADAPTER_MODULES: dict[str, str] = {
     "numpy": "modelsafe.adapters.numpy",
     "torch": "modelsafe.adapters.torch",
+    "tensorflow": "modelsafe.adapters.tensorflow",
 }
 # top-level module of a type -> framework name
 _TYPE_ROOTS: dict[str, str] = {
     "numpy": "numpy",
     "torch": "torch",
+    "tensorflow": "tensorflow",
+    "keras": "tensorflow",
 }
 _INSTALL_HINTS: dict[str, str] = {
     "numpy": "pip install numpy",
     "torch": "pip install 'modelsafe[torch]'",
     "jax": "pip install jax",
-    "tensorflow": "pip install tensorflow",
+    "tensorflow": "pip install 'modelsafe[tensorflow]'",
     "mxnet": "pip install mxnet",
 }
 _loaded: dict[str, TensorAdapter] = {}
