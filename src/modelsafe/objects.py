@@ -51,7 +51,8 @@ class ObjectCodec(Protocol):
 # top-level module of a type -> codec modules (each exposes CODECS)
 _CODEC_MODULES: dict[str, list[str]] = {
     "torch": ["modelsafe.adapters.torch_objects"],
-    "keras": ["modelsafe.adapters.tensorflow.keras_objects"],
+    "keras": ["modelsafe.adapters.tensorflow"],
+    "tensorflow": ["modelsafe.adapters.tensorflow"],
     "random": ["modelsafe.rng"],
     "numpy": ["modelsafe.rng"],
     "modelsafe": ["modelsafe.rng"],
@@ -63,8 +64,9 @@ _KIND_MODULES: dict[str, str] = {
     "torch.lr_scheduler": "modelsafe.adapters.torch_objects",
     "torch.grad_scaler": "modelsafe.adapters.torch_objects",
     "torch.generator": "modelsafe.adapters.torch_objects",
-    "keras.layer": "modelsafe.adapters.tensorflow.keras_objects",
-    "keras.optimizer": "modelsafe.adapters.tensorflow.keras_objects",
+    "keras.layer": "modelsafe.adapters.tensorflow",
+    "keras.optimizer": "modelsafe.adapters.tensorflow",
+    "tensorflow.module": "modelsafe.adapters.tensorflow",
     "python.random": "modelsafe.rng",
     "numpy.generator": "modelsafe.rng",
     "numpy.random_state": "modelsafe.rng",

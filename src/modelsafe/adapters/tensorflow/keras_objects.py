@@ -28,7 +28,7 @@ from keras.src.utils import naming
 from ...errors import CorruptCheckpointError, IncompatibleStateError, UnsupportedObjectError
 from ...objects import encode_object
 from ...recipes import register
-from ...tree import Flattener, Unflattener
+from ...tree import Flattener, Unflattener, format_path
 from .keras_config import deserialize
 
 LEAVES = "keras.variable_leaves"   # Flattener.context: id(variable) -> leaf name
@@ -115,9 +115,10 @@ def _config_text(fl: Flattener, obj: Any, path: tuple) -> str:
         return json.dumps(keras.saving.serialize_keras_object(obj), allow_nan=True)
     except (TypeError, ValueError, NotImplementedError) as exc:
         raise UnsupportedObjectError(
-            f"cannot save {fl.describe_path(path) if hasattr(fl, 'describe_path') else path}: Keras cannot serialize "
+            f"cannot save {format_path(path)}: Keras cannot serialize "
             f"the {type(obj).__name__} ({exc}); give the class a get_config() and register it with "
             "keras.saving.register_keras_serializable, or save model.weights / ms.load_into instead",
+            key=format_path(path),
         ) from exc
 
 
@@ -203,7 +204,7 @@ class OptimizerCodec:
     def encode(self, fl: Flattener, opt: Any, path: tuple) -> dict:
         def body(node: dict) -> None:
             node["config"] = _config_text(fl, opt, path)
-            node["variables"] = fl.encode(list(opt.variables), path + ("variables",))
+            node["state"] = fl.encode(list(opt.variables), path + ("state",))
             node["params"] = None  # filled once every model in the tree is known
 
             def refs() -> None:
@@ -213,7 +214,7 @@ class OptimizerCodec:
                 missing = [v.path for v in built_for if id(v) not in leaves]
                 if missing:
                     raise UnsupportedObjectError(
-                        f"cannot save the Keras optimizer at {path}: it was built for variables of a model that is not "
+                        f"cannot save the Keras optimizer at {format_path(path)}: it was built for variables of a model that is not "
                         f"saved with it ({', '.join(missing[:3])}); save {{'model': model, 'optimizer': optimizer}} "
                         "together, or save the optimizer's variables and restore them with ms.load_into",
                     )
@@ -240,12 +241,17 @@ class OptimizerCodec:
             )
         if params:
             opt.build([loaded[p["tensor"]] for p in params])
-        saved = un.decode(node.get("variables"))
+        saved = un.decode(node.get("state"))
         if not isinstance(saved, list):
-            raise un.bad(node, "optimizer variables must be a list")
-        assign_variables(str(node.get("path")), un.source, {str(i): v for i, v in enumerate(opt.variables)},
-                         {str(i): v for i, v in enumerate(saved)})
+            raise un.bad(node, "optimizer state must be a list of its variables")
+        assign_variables(str(node.get("path")), un.source, optimizer_state(opt), optimizer_state(saved))
         return opt
+
+
+def optimizer_state(opt: Any) -> dict[str, Any]:
+    """An optimizer's variables (or a saved list of them) keyed by position, as Keras' weights files key them."""
+    variables = opt if isinstance(opt, list) else opt.variables
+    return {str(i): v for i, v in enumerate(variables)}
 
 
 CODECS = [LayerCodec(), OptimizerCodec()]
