@@ -107,7 +107,7 @@ class _Checker:
             if isinstance(found, type):
                 return found  # the program registered it with Keras
         if module and (module == "keras" or module.startswith("keras.")):
-            found = lookup(f"{module}.{name}")
+            found = lookup(f"{module}.{name}") or lookup(f"{module}:{name}")  # public name, or where it is defined
             if found is not None:
                 return found
             raise self.bad(f"{module}.{name}")

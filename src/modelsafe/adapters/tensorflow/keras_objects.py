@@ -57,6 +57,10 @@ def register_builtins() -> None:
                 dotted or issubclass(obj, (keras.Model, keras.DTypePolicy))  # top level: models and policies only
             ):
                 register(obj, name=full)
+    # what keras.Model(inputs, outputs) builds; its configs name it where it is defined
+    from keras.src.models.functional import Functional
+
+    register(Functional, name="keras.Functional")
 
 
 register_builtins()
