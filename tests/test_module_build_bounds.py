@@ -22,7 +22,7 @@ from craft import edit_manifest
 from torch import nn
 
 import modelsafe as ms
-from modelsafe.adapters import torch_objects
+from modelsafe.adapters.torch import objects as torch_objects
 
 BIG = 20000  # Linear(BIG, BIG): 1.6 GB of float32 weights
 
@@ -68,7 +68,7 @@ RUNNER = textwrap.dedent(
     """
     import json, resource, sys
     import torch, modelsafe as ms
-    import modelsafe.adapters.torch, modelsafe.adapters.torch_objects
+    import modelsafe.adapters.torch
 
     def vm_bytes():
         with open("/proc/self/status") as f:

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .adapters import adapter_for_type
+from .adapters import adapter_for_type, framework_named, frameworks_for_type
 from .errors import StorageError, UnsupportedObjectError
 from .format.container import build_header
 from .format.dtypes import BY_NAME, header_shape
@@ -27,7 +27,6 @@ from .tree import Flattener, format_path
 __all__ = ["convert", "ConvertSummary", "register_lowering", "TARGETS"]
 
 TARGETS = ("modelsafe", "safetensors")
-_FORMAT_TAGS = {"torch": "pt", "numpy": "np"}
 
 
 @dataclass
@@ -64,17 +63,16 @@ def register_lowering(matches: Callable[[Any], bool], lower: Callable[[Any], Any
     _LOWERINGS.append((matches, lower, description))
 
 
-def _type_named(*names: str) -> Callable[[Any], bool]:
-    return lambda v: f"{type(v).__module__}.{type(v).__qualname__}" in names
-
-
-register_lowering(_type_named("torch.Size"), tuple, "torch.Size stored as a tuple")
-register_lowering(_type_named("torch.dtype"), str, "torch.dtype stored as its name")
-register_lowering(_type_named("torch.device"), str, "torch.device stored as its name")
 register_lowering(lambda v: type(v) is slice, lambda s: {"slice": [s.start, s.stop, s.step]}, 'slice stored as {"slice": [start, stop, step]}')
 register_lowering(lambda v: type(v) is complex, lambda c: {"complex": [c.real, c.imag]}, 'complex stored as {"complex": [real, imag]}')
 
 _PLAIN = (type(None), bool, int, float, str, bytes, bytearray)
+
+
+def _lowerings_for(tp: type) -> list[tuple[Callable[[Any], bool], Callable[[Any], Any], str]]:
+    """The lowerings of the frameworks ``tp`` belongs to (torch.Size -> torch's), then the registered ones."""
+    own = [(lw.matches, lw.lower, lw.description) for fw in frameworks_for_type(tp) for lw in fw.lowerings]
+    return own + _LOWERINGS
 
 
 def _storable(value: Any) -> bool:
@@ -107,7 +105,7 @@ def lower_tree(obj: Any, notes: list[str]) -> Any:
         elif tp in (set, frozenset) or _storable(value):
             out = value
         else:
-            for matches, lower, description in _LOWERINGS:
+            for matches, lower, description in _lowerings_for(tp):
                 if matches(value):
                     out = lower(value)
                     notes.append(f"{format_path(path)}: {description}")
@@ -196,8 +194,9 @@ def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str], tied
         entries.append((name, dt.storage, header_shape(dt, shape), position, position + nbytes))
         position += nbytes
     metadata = dict(tied)
-    if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS:
-        metadata["format"] = _FORMAT_TAGS[next(iter(frameworks))]
+    tag = framework_named(next(iter(frameworks))).format_tag if len(frameworks) == 1 else None
+    if tag:
+        metadata["format"] = tag
     header = build_header(entries, metadata)
     with atomic_file(dst) as f:
         f.write(header)

@@ -16,8 +16,9 @@ assignment only).  :func:`_find_class` is the one place a name becomes a class.
 A *recipe* is how an object was made: the stable name of its class (or factory) and
 the constructor arguments.  ``@rebuildable`` records it whenever an instance is
 constructed; ``build(cls, *args, **kwargs)`` constructs any class and records it.
-Built-in registrations (torch.nn layers, torch.optim, lr schedulers) are made lazily,
-the first time a name under ``torch.`` is looked up or a torch object is saved.
+A framework's built-in registrations (its layers, optimizers, schedulers) are made
+lazily by its ``Framework.register_builtins``, the first time a name under one of its
+type roots is looked up or one of its objects is saved.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .adapters import framework_for_root, framework_named
 from .arguments import check_names, check_optional_name
 from .errors import FrameworkNotInstalledError, InvalidArgumentError, UnknownClassError
 
@@ -38,7 +40,6 @@ __all__ = [
     "build",
     "recipe_of",
     "register",
-    "register_provider",
     "lookup",
     "registered_name",
     "find_data_class",
@@ -185,30 +186,27 @@ def build(cls: Any, *args: Any, **kwargs: Any) -> Any:
     return obj
 
 
-# top-level module of a name -> modelsafe module that registers that framework's built-ins
-_PROVIDERS: dict[str, str] = {"torch": "modelsafe.adapters.torch_objects", "keras": "modelsafe.adapters.tensorflow.keras_objects"}
-_PROVIDED: set[str] = set()
+_PROVIDED: set[str] = set()  # frameworks whose built-in recipes are registered
 
 
-def register_provider(root: str, module: str) -> None:
-    """Lazily import ``module`` (a modelsafe module registering built-ins) for names under ``root``."""
-    _PROVIDERS[root] = module
+def ensure_builtins(framework: Any) -> None:
+    """Register the built-in recipe names of ``framework`` (a Framework record), once."""
+    if framework.name not in _PROVIDED:
+        _PROVIDED.add(framework.name)
+        if framework.register_builtins is not None:
+            framework.register_builtins()
 
 
 def _load_provider(name: str) -> bool:
-    root = name.replace(":", ".").partition(".")[0]
-    module = _PROVIDERS.get(root)
-    if module is None or root in _PROVIDED:
+    """Register the built-ins of the framework ``name`` lies under ("torch.nn.Linear" -> torch); True if it was new."""
+    framework = framework_for_root(name.replace(":", "."))
+    if framework is None or framework in _PROVIDED:
         return False
-    _PROVIDED.add(root)
     try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        _PROVIDED.discard(root)
-        raise FrameworkNotInstalledError(
-            f"the file names {name!r}, a {root} class, but {root} is not installed ({exc}); "
-            f"install it with: pip install 'modelsafe[{root}]'"
-        ) from exc
+        record = framework_named(framework)
+    except FrameworkNotInstalledError as exc:
+        raise FrameworkNotInstalledError(f"the file names {name!r}, a {framework} class; {exc}") from exc
+    ensure_builtins(record)
     return True
 
 

@@ -155,3 +155,55 @@ def test_optimizer_target_checks_counts_and_shapes():
     assert [v.numpy().tolist() for v in opt.variables] == [s.tolist() for s in saved]
     with pytest.raises(ValueError):
         target.conform(opt, [np.zeros(())] * len(saved))
+
+
+def test_load_into_a_clone_built_from_code(tmp_path, batch):
+    x, _ = batch
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(2)])
+    ms.save(model, tmp_path / "m.safetensors")
+    clone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(2)])  # other auto-names
+    report = ms.load_into(clone, tmp_path / "m.safetensors")
+    assert report.ok and len(report.loaded) == 4
+    assert _outputs_equal(clone, model, x)
+
+
+def test_load_into_is_strict_and_select_rename_pick_layers(tmp_path):
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(2)])
+    ms.save(small, tmp_path / "m.safetensors")
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.Dense(3)])
+    before = [v.numpy().copy() for v in other.weights]
+    with pytest.raises(ms.IncompatibleStateError) as info:
+        ms.load_into(other, tmp_path / "m.safetensors")
+    assert [m.key for m in info.value.report.mismatched] == ["layers/dense_1/vars/0", "layers/dense_1/vars/1"]
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, other.weights))  # nothing written
+    report = ms.load_into(other, tmp_path / "m.safetensors", strict=False)
+    assert report.loaded == ["layers/dense/vars/0", "layers/dense/vars/1"]
+    assert np.array_equal(other.weights[0].numpy(), small.weights[0].numpy())
+    deeper = keras.Sequential([keras.Input((4,)), keras.layers.Dense(7), keras.layers.Dense(5), keras.layers.Dense(2)])
+    report = ms.load_into(deeper, tmp_path / "m.safetensors", select="layers/dense_1/",
+                          rename={"layers/dense_1/": "layers/dense_2/"}, strict=False)
+    assert report.loaded == ["layers/dense_2/vars/0", "layers/dense_2/vars/1"]
+    assert np.array_equal(deeper.weights[4].numpy(), small.weights[2].numpy())
+
+
+def test_load_into_a_training_state_restores_model_and_optimizer(tmp_path, batch):
+    x, y = batch
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    ms.save({"model": model, "optimizer": model.optimizer}, tmp_path / "c.safetensors")
+    fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    fresh.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    fresh.optimizer.build(fresh.trainable_variables)
+    ms.load_into({"model": fresh, "optimizer": fresh.optimizer}, tmp_path / "c.safetensors")
+    assert [v.numpy().tobytes() for v in fresh.optimizer.variables] == [v.numpy().tobytes() for v in model.optimizer.variables]
+    assert _outputs_equal(fresh, model, x)
+
+
+def test_load_into_a_tf_variable_and_a_tf_module(tmp_path):
+    ms.save({"v": tf.Variable([1.0, 2.0]), "m": Scaler(3)}, tmp_path / "v.safetensors")
+    v, m = tf.Variable([0.0, 0.0]), Scaler(3)
+    m.w.assign(tf.zeros(3))
+    ms.load_into({"v": v, "m": m}, tmp_path / "v.safetensors")
+    assert v.numpy().tolist() == [1.0, 2.0] and m.w.numpy().tolist() == [0.0, 1.0, 2.0]

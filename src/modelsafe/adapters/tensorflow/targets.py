@@ -19,6 +19,7 @@ def _shape(value: Any) -> tuple[int, ...]:
 class _ModuleTarget:
     plan = "module"
     framework = "tensorflow"
+    strip_prefixes = ()
 
     def unwrap(self, obj: Any) -> Any | None:
         return None
@@ -60,6 +61,7 @@ class KerasOptimizerTarget:
     plan = "state"
     saved_kinds = ("keras.optimizer",)
     framework = "tensorflow"
+    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, keras.optimizers.Optimizer)
@@ -93,6 +95,7 @@ class VariableTarget:
     plan = "tensor"
     saved_kinds = ()
     framework = "tensorflow"
+    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, (tf.Variable, keras.Variable))
