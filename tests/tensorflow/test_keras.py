@@ -207,3 +207,17 @@ def test_load_into_a_tf_variable_and_a_tf_module(tmp_path):
     m.w.assign(tf.zeros(3))
     ms.load_into({"v": v, "m": m}, tmp_path / "v.safetensors")
     assert v.numpy().tolist() == [1.0, 2.0] and m.w.numpy().tolist() == [0.0, 1.0, 2.0]
+
+
+def test_show_lists_keras_objects_and_their_variables(tmp_path):
+    from cli_support import invoke
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    ms.save({"model": model, "optimizer": model.optimizer}, tmp_path / "c.safetensors")
+    result = invoke("show", tmp_path / "c.safetensors")
+    assert result.code == 0, result.err
+    assert "keras.layer  keras.src.models.sequential:Sequential" in result.out
+    assert "keras.optimizer  keras.src.optimizers.adam:Adam" in result.out
+    assert "model.layers/dense/vars/0" in result.out and "optimizer.state.2" in result.out
