@@ -16,6 +16,9 @@ EXPECTED = {
     "02_whole_model.py": ["rebuilt TextClassifier: embed=(100, 16), dropout=0.2", "outputs equal: True"],
     "03_train_and_resume.py": ["resumed at epoch 3", "{'run': 'example-3'}", "epoch 5: loss"],
     "04_transfer_layers.py": ["copied: encoder.0.weight, encoder.0.bias, encoder.2.weight, encoder.2.bias", "unexpected in the file"],
+    "tensorflow_walkthrough.py": ["tensor: [0, 1, 2, 3]", "list: [0, 1, 2, 3] [0.0, 0.0, 0.0, 0.0]", "dict keys: ['x', 'y']",
+                                  "loaded 4 variables", "clone outputs equal: True", "rebuilt Sequential with 2 layers",
+                                  "rebuilt outputs equal: True"],
 }
 
 
