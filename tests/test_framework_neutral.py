@@ -14,6 +14,7 @@ import pytest
 import modelsafe
 from modelsafe.adapters import (
     framework_for_kind, framework_for_type, framework_named, imported_frameworks, known_frameworks, register_framework,
+    unregister_framework,
 )
 from modelsafe.adapters.protocol import Framework, Lowering, rng_sources
 from modelsafe.errors import FrameworkNotInstalledError
@@ -97,7 +98,7 @@ def test_lookups_by_type_and_kind():
     assert "numpy" in [f.name for f in imported_frameworks()]
 
 
-def test_a_missing_framework_names_its_extra(monkeypatch):
+def test_a_missing_framework_names_its_extra():
     register_framework("nosuchfw", "modelsafe.adapters.nosuchfw", type_roots=("nosuchfw",),
                        kind_prefixes=("nosuchfw.",), extra="nosuchfw")
     try:
@@ -106,10 +107,7 @@ def test_a_missing_framework_names_its_extra(monkeypatch):
         with pytest.raises(FrameworkNotInstalledError, match="nosuchfw"):
             framework_for_kind("nosuchfw.module")
     finally:
-        from modelsafe import adapters
-
-        adapters._REGISTRY.pop("nosuchfw")
-        adapters._by_root.pop("nosuchfw")
+        unregister_framework("nosuchfw")
 
 
 def test_a_registered_framework_reaches_the_core(tmp_path):
@@ -143,15 +141,45 @@ def test_a_registered_framework_reaches_the_core(tmp_path):
         assert ms.load(tmp_path / "t.safetensors", framework="numpy")["b"].tolist() == [0, 1, 2]
     finally:
         sys.path.remove(str(tmp_path))
-        from modelsafe import adapters
-
-        adapters._REGISTRY.pop("toyfw")
-        adapters._by_root.pop("toyfw")
-        adapters._by_type.clear()
-        adapters._adapter_by_type.clear()
+        unregister_framework("toyfw")
 
 
 def test_framework_records_are_frozen():
     fw = framework_named("numpy")
     with pytest.raises(dataclasses.FrozenInstanceError):
         fw.name = "other"
+
+
+def _relative_imports(name: str) -> set[str]:
+    """The modelsafe modules ``name``.py imports anywhere in it (``from .objects import x`` -> "objects")."""
+    found = set()
+    for node in ast.walk(ast.parse((SRC / f"{name}.py").read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            found.add(node.module or next(a.name for a in node.names))
+    return found
+
+
+def test_tree_objects_recipes_import_no_circle():
+    """tree is the mechanism, objects builds on tree and recipes, recipes is a pure registry."""
+    assert "objects" not in _relative_imports("tree")
+    assert not {"objects", "tree"} & _relative_imports("recipes")
+    assert "sys.modules" not in (SRC / "objects.py").read_text()
+    assert "modelsafe.objects" not in (SRC / "recipes.py").read_text()
+
+
+def test_registering_a_class_after_it_was_met_makes_it_storable(tmp_path):
+    """objects' per-type cache follows recipes' generation counter (no reach-in from recipes)."""
+    import modelsafe as ms
+    from modelsafe.recipes import generation
+
+    class Late:
+        pass
+
+    with pytest.raises(ms.UnsupportedObjectError):
+        ms.save({"x": Late()}, tmp_path / "a.safetensors")
+    before = generation()
+    ms.register(Late, name="tests.framework_neutral.Late")
+    late = ms.build(Late)
+    assert generation() > before
+    ms.save({"x": late}, tmp_path / "a.safetensors")
+    assert type(ms.load(tmp_path / "a.safetensors")["x"]) is Late

@@ -34,6 +34,9 @@ from .errors import (
 from .load_into import LoadReport, load_into
 from .reader import Reader
 from .recipes import build, rebuildable, register
+from . import objects as _objects, rng as _rng
+
+_objects.install(_rng.CODECS)  # the tree learns framework objects, rebuildables and modelsafe's own generators
 
 __all__ = [
     "__version__",

@@ -19,7 +19,6 @@ Classes named in a file are found only through :mod:`modelsafe.recipes`
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
@@ -27,9 +26,10 @@ from typing import Any, Callable, Iterable, Protocol
 from .adapters import framework_for_kind, frameworks_for_type
 from .errors import CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnknownClassError, UnsupportedObjectError
 from .recipes import (
-    Recipe, _trust_advice, attach_recipe, ensure_builtins, lookup, qualified_name, recipe_of, registered_name, resolve,
+    Recipe, _trust_advice, attach_recipe, ensure_builtins, generation, is_built_type, lookup, qualified_name, recipe_of,
+    registered_name, resolve,
 )
-from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
+from .tree import Flattener, Unflattener, _decode_key, _dict_items, format_path, register_decoder, register_encoder
 
 __all__ = [
     "ObjectCodec",
@@ -51,14 +51,16 @@ class ObjectCodec(Protocol):
     def decode(self, un: Unflattener, node: dict) -> Any: ...
 
 
-# modelsafe's own codecs (python.random, modelsafe.rng_state); framework codecs come from Framework records
-_CORE_CODEC_MODULES = ("modelsafe.rng",)
+# modelsafe's own codecs (python.random, modelsafe.rng_state), given to install(); framework
+# codecs come from Framework records
+_CORE_CODECS: list[ObjectCodec] = []
 _by_type: dict[type, ObjectCodec | None] = {}
+_by_type_generation = -1   # recipes.generation() when _by_type was filled
 _by_kind: dict[str, ObjectCodec] = {}
 
 
 def _core_codecs() -> list[ObjectCodec]:
-    return [c for module in _CORE_CODEC_MODULES for c in importlib.import_module(module).CODECS]
+    return list(_CORE_CODECS)
 
 
 def _framework_codecs(framework: Any) -> Iterable[ObjectCodec]:
@@ -69,6 +71,10 @@ def _framework_codecs(framework: Any) -> Iterable[ObjectCodec]:
 
 def codec_for_type(tp: type) -> ObjectCodec | None:
     """The codec for objects of type ``tp`` (found by the top-level modules of its MRO), or None."""
+    global _by_type_generation
+    if _by_type_generation != generation():  # a class was registered or built since: answers may differ
+        _by_type.clear()
+        _by_type_generation = generation()
     try:
         return _by_type[tp]
     except KeyError:
@@ -381,23 +387,8 @@ def _dec_ref(un: Unflattener, node: dict) -> Any:
 
 # -- generic rebuildable objects (decorated classes that are not framework objects) ------
 
-_BUILT_TYPES: set[type] = set()
-
-
 def _is_recipe_type(tp: type) -> bool:
-    return registered_name(tp) is not None or tp in _BUILT_TYPES
-
-
-def forget_type(tp: type) -> None:
-    """Drop the cached codec lookup for ``tp`` (it was just registered)."""
-    _by_type.pop(tp, None)
-
-
-def note_built_type(tp: type) -> None:
-    """Make instances of ``tp`` (made by ``ms.build``) reach the rebuildable codec."""
-    if tp not in _BUILT_TYPES:
-        _BUILT_TYPES.add(tp)
-        _by_type.pop(tp, None)
+    return registered_name(tp) is not None or is_built_type(tp)
 
 
 class RebuildableCodec:
@@ -463,8 +454,6 @@ def _encode(fl: Flattener, obj: Any, path: tuple) -> Any:
 
 
 def _enc_counter(fl: Flattener, obj: Counter, path: tuple) -> Any:
-    from .tree import _dict_items  # the same key rules as dicts
-
     return fl.encode_container(obj, path, lambda: {"counter": _dict_items(fl, obj, path)})
 
 
@@ -475,9 +464,28 @@ def _dec_counter(un: Unflattener, node: dict) -> Counter:
     return Counter({_decode_key(un, k): un.decode(v) for k, v in items})  # keys checked hashable
 
 
-register_encoder(Counter, _enc_counter)
-register_decoder("counter", _dec_counter)
-register_encoder(_handles, _encode)
-register_decoder("object", _dec_object)
-register_decoder("object_ref", _dec_object_ref)
-register_decoder("ref", _dec_ref)
+_installed = False
+
+
+def install(codecs: Iterable[ObjectCodec] = ()) -> None:
+    """Teach the tree about objects: Counter, framework objects, rebuildables, class references.
+
+    Called once by the package (``modelsafe/__init__.py``) with modelsafe's own codecs
+    (:mod:`modelsafe.rng`); framework codecs are found through the adapters registry.
+    A second call only adds ``codecs``.
+    """
+    global _installed
+    for codec in codecs:
+        if codec not in _CORE_CODECS:
+            _CORE_CODECS.append(codec)
+    _by_type.clear()
+    _by_kind.clear()
+    if _installed:
+        return
+    _installed = True
+    register_encoder(Counter, _enc_counter)
+    register_decoder("counter", _dec_counter)
+    register_encoder(_handles, _encode)
+    register_decoder("object", _dec_object)
+    register_decoder("object_ref", _dec_object_ref)
+    register_decoder("ref", _dec_ref)

@@ -50,6 +50,27 @@ RECIPE_ATTR = "_modelsafe_recipe"
 
 _REGISTRY: dict[str, Any] = {}          # stable name or alias -> class or factory
 _NAMES: dict[Any, str] = {}             # class or factory -> stable name
+_BUILT_TYPES: set[type] = set()         # types of objects made by build(): they carry recipes
+_generation = 0                         # bumped by every registration; caches keyed on types compare it
+
+
+def generation() -> int:
+    """A number that changes whenever a class is registered or built: caches of per-type answers compare it.
+
+    >>> before = generation(); _ = register(type("G", (), {}), name="docs.G"); generation() > before
+    True
+    """
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def is_built_type(tp: type) -> bool:
+    """True when instances of ``tp`` were made by :func:`build` (so they may carry a recipe)."""
+    return tp in _BUILT_TYPES
 
 
 def qualified_name(obj: Any) -> str:
@@ -82,9 +103,7 @@ def register(cls_or_factory: Any = None, name: str | None = None, aliases: Itera
     # the qualified name also resolves, so files written before a rename keep loading
     _REGISTRY.setdefault(qualified_name(cls_or_factory), cls_or_factory)
     _NAMES[cls_or_factory] = stable
-    objects = sys.modules.get("modelsafe.objects")
-    if objects is not None and isinstance(cls_or_factory, type):
-        objects.forget_type(cls_or_factory)  # it may have been met (and found unsupported) before
+    _changed()  # it may have been met (and found unsupported) before
     return cls_or_factory
 
 
@@ -180,9 +199,9 @@ def build(cls: Any, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgumentError(f"ms.build(cls, *args, **kwargs): cls must be a class or registered factory function, not {cls!r}")
     obj = cls(*args, **kwargs)
     attach_recipe(obj, Recipe(cls, tuple(args), dict(kwargs)))
-    from .objects import note_built_type  # late: objects builds on this module
-
-    note_built_type(type(obj))
+    if type(obj) not in _BUILT_TYPES:
+        _BUILT_TYPES.add(type(obj))
+        _changed()
     return obj
 
 

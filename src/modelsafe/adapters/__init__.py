@@ -38,6 +38,7 @@ __all__ = [
     "imported_frameworks",
     "known_frameworks",
     "register_framework",
+    "unregister_framework",
 ]
 
 
@@ -126,6 +127,17 @@ def register_framework(
                              tuple(rng_keys) if rng_keys is not None else (name,), extra)
     for root in _REGISTRY[name].type_roots:
         _by_root[root] = name
+    _loaded.pop(name, None)
+    _by_type.clear()
+    _adapter_by_type.clear()
+
+
+def unregister_framework(name: str) -> None:
+    """Forget framework ``name`` (tests that register a stand-in framework clean up with it)."""
+    entry = _REGISTRY.pop(name, None)
+    for root in entry.type_roots if entry is not None else ():
+        if _by_root.get(root) == name:
+            del _by_root[root]
     _loaded.pop(name, None)
     _by_type.clear()
     _adapter_by_type.clear()
