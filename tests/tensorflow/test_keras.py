@@ -221,3 +221,20 @@ def test_show_lists_keras_objects_and_their_variables(tmp_path):
     assert "keras.layer  keras.src.models.sequential:Sequential" in result.out
     assert "keras.optimizer  keras.src.optimizers.adam:Adam" in result.out
     assert "model.layers/dense/vars/0" in result.out and "optimizer.state.2" in result.out
+
+
+def test_keras_weights_h5_converted_by_modelsafe_load_into_the_model(tmp_path, batch):
+    from cli_support import invoke
+
+    x, _ = batch
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    model.save_weights(tmp_path / "m.weights.h5")
+    result = invoke("convert", tmp_path / "m.weights.h5", tmp_path / "m.safetensors")
+    assert result.code == 0, result.err
+    clone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(2)])
+    report = ms.load_into(clone, tmp_path / "m.safetensors")  # Keras' own keys are modelsafe's keys
+    assert report.ok and len(report.loaded) == 8
+    assert _outputs_equal(clone, model, x)
