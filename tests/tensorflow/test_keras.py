@@ -238,3 +238,23 @@ def test_keras_weights_h5_converted_by_modelsafe_load_into_the_model(tmp_path, b
     report = ms.load_into(clone, tmp_path / "m.safetensors")  # Keras' own keys are modelsafe's keys
     assert report.ok and len(report.loaded) == 8
     assert _outputs_equal(clone, model, x)
+
+
+def test_checkpoints_record_and_restore_keras_global_seed_generator(tmp_path):
+    keras.utils.set_random_seed(9)
+    keras.random.uniform((2,))  # Keras creates its global seed generator on first use
+    ck = ms.Checkpoints(tmp_path / "run")
+    ck.save({"epoch": 1}, step=1)
+    expected = keras.random.uniform((3,)).numpy()
+    keras.random.uniform((5,))  # the run goes on, then "crashes"
+    ck.load_into({"epoch": 0})
+    assert np.array_equal(keras.random.uniform((3,)).numpy(), expected)
+    ck.close()
+
+
+def test_a_damaged_keras_rng_entry_changes_nothing(tmp_path):
+    from modelsafe.rng import restore_json
+
+    keras.random.uniform((1,))
+    with pytest.raises(ms.CorruptCheckpointError):
+        restore_json({"keras": ["x", 1]}, "ckpt")

@@ -148,7 +148,7 @@ register_framework("numpy", "modelsafe.adapters.numpy", type_roots=("numpy",), k
 register_framework("torch", "modelsafe.adapters.torch", type_roots=("torch",), kind_prefixes=("torch.",),
                    extra="torch", rng_keys=("torch", "cuda"))
 register_framework("tensorflow", "modelsafe.adapters.tensorflow", type_roots=("tensorflow", "keras", "tf_keras"),
-                   kind_prefixes=("keras.", "tensorflow."), extra="tensorflow", rng_keys=())
+                   kind_prefixes=("keras.", "tensorflow."), extra="tensorflow", rng_keys=("keras",))
 # jax / flax / optax and mxnet register here, one line each
 
 

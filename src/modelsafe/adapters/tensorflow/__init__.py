@@ -8,7 +8,7 @@
   (:mod:`.keras_objects`, classes resolved by :mod:`.keras_config`), ``tf.Module`` trees
   (:mod:`.tf_objects`);
 * built-in recipes: Keras' layers, models, optimizers, initializers, losses, metrics...;
-* load_into targets (:mod:`.targets`).  Async saves need no snapshot of their own:
+* load_into targets (:mod:`.targets`); Keras' global seed generator for exact resume (:mod:`.rng`).  Async saves need no snapshot of their own:
   TF tensors are immutable and a variable's bytes are read as a copy.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 from ..protocol import Framework
 from .keras_objects import CODECS as _KERAS_CODECS
 from .keras_objects import register_builtins
+from .rng import RNG
 from .targets import LOAD_TARGETS
 from .tensors import ADAPTER
 from .tf_objects import CODECS as _TF_CODECS
@@ -29,6 +30,7 @@ FRAMEWORK = Framework(
     codecs=CODECS,
     register_builtins=register_builtins,
     load_targets=LOAD_TARGETS,
+    rng=RNG,
 )
 
 __all__ = ["ADAPTER", "CODECS", "FRAMEWORK"]
