@@ -11,9 +11,10 @@
 Each epoch's end saves ``{"model": model, "optimizer": model.optimizer, "epoch": next}`` as
 one committed, checksummed checkpoint (no pickle; the file rebuilds with ``ms.load``),
 named after the epoch and the monitored metric, with Checkpoints' retention.  A resumed
-``fit`` continues with the same weights, optimizer state and epoch count; its draws
-from TensorFlow's random ops are not restored, so shuffle with a fixed seed or not at all
-when a resumed run must equal an uninterrupted one bit for bit.
+``fit`` continues with the same weights, optimizer state, epoch count and Keras global
+seed generator; TensorFlow's op-level seeds and dropout layers' own generators are not
+restored, so shuffle with a fixed seed or not at all when a resumed run must equal an
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
