@@ -258,3 +258,31 @@ def test_a_damaged_keras_rng_entry_changes_nothing(tmp_path):
     keras.random.uniform((1,))
     with pytest.raises(ms.CorruptCheckpointError):
         restore_json({"keras": ["x", 1]}, "ckpt")
+
+
+@pytest.mark.parametrize("field, value", [("config", 5), ("config", "{not json"), ("config", "[]"), ("state", 3),
+                                          ("state", {"tuple": []})])
+def test_damaged_keras_layer_nodes_are_corrupt_checkpoint_errors(tmp_path, field, value):
+    path = tmp_path / "m.safetensors"
+    ms.save(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), path)
+    edit_manifest(path, lambda manifest: manifest["tree"].__setitem__(field, value))
+    with pytest.raises((ms.CorruptCheckpointError, ms.UnknownClassError)):
+        ms.load(path)
+
+
+@pytest.mark.parametrize("params", [5, [{"tensor": 3}], [{"tensor": "nowhere"}]])
+def test_damaged_keras_optimizer_references_are_refused(tmp_path, params):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    path = tmp_path / "c.safetensors"
+    ms.save({"model": model, "optimizer": model.optimizer}, path)
+
+    def edit(manifest):
+        for key, node in manifest["tree"]["dict"]:
+            if key == "optimizer":
+                node["params"] = params
+
+    edit_manifest(path, edit)
+    with pytest.raises(ms.CorruptCheckpointError):
+        ms.load(path)
