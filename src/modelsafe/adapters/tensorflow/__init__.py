@@ -31,6 +31,7 @@ FRAMEWORK = Framework(
     register_builtins=register_builtins,
     load_targets=LOAD_TARGETS,
     rng=RNG,
+    format_tag="tf",  # what safetensors' own TensorFlow writer puts in the header
 )
 
 __all__ = ["ADAPTER", "CODECS", "FRAMEWORK"]
