@@ -8,17 +8,18 @@ import keras
 import numpy as np
 
 import modelsafe as ms
+from keras_models import BUILDERS
 
 HERE = Path(__file__).resolve().parent
 CHILD = r'''
 import sys, numpy as np
 sys.path.insert(0, sys.argv[2])
-import conftest  # registers the subclassed model class with Keras, as the user's code would
+import keras_models  # registers the subclassed model class with Keras, as the user's code would
 import keras, modelsafe as ms
 work = sys.argv[1]
 x, y = np.load(f"{work}/data.npy", allow_pickle=False), np.load(f"{work}/target.npy", allow_pickle=False)
 outputs = {}
-for name in sorted(conftest.BUILDERS):
+for name in sorted(keras_models.BUILDERS):
     outputs[name] = ms.load(f"{work}/{name}.safetensors")(x, training=False).numpy()
 state = ms.load(f"{work}/train.safetensors")
 model, opt = state["model"], state["optimizer"]
@@ -37,13 +38,11 @@ def _compiled():
 
 
 def test_rebuilt_models_and_a_resumed_fit_match_in_a_fresh_process(tmp_path, batch):
-    import conftest
-
     x, y = batch
     np.save(tmp_path / "data.npy", x)
     np.save(tmp_path / "target.npy", y)
     expected = {}
-    for name, build in conftest.BUILDERS.items():
+    for name, build in BUILDERS.items():
         keras.utils.set_random_seed(7)
         model = build()
         ms.save(model, tmp_path / f"{name}.safetensors")
