@@ -21,7 +21,7 @@ fi
 # torch is pinned for development: a CPU wheel of this version is what the test machines carry.
 step "installing torch 2.13.0 (the largest part: several minutes on a first run)"
 pip_install "torch==2.13.0"
-step "installing modelsafe (editable) and its test tools: pytest, hypothesis, safetensors, matplotlib, h5py, psutil"
+step "installing modelsafe (editable) and its test tools: pytest, hypothesis, safetensors, matplotlib, h5py, psutil, tensorflow-cpu"
 pip_install -e ".[dev]"
 step "checking that modelsafe, torch, safetensors and hypothesis import"
 "$VENV/bin/python" -c "import modelsafe, torch, safetensors, hypothesis"

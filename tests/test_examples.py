@@ -19,6 +19,9 @@ EXPECTED = {
     "05_jax_walkthrough.py": ["array: [0. 1. 2. 3.]", "list: [Array([0., 1., 2., 3.], dtype=float32), Array([1, 1], dtype=bfloat16)]",
                               "'y': Array([0, 0, 0], dtype=int8)", "outputs equal: True",
                               "optax state: ScaleByAdamState at step 1", "resumed step equal: True"],
+    "tensorflow_walkthrough.py": ["tensor: [0, 1, 2, 3]", "list: [0, 1, 2, 3] [0.0, 0.0, 0.0, 0.0]", "dict keys: ['x', 'y']",
+                                  "loaded 4 variables", "clone outputs equal: True", "rebuilt Sequential with 2 layers",
+                                  "rebuilt outputs equal: True"],
 }
 
 

@@ -63,7 +63,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
-    name: str = ""   # the tensor's name in the file, for error messages
+    name: str | None = None  # the tensor's name in the file, for errors
 
 
 class TensorAdapter(Protocol):
@@ -150,7 +150,8 @@ register_framework("torch", "modelsafe.adapters.torch", type_roots=("torch",), k
 register_framework("mxnet", "modelsafe.adapters.mxnet", type_roots=("mxnet",), kind_prefixes=("mxnet.",), extra="mxnet")
 register_framework("jax", "modelsafe.adapters.jax", type_roots=("jax", "jaxlib", "flax", "optax"),
                    kind_prefixes=("jax.", "flax.", "optax."), extra="jax")
-# tensorflow / keras and mxnet register here, one line each
+register_framework("tensorflow", "modelsafe.adapters.tensorflow", type_roots=("tensorflow", "keras", "tf_keras"),
+                   kind_prefixes=("keras.", "tensorflow."), extra="tensorflow", rng_keys=("keras",))
 
 
 def known_frameworks() -> list[str]:

@@ -210,7 +210,9 @@ def find_recipes(tree: Any) -> Iterator[RecipeRow]:
         if "object" in node or "recipe" in node:
             kind = node.get("object")
             recipe = node.get("recipe", {k: v for k, v in node.items() if k != "object"})
-            yield RecipeRow(path, str(kind) if kind is not None else "recipe", summarize_recipe(recipe), recipe)
+            # an object stored without a recipe (rebuilt from a config of its framework's own) shows its class
+            summary = node["class"] if "recipe" not in node and isinstance(node.get("class"), str) else summarize_recipe(recipe)
+            yield RecipeRow(path, str(kind) if kind is not None else "recipe", summary, recipe)
 
 
 def _has_objects(tree: Any) -> bool:

@@ -252,7 +252,8 @@ def records(manifest: dict, entries: dict[str, RawEntry], path: Any, file: str |
 # Tensor attrs a reader acts on, with the one type each value may have.  Every attr is
 # checked here, before any adapter sees it: a file cannot hand torch a value it was not
 # meant to take (a device that imports a module, requires_grad on an integer tensor).
-ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str, "variant": str}
+ATTR_TYPES: dict[str, type] = {"parameter": bool, "requires_grad": bool, "scalar": bool, "device": str, "variant": str,
+                               "variable": bool, "trainable": bool}  # the last two: tf.Variable
 # "variant": which of a framework's array types the tensor was (MXNet's "np" for mx.np.ndarray); a short name
 _VARIANT = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
 # a device is only a hint (the caller's map_location decides), but it must look like one
