@@ -26,8 +26,8 @@ EXPECTED = {
 
 
 def test_every_example_is_listed():
-    # <framework>_walkthrough.py run in their framework's tests (tests/mxnet runs in .venv-mxnet)
-    assert sorted(p.name for p in EXAMPLES.glob("*.py") if not p.name.endswith("_walkthrough.py")) == sorted(EXPECTED)
+    # mxnet_walkthrough.py runs in tests/mxnet, in .venv-mxnet (MXNet needs numpy<1.24)
+    assert sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "mxnet_walkthrough.py") == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
