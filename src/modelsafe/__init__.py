@@ -34,6 +34,7 @@ from .errors import (
 from .load_into import LoadReport, load_into
 from .reader import Reader
 from .recipes import build, rebuildable, register
+from . import pretrained as _pretrained, stateful as _stateful  # noqa: F401  (register a directory opener, a codec)
 
 __all__ = [
     "__version__",

@@ -1,7 +1,8 @@
 """``ms.load_into``: restore saved state in place into objects you built yourself.
 
 The target is a module, an optimizer, a scheduler, a GradScaler, an RNG object, a
-tensor, or a dict / list / tuple of them whose shape follows the saved tree
+tensor, an object of the Stateful protocol (``state_dict()`` / ``load_state_dict()``: a data
+loader, a sampler, a metric), or a dict / list / tuple of them whose shape follows the saved tree
 (``{"model": m, "optimizer": opt}`` for a file saved from the same dict).  Module
 state is matched key by key, using full dotted names (``"model.fc.weight"``; a
 module at the root of the target uses its own keys, ``"fc.weight"``):
@@ -25,10 +26,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .adapters.protocol import LoadTarget, StateMismatch
 from .arguments import check_flag, check_path, check_rename, check_select
 from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
 from .sources import open_source
+from .stateful import STATEFUL_TARGET
 from .tree import Unflattener, walk_refs
 
 __all__ = ["LoadReport", "Mismatch", "load_into"]
@@ -206,6 +209,8 @@ class _Planner:
             self.plan_rng(target, node, name)
         elif kind == "tensor":
             self.plan_tensor_owner(target, node, name)
+        elif kind == "stateful":
+            self.plan_state_target(STATEFUL_TARGET, target, node, name)
         elif isinstance(target, dict):
             self.plan_dict(target, node, prefix)
         elif isinstance(target, (list, tuple)):
@@ -213,8 +218,8 @@ class _Planner:
         else:
             raise InvalidArgumentError(
                 f"{self.s.source.path}: ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'} "
-                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors and "
-                "dicts/lists/tuples of them",
+                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors, objects "
+                "with state_dict()/load_state_dict() and dicts/lists/tuples of them",
                 path=self.s.source.path, key=name or None,
             )
 
@@ -324,6 +329,26 @@ class _Planner:
         self.s.actions.append(lambda: target.load_state_dict(state))
         self.s.report.loaded.append(label)
 
+    def plan_state_target(self, lt: LoadTarget, target: Any, node: Any, name: str) -> None:
+        """A LoadTarget with plan "state": the saved object's state (or a saved plain dict) as a whole."""
+        if self.s.filtering and not (self.s.selected(name) or self.s.selected(name + ".")):
+            return
+        label = name or "<root>"
+        found = _object_kind(node)
+        if found is not None and (found not in lt.saved_kinds or "state" not in node):
+            self.s.report.mismatched.append(Mismatch(label, found, None, type(target).__name__, None))
+            return
+        if found is None and _saved_dict_items(self.s, node) is None:
+            self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
+            return
+        try:
+            state = lt.conform(target, self.s.decode(node["state"] if found else node, framework=lt.framework))
+        except StateMismatch as exc:
+            self.s.report.mismatched.append(Mismatch(label, f"{exc.where}: {exc.found}", None, exc.expected, None))
+            return
+        self.s.actions.append(lambda: lt.assign(target, state))
+        self.s.report.loaded.append(label)
+
     def plan_rng(self, target: Any, node: Any, name: str) -> None:
         if self.s.filtering and not self.s.selected(name):
             return
@@ -424,6 +449,8 @@ def _classify(target: Any) -> str | None:
         return "rng"
     if isinstance(target, np.ndarray):
         return "tensor"
+    if STATEFUL_TARGET.handles(target):
+        return "stateful"
     return None
 
 

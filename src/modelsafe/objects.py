@@ -30,6 +30,7 @@ from .tree import Flattener, Unflattener, _decode_key, format_path, register_dec
 __all__ = [
     "ObjectCodec",
     "register_codec_module",
+    "register_fallback_codec",
     "codec_for_type",
     "encode_object",
     "encode_recipe",
@@ -69,6 +70,8 @@ _KIND_MODULES: dict[str, str] = {
 }
 _by_type: dict[type, ObjectCodec | None] = {}
 _by_kind: dict[str, ObjectCodec] = {}
+# codecs for objects no framework claims (the Stateful protocol), tried before plain recipes
+_FALLBACKS: list[ObjectCodec] = []
 
 
 def register_codec_module(module: str, *, type_roots: Iterable[str] = (), kinds: Iterable[str] = ()) -> None:
@@ -79,6 +82,15 @@ def register_codec_module(module: str, *, type_roots: Iterable[str] = (), kinds:
             mods.append(module)
     for kind in kinds:
         _KIND_MODULES[kind] = module
+    _by_type.clear()
+
+
+def register_fallback_codec(codec: ObjectCodec) -> None:
+    """Register a codec tried for types no framework codec handles (before plain ``@ms.rebuildable``)."""
+    if codec not in _FALLBACKS:
+        _FALLBACKS.append(codec)
+    for kind in codec.kinds:
+        _by_kind[kind] = codec
     _by_type.clear()
 
 
@@ -107,6 +119,8 @@ def codec_for_type(tp: type) -> ObjectCodec | None:
                 break
         if found is not None:
             break
+    if found is None:
+        found = next((c for c in _FALLBACKS if c.handles(tp)), None)
     if found is None and _is_recipe_type(tp):
         found = REBUILDABLE
     _by_type[tp] = found
