@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from .adapters import adapter_for_type
-from .objects import _PLAIN_REBUILDABLE, decode_recipe, encode_object, encode_recipe, register_fallback_codec
+from .objects import codec_for_type, decode_recipe, encode_object, encode_recipe, register_fallback_codec
 from .recipes import qualified_name, recipe_of
 from .tree import Flattener, Unflattener
 
@@ -78,9 +78,17 @@ class StatefulCodec:
         state = un.decode(node["state"])
         if node.get("recipe") is None:
             return state  # no class is ever resolved from "class": the state is what comes back
-        obj = decode_recipe(un, node["recipe"], class_hint=node.get("class"), kind=_PLAIN_REBUILDABLE)
+        obj = decode_recipe(un, node["recipe"], class_hint=node.get("class"), kind=_STATEFUL_CLASS)
         obj.load_state_dict(state)
         return obj
+
+
+def _saved_by_state(target: Any) -> bool:
+    """A recipe in a stateful node must name a class this codec handles (not a module or optimizer)."""
+    return isinstance(target, type) and codec_for_type(target) is STATEFUL
+
+
+_STATEFUL_CLASS = (_saved_by_state, "a class of the Stateful protocol (not a framework object)")
 
 
 class StatefulTarget:

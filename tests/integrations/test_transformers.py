@@ -49,7 +49,7 @@ def test_a_killed_trainer_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(resumed["model"][key], value), key
 
     latest = ms.load(tmp_path / "killed/run@latest")
-    assert json.loads(latest["trainer_state"])["global_step"] == 12
+    assert json.loads(latest["trainer_state"])["global_step"] == 14  # the Trainer saves at the end too
     assert set(latest) == {"model", "optimizer", "scheduler", "trainer_state"}
 
 
