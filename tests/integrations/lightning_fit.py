@@ -56,12 +56,13 @@ def main() -> None:
     p.add_argument("--resume")
     p.add_argument("--no-pickle", action="store_true")
     p.add_argument("--async-save", action="store_true")
+    p.add_argument("--no-rng", action="store_true")
     args = p.parse_args()
     L.seed_everything(0, verbose=False)
     model = Regressor()
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=os.path.join(args.dir, "ckpt"), monitor="train_loss", save_top_k=2, save_last=True)
     trainer = L.Trainer(
-        max_epochs=args.epochs, plugins=[ModelsafeCheckpointIO(async_save=args.async_save)], callbacks=[checkpoints],
+        max_epochs=args.epochs, plugins=[ModelsafeCheckpointIO(async_save=args.async_save, rng=not args.no_rng)], callbacks=[checkpoints],
         logger=False, enable_progress_bar=False, enable_model_summary=False, deterministic=True,
         default_root_dir=args.dir, accelerator="cpu",
     )
