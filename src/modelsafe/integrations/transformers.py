@@ -69,7 +69,9 @@ class ModelsafeCallback(TrainerCallback):
         if which == "latest" and self.checkpoints.latest() is None:
             return None
         info = self.checkpoints.info(which)
-        state = json.loads(ms.load(info.path)["trainer_state"])
+        saved = {"trainer_state": None}
+        ms.load_into(saved, info.path)  # reads that entry only, not the weights
+        state = json.loads(saved["trainer_state"])
         self._resume_dir = tempfile.mkdtemp(prefix="modelsafe-resume-")
         with open(os.path.join(self._resume_dir, TRAINER_STATE), "w") as f:
             json.dump(state, f)
