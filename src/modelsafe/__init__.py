@@ -38,6 +38,7 @@ from . import objects as _objects, rng as _rng
 
 _objects.install(_rng.CODECS)  # the tree learns framework objects, rebuildables and modelsafe's own generators
 from . import distributed  # torch is imported by its first save or load, not here
+from . import pretrained as _pretrained, stateful as _stateful  # noqa: F401  (register a directory opener, a codec)
 
 __all__ = [
     "__version__",

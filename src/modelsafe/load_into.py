@@ -1,7 +1,8 @@
 """``ms.load_into``: restore saved state in place into objects you built yourself.
 
 The target is a module, an optimizer, a scheduler, a GradScaler, an RNG object, a
-tensor, or a dict / list / tuple of them whose shape follows the saved tree
+tensor, an object of the Stateful protocol (``state_dict()`` / ``load_state_dict()``: a data
+loader, a sampler, a metric), or a dict / list / tuple of them whose shape follows the saved tree
 (``{"model": m, "optimizer": opt}`` for a file saved from the same dict).  Module
 state is matched key by key, using full dotted names (``"model.fc.weight"``; a
 module at the root of the target uses its own keys, ``"fc.weight"``):
@@ -32,6 +33,7 @@ from .adapters.protocol import LoadTarget, StateMismatch
 from .loading import add_aliases, materialize
 from .rng import LOAD_TARGETS as RNG_TARGETS
 from .sources import open_source
+from .stateful import STATEFUL_TARGET
 from .tree import Unflattener, walk_refs
 
 __all__ = ["LoadReport", "Mismatch", "load_into"]
@@ -218,8 +220,8 @@ class _Planner:
         else:
             raise InvalidArgumentError(
                 f"{self.s.source.path}: ms.load_into cannot restore into a {type(target).__name__} at {name or 'the root'} "
-                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors and "
-                "dicts/lists/tuples of them",
+                "of the target; targets are modules, optimizers, schedulers, GradScalers, RNG objects, tensors, objects "
+                "with state_dict()/load_state_dict() and dicts/lists/tuples of them",
                 path=self.s.source.path, key=name or None,
             )
 
@@ -401,7 +403,7 @@ class _Planner:
 
 
 def target_for(obj: Any) -> LoadTarget | None:
-    """How ``obj`` is restored in place (modelsafe's own generators, then its frameworks' targets), or None."""
+    """How ``obj`` is restored in place (modelsafe's own generators, its frameworks' targets, Stateful), or None."""
     for how in RNG_TARGETS:
         if how.handles(obj):
             return how
@@ -409,6 +411,8 @@ def target_for(obj: Any) -> LoadTarget | None:
         for how in framework.load_targets:
             if how.handles(obj):
                 return how
+    if STATEFUL_TARGET.handles(obj):  # any other object with state_dict() / load_state_dict()
+        return STATEFUL_TARGET
     return None
 
 

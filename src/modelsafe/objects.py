@@ -33,6 +33,7 @@ from .tree import Flattener, Unflattener, _decode_key, _dict_items, format_path,
 
 __all__ = [
     "ObjectCodec",
+    "register_fallback_codec",
     "codec_for_type",
     "encode_object",
     "encode_recipe",
@@ -57,6 +58,8 @@ _CORE_CODECS: list[ObjectCodec] = []
 _by_type: dict[type, ObjectCodec | None] = {}
 _by_type_generation = -1   # recipes.generation() when _by_type was filled
 _by_kind: dict[str, ObjectCodec] = {}
+# codecs for objects no framework claims (the Stateful protocol), tried before plain recipes
+_FALLBACKS: list[ObjectCodec] = []
 
 
 def _core_codecs() -> list[ObjectCodec]:
@@ -67,6 +70,16 @@ def _framework_codecs(framework: Any) -> Iterable[ObjectCodec]:
     if framework.codecs:
         ensure_builtins(framework)  # a codec names classes by their registered names
     return framework.codecs
+
+
+def register_fallback_codec(codec: ObjectCodec) -> None:
+    """Register a codec tried for types no framework codec handles (before plain ``@ms.rebuildable``)."""
+    if codec not in _FALLBACKS:
+        _FALLBACKS.append(codec)
+    for kind in codec.kinds:
+        _by_kind[kind] = codec
+    _by_type.clear()
+
 
 
 def codec_for_type(tp: type) -> ObjectCodec | None:
@@ -84,6 +97,8 @@ def codec_for_type(tp: type) -> ObjectCodec | None:
         found = next((c for c in _framework_codecs(framework) if c.handles(tp)), None)
         if found is not None:
             break
+    if found is None:
+        found = next((c for c in _FALLBACKS if c.handles(tp)), None)
     if found is None and _is_recipe_type(tp):
         found = REBUILDABLE
     _by_type[tp] = found

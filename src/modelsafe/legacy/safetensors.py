@@ -39,13 +39,24 @@ def read(path: str | os.PathLike, options: ReadOptions) -> ForeignFile:
     return ForeignFile(path, "safetensors", tree, [])
 
 
-def _index(path: str) -> dict[str, str]:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice (the last would silently win) is refused."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r:.200} appears twice in one object")
+    return found
+
+
+def read_index(path: str) -> dict[str, str]:
+    """The validated weight_map of a ``*.index.json`` (size bounded, unique keys, plain shard names)."""
     if regular_file_size(path) > MAX_INDEX_BYTES:
         raise CorruptCheckpointError(f"{path}: index larger than {MAX_INDEX_BYTES:,} bytes", path=path)
     try:
         with open(path, "rb") as f:
-            index = json.loads(f.read(MAX_INDEX_BYTES + 1))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            index = json.loads(f.read(MAX_INDEX_BYTES + 1), object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a duplicate key
         raise CorruptCheckpointError(f"{path}: the index is not valid JSON ({exc})", path=path) from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -69,7 +80,7 @@ def _plain_shard_name(shard: Any) -> bool:
             and shard not in (".", "..") and "\0" not in shard and "\\" not in shard)
 
 
-def _shard_reader(index: str, folder: str, shard: str) -> tuple[str, Any]:
+def shard_reader(index: str, folder: str, shard: str) -> tuple[str, Any]:
     """(path, reader module) of one shard: a regular file inside the index's folder (a symlink may not
     lead out of it), read by the safetensors or torch reader only — never an index, so no recursion."""
     full = os.path.join(folder, shard)
@@ -91,12 +102,12 @@ def _shard_reader(index: str, folder: str, shard: str) -> tuple[str, Any]:
 
 
 def read_sharded(path: str, options: ReadOptions) -> ForeignFile:
-    weight_map = _index(path)
+    weight_map = read_index(path)
     folder = os.path.dirname(path)
     shards: dict[str, Any] = {}
     formats: set[str] = set()
     for shard in dict.fromkeys(weight_map.values()):
-        full, module = _shard_reader(path, folder, shard)
+        full, module = shard_reader(path, folder, shard)
         found = module.read(full, options)
         if not isinstance(found.tree, dict):
             raise CorruptCheckpointError(f"{path}: shard {shard} does not hold a dict of tensors", path=path, key=shard)
