@@ -76,9 +76,7 @@ def register_fallback_codec(codec: ObjectCodec) -> None:
     """Register a codec tried for types no framework codec handles (before plain ``@ms.rebuildable``)."""
     if codec not in _FALLBACKS:
         _FALLBACKS.append(codec)
-    for kind in codec.kinds:
-        _by_kind[kind] = codec
-    _by_type.clear()
+    _by_type.clear()  # its kinds are found by _codec_for_kind, whenever it was registered
 
 
 
@@ -113,7 +111,7 @@ def _codec_for_kind(un: Unflattener, node: dict) -> ObjectCodec:
     if kind == REBUILDABLE.kinds[0]:
         return REBUILDABLE
     if isinstance(kind, str):
-        codecs = _core_codecs()
+        codecs = _core_codecs() + _FALLBACKS
         try:
             framework = framework_for_kind(kind)
         except FrameworkNotInstalledError as exc:
