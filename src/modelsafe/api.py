@@ -29,11 +29,12 @@ def encode_metadata(metadata: Any) -> Any:
         node = fl.flatten(metadata)
     except UnsupportedObjectError as exc:
         raise UnsupportedObjectError(f"metadata: {exc.message}", key=exc.key) from None
-    if fl.leaves:
+    if fl.payloads:
+        first = fl.payloads[0]
         raise UnsupportedObjectError(
-            f"metadata holds {fl.leaves[0].path.replace('obj', 'metadata', 1)} ({fl.leaves[0].kind}); metadata takes "
+            f"metadata holds {first.path.replace('obj', 'metadata', 1)} ({first.kind}); metadata takes "
             "JSON values only (dict, list, str, numbers, bool, None): put tensors and bytes in the saved object",
-            key=fl.leaves[0].path,
+            key=first.path,
         )
     return node
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import shutil
-from types import SimpleNamespace
 from typing import Any
 
 from .api import encode_metadata
-from .async_save import frozen_adapter
 from .checkpoint_dir import CheckpointSource
 from .errors import InvalidArgumentError
+from .format.plan import NO_ATTRS, FlatState, Payload
 from .format.writer import write_file
 from .loading import decode_metadata
 from .storage.local import atomic_file, open_directory, open_regular
-from .tree import Leaf, walk_refs
+from .tree import walk_refs
 
 __all__ = ["link_payloads", "export_checkpoint"]
 
@@ -116,24 +115,24 @@ def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
-def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
-    from .adapters import TensorInfo
-
+def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> FlatState:
+    """The payloads under ``node``, verified, renamed relative to ``prefix``; their checksums travel along."""
     names = list(dict.fromkeys(name for _, name in walk_refs(node)))
     aliases = {a: t for a, t in source.aliases.items() if t in names and a.startswith(prefix)}
     mapping = {n: (n[len(prefix):] if n.startswith(prefix) and n != prefix else n) for n in [*names, *aliases]}
     if len(set(mapping.values())) != len(mapping):
         mapping = {n: n for n in mapping}
     buffers = source.buffers(lazy=True)
-    leaves = []
+    payloads = []
     for name in names:
         record = source.records[name]
         base = buffers[record.file]
         source.verify_record(record, base)
-        data = memoryview(base[record.begin:record.end])
-        info = TensorInfo(record.dtype.name, tuple(record.shape), None, dict(record.attrs))
-        adapter = frozen_adapter(record.framework) if record.kind == "tensor" else None
-        leaves.append(Leaf(mapping[name], record.kind, data, info, adapter, mapping[name]))
-    return SimpleNamespace(
-        skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
-    )
+        tensor = record.kind == "tensor"
+        payloads.append(Payload(
+            mapping[name], record.kind, record.dtype.name, tuple(record.shape), record.framework if tensor else None,
+            base[record.begin:record.end], memoryview, dict(record.attrs) if tensor and record.attrs else NO_ATTRS,
+            checksum=record.checksum, where=mapping[name],
+        ))
+    aliases = {mapping[a]: mapping[t] for a, t in aliases.items()}
+    return FlatState(_rename_refs(node, mapping), tuple(payloads), aliases)

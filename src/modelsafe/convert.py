@@ -18,16 +18,16 @@ from typing import Any, Callable
 
 from .adapters import adapter_for_type
 from .errors import StorageError, UnsupportedObjectError
-from .format.container import build_header
-from .format.dtypes import BY_NAME, header_shape
+from .format.dtypes import BY_NAME
+from .format.plan import FlatState, Payload
+from .format.writer import write_plain_file
 from .legacy import MAX_EXPANSION, read_foreign
 from .storage.local import atomic_file
-from .tree import Flattener, format_path
+from .tree import Flattener, format_path, tensor_payload
 
 __all__ = ["convert", "ConvertSummary", "register_lowering", "TARGETS"]
 
 TARGETS = ("modelsafe", "safetensors")
-_FORMAT_TAGS = {"torch": "pt", "numpy": "np"}
 
 
 @dataclass
@@ -175,38 +175,16 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str], tied: dict[str, str]) -> tuple[int, int]:
-    planned = []
-    frameworks = set()
+def _payloads(tensors: dict[str, Any], notes: list[str]) -> list[Payload]:
+    """The payload records of ``tensors`` (name -> tensor), noting dtypes safetensors has no code for."""
+    payloads = []
     for name, value in tensors.items():
         adapter = adapter_for_type(type(value))
-        info = adapter.describe(value)
-        frameworks.add(adapter.framework)
-        dt = BY_NAME[info.dtype]
-        if dt.stored_as_bytes:
-            notes.append(f"{name}: safetensors has no {dt.name}; stored as raw bytes (U8)")
-        nbytes = dt.itemsize
-        for d in info.shape:
-            nbytes *= d
-        planned.append((name, value, adapter, dt, list(info.shape), nbytes))
-    planned.sort(key=lambda p: -p[3].itemsize)  # larger elements first: every offset stays aligned
-    entries = []
-    position = 0
-    for name, _value, _adapter, dt, shape, nbytes in planned:
-        entries.append((name, dt.storage, header_shape(dt, shape), position, position + nbytes))
-        position += nbytes
-    metadata = dict(tied)
-    if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS:
-        metadata["format"] = _FORMAT_TAGS[next(iter(frameworks))]
-    header = build_header(entries, metadata)
-    with atomic_file(dst) as f:
-        f.write(header)
-        for name, value, adapter, _dt, _shape, nbytes in planned:
-            data = adapter.host_bytes(value)
-            if data.nbytes != nbytes:  # pragma: no cover - adapters return exactly dtype x shape bytes
-                raise UnsupportedObjectError(f"{name}: expected {nbytes} bytes, got {data.nbytes}", key=name)
-            f.write(data)
-    return position, len(header) + position
+        payload = tensor_payload(name, value, adapter, adapter.describe(value), name)
+        if BY_NAME[payload.dtype].stored_as_bytes:
+            notes.append(f"{name}: safetensors has no {payload.dtype}; stored as raw bytes (U8)")
+        payloads.append(payload)
+    return payloads
 
 
 # -- the entry point ---------------------------------------------------------------------------
@@ -280,8 +258,10 @@ def convert(
         tied: dict[str, str] = {}
         tensors = _flat_tensors(found.tree, notes, left_out, tied)
         left_out.extend(tied)
-        count = len(tensors)
-        nbytes, _ = _write_safetensors(tensors, dst, notes, tied)
+        state = FlatState.of_payloads(_payloads(tensors, notes), tied)
+        with atomic_file(dst) as f:
+            write_plain_file(f, state)
+        count, nbytes = len(state.payloads), state.nbytes
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
         file_bytes=os.path.getsize(dst), seconds=round(time.perf_counter() - started, 6), notes=notes,
