@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 from . import retention
 from .api import encode_metadata
 from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
+from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_dir import (
     FILES_DIR,
     MANIFEST,
@@ -49,7 +50,6 @@ from .checkpoint_dir import (
     write_manifest,
     write_shards,
 )
-from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import check_template, format_name, normalize_metrics
 from .errors import (
     CheckpointNotFoundError,
@@ -64,8 +64,8 @@ from .gc_pause import gc_paused
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
 from .sources import register_directory_opener, register_run_opener
-from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
+from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage.local import storage_error
 from .tree import flatten
 
