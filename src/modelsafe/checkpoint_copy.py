@@ -17,6 +17,7 @@ from .errors import InvalidArgumentError
 from .format.plan import NO_ATTRS, FlatState, Payload
 from .format.writer import write_file
 from .loading import decode_metadata
+from .progress import progress_bar
 from .storage.local import atomic_file, open_directory, open_regular
 from .tree import walk_refs
 
@@ -39,7 +40,8 @@ def link_payloads(source: CheckpointSource, staging: str) -> None:
         _link_or_copy(source, rel, os.path.join(staging, *parts))
 
 
-def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None) -> None:
+def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None,
+                      progress: bool = False) -> None:
     """Write entry ``key`` of the saved dict of ``checkpoint`` as one file; by default its
     ``"model"`` entry, or the whole state when it has none.  A ``key`` the state lacks is an error.
 
@@ -61,8 +63,8 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, ori
         metadata = dict(metadata) if isinstance(metadata, dict) else {}
         if origin is not None:
             metadata["exported_from"] = origin
-        with atomic_file(path) as f:
-            write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
+        with progress_bar(progress, f"exporting {os.path.basename(path)}", fl.nbytes) as on_bytes, atomic_file(path) as f:
+            write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata, on_bytes=on_bytes)
 
 
 def _link_or_copy(source: CheckpointSource, rel: str, dst: str) -> None:

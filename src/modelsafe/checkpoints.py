@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
+from .arguments import check_flag
 from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
 from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_dir import (
@@ -60,7 +61,9 @@ from .errors import (
     RunConflictError,
 )
 from .format import checksum
+from .format.plan import FlatState
 from .gc_pause import gc_paused
+from .progress import OnBytes, progress_bar
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
 from .sources import register_directory_opener, register_run_opener
@@ -427,15 +430,18 @@ class Checkpoints:
             self._storage.write_run_file(json.dumps(run, indent=1).encode())
         return run
 
-    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None) -> Any:
+    def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None,
+             progress: bool = False) -> Any:
         """Save ``state`` as the checkpoint for ``step`` and apply retention.
 
         Returns the CheckpointInfo, or a PendingSave when ``async_save`` is on (the state
         is copied before this returns).  A failed earlier background save is raised here.
         ``step`` defaults to one past the latest; ``metrics`` fill the name template and
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
+        ``progress=True`` shows a progress bar (bytes, rate) on stderr while the tensors are written.
         """
         # every argument is checked before anything is written or deleted
+        check_flag(progress, call="Checkpoints.save", name="progress")
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)
         format_name(self.name_template, 0 if step is None else step, metrics)
@@ -482,7 +488,8 @@ class Checkpoints:
 
         def job() -> CheckpointInfo:
             flat = fl if fl is not None else _flatten_or_discard(plain, staging, self._storage)
-            return self._write_and_commit(staging, flat, metadata_node, checkpoint, rng)
+            with progress_bar(progress, f"saving {name}", flat.nbytes) as on_bytes:
+                return self._write_and_commit(staging, flat, metadata_node, checkpoint, rng, on_bytes)
 
         if self._writer is not None:
             return self._writer.submit(name, step, job)
@@ -525,11 +532,12 @@ class Checkpoints:
                 f"(ck.delete({other.name!r}))", path=self.directory, key=other.name,
             )
 
-    def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict, rng: dict) -> CheckpointInfo:
+    def _write_and_commit(self, staging: str, fl: FlatState, metadata_node: Any, checkpoint: dict, rng: dict,
+                          on_bytes: OnBytes | None = None) -> CheckpointInfo:
         name = checkpoint["name"]
         try:
             index = self._index() if self.dedup else None
-            checksums, placement, shards = write_shards(staging, fl, index=index)
+            checksums, placement, shards = write_shards(staging, fl, index=index, on_bytes=on_bytes)
             self._warn_refused(index)
             files = hash_files(staging)
             with gc_paused():  # many small objects, none of them cyclic garbage
@@ -683,18 +691,20 @@ class Checkpoints:
         trusted: Iterable[str] = (),
         allow_pickle: bool = False,
         verify: bool = True,
+        progress: bool = False,
     ) -> Any:
         """Load a checkpoint: ``"latest"``, ``"best"``, a step (int) or a name.
 
         Returns the saved state; with a bound ``load`` function it is called with the
         checkpoint's ``files/`` directory, and its result is returned when no state was saved.
+        ``progress=True`` shows a progress bar (bytes, rate) on stderr while tensors are read.
         """
         from .api import load as ms_load
 
         info = self._resolve(which)
         with _removal_noticed(info):
             state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
-                            allow_pickle=allow_pickle, verify=verify)
+                            allow_pickle=allow_pickle, verify=verify, progress=progress)
             bound = self._call_bound_load(info, verify)
         return bound if state is None and bound is not None else state
 
@@ -795,17 +805,20 @@ class Checkpoints:
                 raise storage_error(target._storage.path(info.name), "forking the checkpoint", exc) from exc
             raise
 
-    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str | None = None) -> CheckpointInfo:
+    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str | None = None,
+               progress: bool = False) -> CheckpointInfo:
         """Write the inference part of a checkpoint as one safetensors file.
 
         Entry ``key`` of a saved dict is copied (by default its ``"model"`` entry, or the whole
         state when it has none), recipe included, with tensor names relative to it (a state_dict
         keeps its keys); a ``key`` the state lacks is an error.
-        Checksums are verified on the way; nothing is rebuilt or imported.
+        Checksums are verified on the way; nothing is rebuilt or imported.  ``progress=True``
+        shows a progress bar (bytes, rate) on stderr while the file is written.
         """
+        check_flag(progress, call="Checkpoints.export", name="progress")
         info = self._resolve(which)
         origin = {"run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics)}
-        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin)
+        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin, progress=progress)
         return info
 
 

@@ -22,6 +22,7 @@ from .format.dtypes import BY_NAME
 from .format.plan import FlatState, Payload
 from .format.writer import write_plain_file
 from .legacy import MAX_EXPANSION, read_foreign
+from .progress import progress_bar
 from .storage.local import atomic_file
 from .tree import Flattener, format_path, tensor_payload
 
@@ -207,6 +208,7 @@ def convert(
     metadata: dict | None = None,
     overwrite: bool = False,
     max_expansion: float = MAX_EXPANSION,
+    progress: bool = False,
 ) -> ConvertSummary:
     """Read ``src`` (torch .pt/.pth/.bin, .safetensors or a sharded *.index.json, .npz, Keras
     .weights.h5, MXNet .params) without executing anything from it, and write ``dst``.
@@ -222,6 +224,7 @@ def convert(
     bomb, never-written HDF5 datasets or overlapping views of one storage are refused with
     an error naming the member and the numbers.  Raise it for a file you trust that
     compresses better than that (``float("inf")`` turns the check off).
+    ``progress=True`` shows a progress bar (bytes, rate) on stderr while ``dst`` is written.
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> d = tempfile.mkdtemp()
@@ -252,15 +255,15 @@ def convert(
 
         meta = {"converted_from": os.path.basename(src), "source_format": found.format}
         meta.update(metadata or {})
-        save(tree, dst, metadata=meta)
+        save(tree, dst, metadata=meta, progress=progress)
         count, nbytes = _count_tensors(dst)
     else:
         tied: dict[str, str] = {}
         tensors = _flat_tensors(found.tree, notes, left_out, tied)
         left_out.extend(tied)
         state = FlatState.of_payloads(_payloads(tensors, notes), tied)
-        with atomic_file(dst) as f:
-            write_plain_file(f, state)
+        with progress_bar(progress, f"writing {os.path.basename(dst)}", state.nbytes) as on_bytes, atomic_file(dst) as f:
+            write_plain_file(f, state, on_bytes=on_bytes)
         count, nbytes = len(state.payloads), state.nbytes
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
