@@ -58,7 +58,7 @@ def test_plain_file_holds_tensors_and_aliases_only(tmp_path):
     state = flatten({"w": np.ones(3, np.float32), "v": np.zeros(2, np.float64)})
     state = FlatState.of_payloads(state.payloads, {"u": "w"})
     with open(tmp_path / "p.safetensors", "wb") as f:
-        size = write_plain_file(f, state, user_metadata={"note": "x"})
+        size = write_plain_file(f, state, user_metadata={"note": "x", "format": "np"})
     assert size == (tmp_path / "p.safetensors").stat().st_size
     with safe_open(str(tmp_path / "p.safetensors"), "np") as f:
         assert sorted(f.keys()) == ["v", "w"] and f.metadata() == {"u": "w", "note": "x", "format": "np"}

@@ -86,7 +86,7 @@ def test_placeholder_tokens_are_distinct_hex():
 
 
 def test_a_tensor_that_changes_size_during_the_save_fails_cleanly(tmp_path, monkeypatch):
-    from modelsafe.adapters.numpy import NumpyAdapter
+    from modelsafe.adapters.numpy.tensors import NumpyAdapter
 
     state = {"a": np.ones(10), "b": np.zeros(300_000)}
     ms.save(state, tmp_path / "f")

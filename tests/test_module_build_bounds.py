@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import modelsafe as ms
-from modelsafe.adapters import torch_objects
+from modelsafe.adapters.torch import objects as torch_objects
 
 from craft import edit_manifest
 
@@ -69,7 +69,7 @@ RUNNER = textwrap.dedent(
     """
     import json, resource, sys
     import torch, modelsafe as ms
-    import modelsafe.adapters.torch, modelsafe.adapters.torch_objects
+    import modelsafe.adapters.torch
 
     def vm_bytes():
         with open("/proc/self/status") as f:

@@ -131,7 +131,7 @@ RUNNER = textwrap.dedent(
     import json, sys
     import torch, numpy, modelsafe as ms
     import torch.utils._device  # torch's own, imported lazily by torch.device("meta") as a context
-    import modelsafe.adapters.torch, modelsafe.adapters.numpy, modelsafe.adapters.torch_objects, modelsafe.rng  # modelsafe's own, up front
+    import modelsafe.adapters.torch, modelsafe.adapters.numpy, modelsafe.rng  # modelsafe's own, up front
     import tests_security_classes  # the honest classes, registered as in the writing process
 
     events = []

@@ -298,7 +298,7 @@ def test_builtin_classes_as_arguments_register_lazily(tmp_path):
             def __init__(self, act):
                 self.act = act
 
-        assert "modelsafe.adapters.torch_objects" not in sys.modules  # nothing torch-specific loaded yet
+        assert "modelsafe.adapters.torch" not in sys.modules  # nothing torch-specific loaded yet
         ms.save(Cfg(nn.GELU), {str(tmp_path / 'c.safetensors')!r})
         print(ms.load({str(tmp_path / 'c.safetensors')!r}).act.__name__)
         """,

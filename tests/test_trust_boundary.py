@@ -170,7 +170,7 @@ RUNNER = textwrap.dedent(
     import json, sys
     import torch, numpy, modelsafe as ms
     import torch.utils._device
-    import modelsafe.adapters.torch, modelsafe.adapters.numpy, modelsafe.adapters.torch_objects, modelsafe.rng
+    import modelsafe.adapters.torch, modelsafe.adapters.numpy, modelsafe.rng
     before = set(sys.modules)
     events = []
     sys.addaudithook(lambda event, args: events.append(str(args[0])) if event == "import" else None)

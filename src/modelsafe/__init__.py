@@ -9,6 +9,7 @@
 Importing modelsafe imports no ML framework; adapters load on first use.
 """
 
+from . import objects as _objects, rng as _rng
 from ._version import __version__
 from .api import load, open, save
 from .checkpoints import CheckpointInfo, Checkpoints
@@ -34,6 +35,8 @@ from .errors import (
 from .load_into import LoadReport, load_into
 from .reader import Reader
 from .recipes import build, rebuildable, register
+
+_objects.install(_rng.CODECS)  # the tree learns framework objects, rebuildables and modelsafe's own generators
 
 __all__ = [
     "__version__",

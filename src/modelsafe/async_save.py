@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .adapters import framework_for_type
 from .format.plan import FlatState, Payload
 from .gc_pause import gc_paused
 
@@ -29,47 +30,6 @@ __all__ = ["snapshot", "copy_plain_tree", "PendingSave", "BackgroundWriter"]
 
 class _NotPlain(Exception):
     """The tree holds something the fast copy does not handle (then flatten + snapshot)."""
-
-
-def _copy_torch(t: Any, memo: dict) -> Any:
-    dtype = t.dtype
-    plain = _PLAIN_DTYPES.get(dtype)
-    if plain is None:
-        # quantized and complex (conj/neg views) tensors take the general path
-        plain = _PLAIN_DTYPES[dtype] = not (dtype.is_complex or str(dtype).startswith("torch.q"))
-    torch = sys.modules["torch"]  # a torch tensor exists, so torch is imported
-    if not plain or not t.is_cpu or t.layout is not torch.strided:
-        raise _NotPlain
-    address = t.data_ptr()
-    seen = memo.get(address) if address else None
-    if seen is not None:  # tied views stay tied: one copy per distinct view, as the flattener sees them
-        for original, copy in seen:
-            if original.dtype == dtype and original.shape == t.shape and original.stride() == t.stride():
-                return copy
-    copy = t.detach().clone() if t.requires_grad else t.clone()
-    if type(t) is not torch.Tensor:
-        if type(t) is not torch.nn.Parameter:
-            raise _NotPlain
-        copy = torch.nn.Parameter(copy, requires_grad=t.requires_grad)
-    elif t.requires_grad:
-        copy.requires_grad_(True)
-    if address:
-        memo.setdefault(address, []).append((t, copy))
-    return copy
-
-
-# torch dtype -> whether the fast copy handles it (looked up once per dtype)
-_PLAIN_DTYPES: dict[Any, bool] = {}
-
-
-def _copy_numpy(a: Any, memo: dict) -> Any:
-    if a.dtype.hasobject:
-        raise _NotPlain
-    key = ("numpy", a.__array_interface__["data"][0], a.dtype.str, a.shape, a.strides) if a.size else ("id", id(a))
-    copy = memo.get(key)
-    if copy is None:
-        copy = memo[key] = a.copy()
-    return copy
 
 
 def _same(obj: Any, memo: dict) -> Any:
@@ -83,7 +43,7 @@ def _copy_dict(obj: dict, memo: dict) -> dict:
             raise _NotPlain
         tp = type(v)
         out[k] = (_COPIERS.get(tp) or _copier(tp))(v, memo)
-    meta = getattr(obj, "_metadata", None)  # torch state_dict version info
+    meta = getattr(obj, "_metadata", None)  # state_dict version info some frameworks attach
     if meta is not None:
         out._metadata = copy_module.deepcopy(meta)
     return out
@@ -101,18 +61,31 @@ def _not_plain(obj: Any, memo: dict) -> Any:
     raise _NotPlain
 
 
-# exact type -> copier; tensor types are added on first sight (no framework imported here)
+# exact type -> copier; tensor types are added on first sight, from their Framework's snapshot
+# (no framework is imported here)
 _COPIERS: dict[type, Callable[[Any, dict], Any]] = {
     **{tp: _same for tp in (type(None), bool, int, float, str, bytes)},
     dict: _copy_dict, collections.OrderedDict: _copy_dict, list: _copy_list, tuple: _copy_tuple,
 }
-_TENSOR_TYPES = {("torch", "Tensor"): _copy_torch, ("torch", "Parameter"): _copy_torch, ("numpy", "ndarray"): _copy_numpy}
 
 
 def _copier(tp: type) -> Callable[[Any, dict], Any]:
-    found = _TENSOR_TYPES.get((tp.__module__.partition(".")[0], tp.__name__), _not_plain)
+    found: Callable[[Any, dict], Any] = _not_plain
+    framework = framework_for_type(tp)
+    if framework is not None and framework.snapshot is not None and framework.tensors.handles(tp):
+        found = _framework_copier(framework.snapshot)
     _COPIERS[tp] = found
     return found
+
+
+def _framework_copier(snapshot: Callable[[Any, dict], Any]) -> Callable[[Any, dict], Any]:
+    def copy(obj: Any, memo: dict) -> Any:
+        out = snapshot(obj, memo)
+        if out is None:  # the framework's general path (GPU, quantized, subclasses): flatten + snapshot
+            raise _NotPlain
+        return out
+
+    return copy
 
 
 def copy_plain_tree(obj: Any) -> Any | None:

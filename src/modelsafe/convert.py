@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .adapters import adapter_for_type
+from .adapters import adapter_for_type, framework_named, frameworks_for_type
 from .errors import StorageError, UnsupportedObjectError
 from .format.dtypes import BY_NAME
 from .format.plan import FlatState, Payload
@@ -65,17 +65,16 @@ def register_lowering(matches: Callable[[Any], bool], lower: Callable[[Any], Any
     _LOWERINGS.append((matches, lower, description))
 
 
-def _type_named(*names: str) -> Callable[[Any], bool]:
-    return lambda v: f"{type(v).__module__}.{type(v).__qualname__}" in names
-
-
-register_lowering(_type_named("torch.Size"), tuple, "torch.Size stored as a tuple")
-register_lowering(_type_named("torch.dtype"), str, "torch.dtype stored as its name")
-register_lowering(_type_named("torch.device"), str, "torch.device stored as its name")
 register_lowering(lambda v: type(v) is slice, lambda s: {"slice": [s.start, s.stop, s.step]}, 'slice stored as {"slice": [start, stop, step]}')
 register_lowering(lambda v: type(v) is complex, lambda c: {"complex": [c.real, c.imag]}, 'complex stored as {"complex": [real, imag]}')
 
 _PLAIN = (type(None), bool, int, float, str, bytes, bytearray)
+
+
+def _lowerings_for(tp: type) -> list[tuple[Callable[[Any], bool], Callable[[Any], Any], str]]:
+    """The lowerings of the frameworks ``tp`` belongs to (torch.Size -> torch's), then the registered ones."""
+    own = [(lw.matches, lw.lower, lw.description) for fw in frameworks_for_type(tp) for lw in fw.lowerings]
+    return own + _LOWERINGS
 
 
 def _storable(value: Any) -> bool:
@@ -108,7 +107,7 @@ def lower_tree(obj: Any, notes: list[str]) -> Any:
         elif tp in (set, frozenset) or _storable(value):
             out = value
         else:
-            for matches, lower, description in _LOWERINGS:
+            for matches, lower, description in _lowerings_for(tp):
                 if matches(value):
                     out = lower(value)
                     notes.append(f"{format_path(path)}: {description}")
@@ -262,8 +261,10 @@ def convert(
         tensors = _flat_tensors(found.tree, notes, left_out, tied)
         left_out.extend(tied)
         state = FlatState.of_payloads(_payloads(tensors, notes), tied)
+        frameworks = {p.framework for p in state.payloads}
+        tag = framework_named(frameworks.pop()).format_tag if len(frameworks) == 1 else None
         with progress_bar(progress, f"writing {os.path.basename(dst)}", state.nbytes) as on_bytes, atomic_file(dst) as f:
-            write_plain_file(f, state, on_bytes=on_bytes)
+            write_plain_file(f, state, user_metadata={"format": tag} if tag else None, on_bytes=on_bytes)
         count, nbytes = len(state.payloads), state.nbytes
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,

@@ -25,9 +25,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .adapters import frameworks_for_type
+from .adapters.protocol import LoadTarget, StateMismatch
 from .arguments import check_flag, check_path, check_rename, check_select
 from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
+from .rng import LOAD_TARGETS as RNG_TARGETS
 from .sources import open_source
 from .tree import Unflattener, walk_refs
 
@@ -100,7 +103,7 @@ _DTYPE_CLASSES = (("bool", "bool"), ("complex", "complex"), ("float", "float"), 
 def dtype_class(name: str | None) -> str | None:
     if name is None:
         return None
-    name = name.replace("torch.", "")
+    name = name.rpartition(".")[2]  # a framework's spelling ("<fw>.float32")
     for prefix, cls in _DTYPE_CLASSES:
         if name.startswith(prefix):
             return cls
@@ -111,7 +114,8 @@ def _tensor_meta(value: Any) -> tuple[tuple, str] | None:
     shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
     if shape is None or dtype is None or isinstance(value, (int, float, bool)):
         return None
-    return tuple(int(d) for d in shape), str(dtype).replace("torch.", "")
+    name = dtype.name if isinstance(getattr(dtype, "name", None), str) else str(dtype).rpartition(".")[2]
+    return tuple(int(d) for d in shape), name
 
 
 class _Session:
@@ -193,19 +197,20 @@ def _join(prefix: str, key: Any) -> str:
 class _Planner:
     def __init__(self, session: _Session) -> None:
         self.s = session
-        self.targets: dict[str, tuple[Any, str, Any]] = {}   # full key -> (module/tensor owner, rel key, target value)
+        # full key -> (module/tensor owner, rel key, target value, its LoadTarget)
+        self.targets: dict[str, tuple[Any, str, Any, LoadTarget]] = {}
         self.file_entries: list[tuple[str, str, Any]] = []   # (full file key, renamed key, value node)
 
     def plan(self, target: Any, node: Any, prefix: str, name: str) -> None:
-        kind = _classify(target)
-        if kind == "module":
-            self.plan_module(target, node, prefix, name)
-        elif kind in ("optimizer", "scheduler", "scaler"):
-            self.plan_stateful(target, node, name, kind)
-        elif kind == "rng":
-            self.plan_rng(target, node, name)
-        elif kind == "tensor":
-            self.plan_tensor_owner(target, node, name)
+        how = target_for(target)
+        if how is not None and how.plan == "module":
+            self.plan_module(target, how, node, prefix, name)
+        elif how is not None and how.plan == "state":
+            self.plan_stateful(target, how, node, name)
+        elif how is not None and how.plan == "rng":
+            self.plan_rng(target, how, node, name)
+        elif how is not None and how.plan == "tensor":
+            self.plan_tensor_owner(target, how, node, name)
         elif isinstance(target, dict):
             self.plan_dict(target, node, prefix)
         elif isinstance(target, (list, tuple)):
@@ -232,7 +237,7 @@ class _Planner:
                     self.s.report.missing.append(full)
                 continue
             child = saved[key]
-            if _classify(value) is None and not isinstance(value, (dict, list, tuple)):
+            if target_for(value) is None and not isinstance(value, (dict, list, tuple)):
                 if self.s.filtering and not self.s.selected(full):
                     continue
                 self.plan_value(target, key, child, full)
@@ -248,7 +253,7 @@ class _Planner:
             return
         for i, (value, child) in enumerate(zip(target, items)):
             full = _join(prefix, i)
-            if _classify(value) is None and not isinstance(value, (dict, list, tuple)):
+            if target_for(value) is None and not isinstance(value, (dict, list, tuple)):
                 if isinstance(target, list) and (self.s.selected(full) or not self.s.filtering):
                     self.plan_value(target, i, child, full)
             else:
@@ -262,45 +267,45 @@ class _Planner:
         self.s.report.loaded.append(full)
 
     # modules and tensors
-    def plan_module(self, module: Any, node: Any, prefix: str, name: str) -> None:
-        state = _module_state_node(self.s, node, root=not name)
+    def plan_module(self, module: Any, how: LoadTarget, node: Any, prefix: str, name: str) -> None:
+        state = _module_state_node(self.s, node, how.saved_kinds, root=not name)
         if state is None:
             self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
             return
         items = _saved_dict_items(self.s, state) or []
-        # wrappers (torch.compile, DataParallel, DDP) prefix state_dict keys with "_orig_mod." / "module.":
-        # on either side, use the views that match best (only when the caller maps keys neither way)
+        # wrappers (a compiled or data-parallel module) prefix state keys (LoadTarget.strip_prefixes): on
+        # either side, use the views that match best (only when the caller maps keys neither way)
         views = [module]
-        while _wrapped(views[-1]) is not None:
-            views.append(_wrapped(views[-1]))
+        while (inner := how.unwrap(views[-1])) is not None:
+            views.append(inner)
         strips = [""]
         if not (self.s.filtering or self.s.renames):
-            strips += [w for w in _WRAPPER_PREFIXES if items and all(isinstance(k, str) and k.startswith(w) for k, _ in items)]
+            strips += [w for w in how.strip_prefixes if items and all(isinstance(k, str) and k.startswith(w) for k, _ in items)]
+        states = {id(view): how.named_state(view) for view in views}
         best, strip = max(
             ((view, cut) for view in views for cut in strips),
-            key=lambda vc: len({str(k)[len(vc[1]):] for k, _ in items} & set(vc[0].state_dict())),
+            key=lambda vc: len({str(k)[len(vc[1]):] for k, _ in items} & set(states[id(vc[0])])),
         )
         for key, child in items:
             full = _join(prefix, key)
             if self.s.selected(full):
                 self.file_entries.append((full, self.s.rename(_join(prefix, str(key)[len(strip):])), child))
-        for key, value in best.state_dict(keep_vars=True).items():
-            self.targets[_join(prefix, key)] = (best, key, value)
+        for key, value in states[id(best)].items():
+            self.targets[_join(prefix, key)] = (best, key, value, how)
 
-    def plan_tensor_owner(self, tensor: Any, node: Any, name: str) -> None:
-        self.targets[name] = (None, name, tensor)
+    def plan_tensor_owner(self, tensor: Any, how: LoadTarget, node: Any, name: str) -> None:
+        self.targets[name] = (None, name, tensor, how)
         if self.s.selected(name):
             self.file_entries.append((name, self.s.rename(name), node))
 
     # whole objects
-    def plan_stateful(self, target: Any, node: Any, name: str, kind: str) -> None:
+    def plan_stateful(self, target: Any, how: LoadTarget, node: Any, name: str) -> None:
         if self.s.filtering and not (self.s.selected(name) or self.s.selected(name + ".")):
             return
         label = name or "<root>"
-        expected = {"optimizer": "torch.optimizer", "scheduler": "torch.lr_scheduler", "scaler": "torch.grad_scaler"}[kind]
         found = _object_kind(node)
         if found is not None:
-            if found != expected or "state" not in node:
+            if found not in how.saved_kinds or "state" not in node:
                 self.s.report.mismatched.append(Mismatch(label, found, None, type(target).__name__, None))
                 return
             state_node = node["state"]
@@ -309,22 +314,17 @@ class _Planner:
         else:
             self.s.report.mismatched.append(Mismatch(label, _what(node), None, type(target).__name__, None))
             return
-        state = self.s.decode(state_node, framework="torch")
-        problem = _optimizer_problem(target, state) if kind == "optimizer" else None
-        if problem is None:
-            from .adapters.torch_objects import StateMismatch, conform_state  # a torch target: torch is imported
-
-            try:
-                state = conform_state(target, state)  # load_state_dict updates __dict__: only what the target has
-            except StateMismatch as exc:
-                problem = (f"{exc.where}: {exc.found}", exc.expected)
-        if problem:
-            self.s.report.mismatched.append(Mismatch(label, problem[0], None, problem[1], None))
+        state = self.s.decode(state_node, framework=how.framework)
+        try:
+            state = how.conform(target, state)
+        except StateMismatch as exc:
+            found_text = f"{exc.where}: {exc.found}" if exc.where else exc.found
+            self.s.report.mismatched.append(Mismatch(label, found_text, None, exc.expected, None))
             return
-        self.s.actions.append(lambda: target.load_state_dict(state))
+        self.s.actions.append(lambda: how.assign(target, state))
         self.s.report.loaded.append(label)
 
-    def plan_rng(self, target: Any, node: Any, name: str) -> None:
+    def plan_rng(self, target: Any, how: LoadTarget, node: Any, name: str) -> None:
         if self.s.filtering and not self.s.selected(name):
             return
         if _object_kind(node) is None:
@@ -334,21 +334,21 @@ class _Planner:
         if type(saved) is not type(target):
             self.s.report.mismatched.append(Mismatch(name or "<root>", type(saved).__name__, None, type(target).__name__, None))
             return
-        self.s.actions.append(lambda: _copy_rng(saved, target))
+        self.s.actions.append(lambda: how.assign(target, saved))
         self.s.report.loaded.append(name or "<root>")
 
     # key matching
     def match(self) -> None:
         report = self.s.report
         claimed: set[str] = set()
-        tensors: list[tuple[str, str, Any]] = []
+        tensors: list[tuple[str, str, tuple]] = []
         for full, renamed, child in self.file_entries:
             entry = self.targets.get(renamed)
             if entry is None:
                 report.unexpected.append(renamed)
                 continue
             claimed.add(renamed)
-            owner, key, value = entry
+            owner, key, value, how = entry
             ref = child.get("tensor") if isinstance(child, dict) else None
             target_meta = _tensor_meta(value)
             if isinstance(ref, str) and target_meta is not None:
@@ -364,7 +364,7 @@ class _Planner:
             elif target_meta is not None:
                 report.mismatched.append(Mismatch(renamed, _what(child), None, target_meta[0], target_meta[1]))
             else:  # non-tensor state (e.g. a module's _extra_state)
-                tensors.append((renamed, "", (owner, key, child)))
+                tensors.append((renamed, "", (owner, key, child, how)))
         if not self.s.filtering:
             report.missing.extend(k for k in self.targets if k not in claimed)
         else:  # what select asked for must exist in the file
@@ -378,72 +378,43 @@ class _Planner:
 
     def _plan_copies(self, entries: list[tuple[str, str, tuple]]) -> None:
         def apply() -> None:
-            torch_names = [ref for _, ref, (owner, _, _) in entries if ref and owner is not None]
-            other_names = [ref for _, ref, (owner, _, _) in entries if ref and owner is None]
-            values = self.s.values(torch_names, "torch")
-            values.update(self.s.values(other_names, None))
-            per_module: dict[int, tuple[Any, dict]] = {}
-            for full, ref, (owner, key, target_value) in entries:
+            by_framework: dict[str | None, list[str]] = {}
+            for _, ref, (_, _, _, how) in entries:
+                if ref:
+                    by_framework.setdefault(how.framework, []).append(ref)
+            values: dict[str, Any] = {}
+            for framework, names in by_framework.items():
+                values.update(self.s.values(names, framework))
+            per_module: dict[int, tuple[Any, LoadTarget, dict]] = {}
+            for full, ref, (owner, key, target_value, how) in entries:
                 value = values[ref] if ref else self.s.decode(target_value)
                 if owner is None:
-                    _copy_tensor(target_value, value)
+                    how.assign(target_value, value)
                 else:
-                    per_module.setdefault(id(owner), (owner, {}))[1][key] = value
-            for module, state in per_module.values():
-                module.load_state_dict(state, strict=False)
+                    per_module.setdefault(id(owner), (owner, how, {}))[2][key] = value
+            for module, how, state in per_module.values():
+                how.assign(module, state)
 
         if entries:
             self.s.actions.append(apply)
             self.s.report.loaded.extend(full for full, _, _ in entries)
 
 
-def _classify(target: Any) -> str | None:
-    mod = type(target).__module__.partition(".")[0]
-    if mod == "torch" or any(c.__module__.startswith("torch") for c in type(target).__mro__):
-        import torch
-
-        if isinstance(target, torch.nn.Module):
-            return "module"
-        if isinstance(target, torch.optim.Optimizer):
-            return "optimizer"
-        if isinstance(target, torch.optim.lr_scheduler.LRScheduler):
-            return "scheduler"
-        if isinstance(target, torch.amp.GradScaler):
-            return "scaler"
-        if isinstance(target, torch.Generator):
-            return "rng"
-        if isinstance(target, torch.Tensor):
-            return "tensor"
-    import random
-
-    import numpy as np
-
-    from .rng import RNGState
-
-    if type(target) in (random.Random, np.random.Generator, np.random.RandomState, RNGState):
-        return "rng"
-    if isinstance(target, np.ndarray):
-        return "tensor"
+def target_for(obj: Any) -> LoadTarget | None:
+    """How ``obj`` is restored in place (modelsafe's own generators, then its frameworks' targets), or None."""
+    for how in RNG_TARGETS:
+        if how.handles(obj):
+            return how
+    for framework in frameworks_for_type(type(obj)):
+        for how in framework.load_targets:
+            if how.handles(obj):
+                return how
     return None
 
 
-_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
-
-
-def _wrapped(module: Any) -> Any:
-    """The module inside a torch.compile / DataParallel / DistributedDataParallel wrapper, else None."""
-    import torch
-
-    if type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):
-        return module._orig_mod
-    if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-        return module.module
-    return None
-
-
-def _module_state_node(session: _Session, node: Any, *, root: bool) -> Any:
+def _module_state_node(session: _Session, node: Any, kinds: tuple[str, ...], *, root: bool) -> Any:
     kind = _object_kind(node)
-    if kind == "torch.module":
+    if kind in kinds:
         return node.get("state")
     if kind is not None:
         return None
@@ -451,7 +422,7 @@ def _module_state_node(session: _Session, node: Any, *, root: bool) -> Any:
     if items is None:
         return None
     if root:  # a lone module against a saved training state: use the one saved module in it
-        modules = [v for _, v in items if _object_kind(v) == "torch.module" and "state" in v]
+        modules = [v for _, v in items if _object_kind(v) in kinds and "state" in v]
         if len(modules) == 1 and not any(isinstance(v, dict) and "tensor" in v for _, v in items):
             return modules[0]["state"]
     return node
@@ -464,52 +435,6 @@ def _what(node: Any) -> str:
     if isinstance(node, dict):
         return next(iter(node), "value")
     return type(node).__name__
-
-
-def _optimizer_problem(opt: Any, state: Any) -> tuple[str, str] | None:
-    groups = state.get("param_groups") if isinstance(state, dict) else None
-    if (
-        not isinstance(groups, list)
-        or not isinstance(state.get("state"), dict)
-        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
-    ):
-        return "not an optimizer state_dict", type(opt).__name__
-    saved = [len(g["params"]) for g in groups]
-    mine = [len(g["params"]) for g in opt.param_groups]
-    if saved != mine:
-        return f"param groups of sizes {saved}", f"param groups of sizes {mine}"
-    return None
-
-
-def _copy_tensor(target: Any, value: Any) -> None:
-    import numpy as np
-
-    if isinstance(target, np.ndarray):
-        np.copyto(target, np.asarray(value), casting="unsafe")
-        return
-    import torch
-
-    with torch.no_grad():
-        target.copy_(torch.as_tensor(value) if not isinstance(value, torch.Tensor) else value)
-
-
-def _copy_rng(saved: Any, target: Any) -> None:
-    import random
-
-    import numpy as np
-
-    from .rng import RNGState
-
-    if isinstance(target, random.Random):
-        target.setstate(saved.getstate())
-    elif isinstance(target, np.random.Generator):
-        target.bit_generator.state = saved.bit_generator.state
-    elif isinstance(target, np.random.RandomState):
-        target.set_state(saved.get_state())
-    elif isinstance(target, RNGState):
-        target.__dict__.update(saved.__dict__)
-    else:  # torch.Generator
-        target.set_state(saved.get_state())
 
 
 # -- entry point ----------------------------------------------------------------------------------
@@ -525,14 +450,14 @@ def load_into(
 ) -> LoadReport:
     """Restore saved state in place into ``target``; returns a :class:`LoadReport`.
 
-    >>> import torch, tempfile, os, modelsafe as ms
-    >>> p = os.path.join(tempfile.mkdtemp(), "mlp.safetensors")
-    >>> ms.save(torch.nn.Linear(3, 2).state_dict(), p)
-    >>> clone = torch.nn.Linear(3, 2)
-    >>> ms.load_into(clone, p).loaded
-    ['weight', 'bias']
-    >>> ms.load_into(torch.nn.Linear(4, 2), p, strict=False).mismatched[0].key
-    'weight'
+    >>> import numpy as np, tempfile, os, modelsafe as ms
+    >>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> ms.save({"w": np.arange(3.0), "step": 4}, p)
+    >>> target = {"w": np.zeros(3), "step": 0}
+    >>> sorted(ms.load_into(target, p).loaded), target["w"].tolist(), target["step"]
+    (['step', 'w'], [0.0, 1.0, 2.0], 4)
+    >>> ms.load_into({"w": np.zeros(4)}, p, strict=False).mismatched[0].key
+    'w'
     """
     _check_arguments(target, path, strict, verify, rename)
     select = check_select(select)

@@ -6,8 +6,9 @@ An object that is more than a container of tensors is stored as one skeleton nod
      "recipe": {"name": "pkg.Net", "args": [...], "kwargs": [["width", 64]]},
      "state": <ordinary tree node; its tensors are ordinary, checksummed leaves>}
 
-The codec of each kind lives in a module found lazily by the top-level module of
-the object's type (like tensor adapters), so ``import modelsafe`` imports no
+The codecs of each framework are in its :class:`~modelsafe.adapters.protocol.Framework`
+record, found lazily by the top-level module of the object's type (like tensor
+adapters) or by the prefix of a node's kind, so ``import modelsafe`` imports no
 framework.  An object reached twice in one tree (an optimizer saved beside the
 scheduler that holds it) is stored once; later occurrences are
 ``{"object_ref": id}`` and come back as the same object.
@@ -18,18 +19,29 @@ Classes named in a file are found only through :mod:`modelsafe.recipes`
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections import Counter
 from typing import Any, Callable, Iterable, Protocol
 
-from .errors import CorruptCheckpointError, ModelsafeError, UnknownClassError, UnsupportedObjectError
-from .recipes import Recipe, _trust_advice, attach_recipe, lookup, qualified_name, recipe_of, registered_name, resolve
-from .tree import Flattener, Unflattener, _decode_key, format_path, register_decoder, register_encoder
+from .adapters import framework_for_kind, frameworks_for_type
+from .errors import CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnknownClassError, UnsupportedObjectError
+from .recipes import (
+    Recipe,
+    _trust_advice,
+    attach_recipe,
+    ensure_builtins,
+    generation,
+    is_built_type,
+    lookup,
+    qualified_name,
+    recipe_of,
+    registered_name,
+    resolve,
+)
+from .tree import Flattener, Unflattener, _decode_key, _dict_items, format_path, register_decoder, register_encoder
 
 __all__ = [
     "ObjectCodec",
-    "register_codec_module",
     "codec_for_type",
     "encode_object",
     "encode_recipe",
@@ -48,63 +60,37 @@ class ObjectCodec(Protocol):
     def decode(self, un: Unflattener, node: dict) -> Any: ...
 
 
-# top-level module of a type -> codec modules (each exposes CODECS)
-_CODEC_MODULES: dict[str, list[str]] = {
-    "torch": ["modelsafe.adapters.torch_objects"],
-    "random": ["modelsafe.rng"],
-    "numpy": ["modelsafe.rng"],
-    "modelsafe": ["modelsafe.rng"],
-}
-# node kind -> codec module; only modelsafe's own modules are ever imported for a file
-_KIND_MODULES: dict[str, str] = {
-    "torch.module": "modelsafe.adapters.torch_objects",
-    "torch.optimizer": "modelsafe.adapters.torch_objects",
-    "torch.lr_scheduler": "modelsafe.adapters.torch_objects",
-    "torch.grad_scaler": "modelsafe.adapters.torch_objects",
-    "torch.generator": "modelsafe.adapters.torch_objects",
-    "python.random": "modelsafe.rng",
-    "numpy.generator": "modelsafe.rng",
-    "numpy.random_state": "modelsafe.rng",
-    "modelsafe.rng_state": "modelsafe.rng",
-}
+# modelsafe's own codecs (python.random, modelsafe.rng_state), given to install(); framework
+# codecs come from Framework records
+_CORE_CODECS: list[ObjectCodec] = []
 _by_type: dict[type, ObjectCodec | None] = {}
+_by_type_generation = -1   # recipes.generation() when _by_type was filled
 _by_kind: dict[str, ObjectCodec] = {}
 
 
-def register_codec_module(module: str, *, type_roots: Iterable[str] = (), kinds: Iterable[str] = ()) -> None:
-    """Register a module exposing ``CODECS``, imported the first time one of its types or kinds is met."""
-    for root in type_roots:
-        mods = _CODEC_MODULES.setdefault(root, [])
-        if module not in mods:
-            mods.append(module)
-    for kind in kinds:
-        _KIND_MODULES[kind] = module
-    _by_type.clear()
+def _core_codecs() -> list[ObjectCodec]:
+    return list(_CORE_CODECS)
 
 
-def _codecs_of(module: str) -> list[ObjectCodec]:
-    try:
-        return list(importlib.import_module(module).CODECS)
-    except ImportError:
-        return []
+def _framework_codecs(framework: Any) -> Iterable[ObjectCodec]:
+    if framework.codecs:
+        ensure_builtins(framework)  # a codec names classes by their registered names
+    return framework.codecs
 
 
 def codec_for_type(tp: type) -> ObjectCodec | None:
     """The codec for objects of type ``tp`` (found by the top-level modules of its MRO), or None."""
+    global _by_type_generation
+    if _by_type_generation != generation():  # a class was registered or built since: answers may differ
+        _by_type.clear()
+        _by_type_generation = generation()
     try:
         return _by_type[tp]
     except KeyError:
         pass
-    found: ObjectCodec | None = None
-    seen: set[str] = set()
-    for cls in tp.__mro__:
-        for module in _CODEC_MODULES.get(cls.__module__.partition(".")[0], ()):
-            if module in seen:
-                continue
-            seen.add(module)
-            found = next((c for c in _codecs_of(module) if c.handles(tp)), None)
-            if found is not None:
-                break
+    found: ObjectCodec | None = next((c for c in _core_codecs() if c.handles(tp)), None)
+    for framework in frameworks_for_type(tp) if found is None else ():
+        found = next((c for c in _framework_codecs(framework) if c.handles(tp)), None)
         if found is not None:
             break
     if found is None and _is_recipe_type(tp):
@@ -120,27 +106,25 @@ def _codec_for_kind(un: Unflattener, node: dict) -> ObjectCodec:
         return codec
     if kind == REBUILDABLE.kinds[0]:
         return REBUILDABLE
-    module = _KIND_MODULES.get(kind) if isinstance(kind, str) else None
-    if module is None:
+    if isinstance(kind, str):
+        codecs = _core_codecs()
+        try:
+            framework = framework_for_kind(kind)
+        except FrameworkNotInstalledError as exc:
+            raise FrameworkNotInstalledError(f"{un.source}: holds a {kind} object; {exc}", path=un.source) from exc
+        if framework is not None:
+            codecs += list(_framework_codecs(framework))
+        for c in codecs:
+            for k in c.kinds:
+                _by_kind.setdefault(k, c)
+    codec = _by_kind.get(kind) if isinstance(kind, str) else None
+    if codec is None:
         raise CorruptCheckpointError(
             f"{un.source}: the file holds an object of kind {kind!r}, which this modelsafe does not know; "
             "it was written by a newer modelsafe or is damaged (pip install -U modelsafe)",
             path=un.source,
         )
-    try:
-        codecs = importlib.import_module(module).CODECS
-    except ImportError as exc:
-        from .errors import FrameworkNotInstalledError
-
-        root = kind.partition(".")[0]
-        raise FrameworkNotInstalledError(
-            f"{un.source}: holds a {kind} object, which needs {root} ({exc}); install it with: pip install 'modelsafe[{root}]'",
-            path=un.source,
-        ) from exc
-    for c in codecs:
-        for k in c.kinds:
-            _by_kind[k] = c
-    return _by_kind[kind]
+    return codec
 
 
 # -- per-save state: ids, de-duplication, recipe mode ---------------------------------
@@ -412,23 +396,8 @@ def _dec_ref(un: Unflattener, node: dict) -> Any:
 
 # -- generic rebuildable objects (decorated classes that are not framework objects) ------
 
-_BUILT_TYPES: set[type] = set()
-
-
 def _is_recipe_type(tp: type) -> bool:
-    return registered_name(tp) is not None or tp in _BUILT_TYPES
-
-
-def forget_type(tp: type) -> None:
-    """Drop the cached codec lookup for ``tp`` (it was just registered)."""
-    _by_type.pop(tp, None)
-
-
-def note_built_type(tp: type) -> None:
-    """Make instances of ``tp`` (made by ``ms.build``) reach the rebuildable codec."""
-    if tp not in _BUILT_TYPES:
-        _BUILT_TYPES.add(tp)
-        _by_type.pop(tp, None)
+    return registered_name(tp) is not None or is_built_type(tp)
 
 
 class RebuildableCodec:
@@ -494,8 +463,6 @@ def _encode(fl: Flattener, obj: Any, path: tuple) -> Any:
 
 
 def _enc_counter(fl: Flattener, obj: Counter, path: tuple) -> Any:
-    from .tree import _dict_items  # the same key rules as dicts
-
     return fl.encode_container(obj, path, lambda: {"counter": _dict_items(fl, obj, path)})
 
 
@@ -506,9 +473,28 @@ def _dec_counter(un: Unflattener, node: dict) -> Counter:
     return Counter({_decode_key(un, k): un.decode(v) for k, v in items})  # keys checked hashable
 
 
-register_encoder(Counter, _enc_counter)
-register_decoder("counter", _dec_counter)
-register_encoder(_handles, _encode)
-register_decoder("object", _dec_object)
-register_decoder("object_ref", _dec_object_ref)
-register_decoder("ref", _dec_ref)
+_installed = False
+
+
+def install(codecs: Iterable[ObjectCodec] = ()) -> None:
+    """Teach the tree about objects: Counter, framework objects, rebuildables, class references.
+
+    Called once by the package (``modelsafe/__init__.py``) with modelsafe's own codecs
+    (:mod:`modelsafe.rng`); framework codecs are found through the adapters registry.
+    A second call only adds ``codecs``.
+    """
+    global _installed
+    for codec in codecs:
+        if codec not in _CORE_CODECS:
+            _CORE_CODECS.append(codec)
+    _by_type.clear()
+    _by_kind.clear()
+    if _installed:
+        return
+    _installed = True
+    register_encoder(Counter, _enc_counter)
+    register_decoder("counter", _dec_counter)
+    register_encoder(_handles, _encode)
+    register_decoder("object", _dec_object)
+    register_decoder("object_ref", _dec_object_ref)
+    register_decoder("ref", _dec_ref)

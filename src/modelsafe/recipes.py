@@ -16,8 +16,9 @@ assignment only).  :func:`_find_class` is the one place a name becomes a class.
 A *recipe* is how an object was made: the stable name of its class (or factory) and
 the constructor arguments.  ``@rebuildable`` records it whenever an instance is
 constructed; ``build(cls, *args, **kwargs)`` constructs any class and records it.
-Built-in registrations (torch.nn layers, torch.optim, lr schedulers) are made lazily,
-the first time a name under ``torch.`` is looked up or a torch object is saved.
+A framework's built-in registrations (its layers, optimizers, schedulers) are made
+lazily by its ``Framework.register_builtins``, the first time a name under one of its
+type roots is looked up or one of its objects is saved.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .adapters import framework_for_root, framework_named
 from .arguments import check_names, check_optional_name
 from .errors import FrameworkNotInstalledError, InvalidArgumentError, UnknownClassError
 
@@ -38,7 +40,6 @@ __all__ = [
     "build",
     "recipe_of",
     "register",
-    "register_provider",
     "lookup",
     "registered_name",
     "find_data_class",
@@ -49,6 +50,27 @@ RECIPE_ATTR = "_modelsafe_recipe"
 
 _REGISTRY: dict[str, Any] = {}          # stable name or alias -> class or factory
 _NAMES: dict[Any, str] = {}             # class or factory -> stable name
+_BUILT_TYPES: set[type] = set()         # types of objects made by build(): they carry recipes
+_generation = 0                         # bumped by every registration; caches keyed on types compare it
+
+
+def generation() -> int:
+    """A number that changes whenever a class is registered or built: caches of per-type answers compare it.
+
+    >>> before = generation(); _ = register(type("G", (), {}), name="docs.G"); generation() > before
+    True
+    """
+    return _generation
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
+def is_built_type(tp: type) -> bool:
+    """True when instances of ``tp`` were made by :func:`build` (so they may carry a recipe)."""
+    return tp in _BUILT_TYPES
 
 
 def qualified_name(obj: Any) -> str:
@@ -81,9 +103,7 @@ def register(cls_or_factory: Any = None, name: str | None = None, aliases: Itera
     # the qualified name also resolves, so files written before a rename keep loading
     _REGISTRY.setdefault(qualified_name(cls_or_factory), cls_or_factory)
     _NAMES[cls_or_factory] = stable
-    objects = sys.modules.get("modelsafe.objects")
-    if objects is not None and isinstance(cls_or_factory, type):
-        objects.forget_type(cls_or_factory)  # it may have been met (and found unsupported) before
+    _changed()  # it may have been met (and found unsupported) before
     return cls_or_factory
 
 
@@ -179,36 +199,33 @@ def build(cls: Any, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgumentError(f"ms.build(cls, *args, **kwargs): cls must be a class or registered factory function, not {cls!r}")
     obj = cls(*args, **kwargs)
     attach_recipe(obj, Recipe(cls, tuple(args), dict(kwargs)))
-    from .objects import note_built_type  # late: objects builds on this module
-
-    note_built_type(type(obj))
+    if type(obj) not in _BUILT_TYPES:
+        _BUILT_TYPES.add(type(obj))
+        _changed()
     return obj
 
 
-# top-level module of a name -> modelsafe module that registers that framework's built-ins
-_PROVIDERS: dict[str, str] = {"torch": "modelsafe.adapters.torch_objects"}
-_PROVIDED: set[str] = set()
+_PROVIDED: set[str] = set()  # frameworks whose built-in recipes are registered
 
 
-def register_provider(root: str, module: str) -> None:
-    """Lazily import ``module`` (a modelsafe module registering built-ins) for names under ``root``."""
-    _PROVIDERS[root] = module
+def ensure_builtins(framework: Any) -> None:
+    """Register the built-in recipe names of ``framework`` (a Framework record), once."""
+    if framework.name not in _PROVIDED:
+        _PROVIDED.add(framework.name)
+        if framework.register_builtins is not None:
+            framework.register_builtins()
 
 
 def _load_provider(name: str) -> bool:
-    root = name.replace(":", ".").partition(".")[0]
-    module = _PROVIDERS.get(root)
-    if module is None or root in _PROVIDED:
+    """Register the built-ins of the framework ``name`` lies under ("torch.nn.Linear" -> torch); True if it was new."""
+    framework = framework_for_root(name.replace(":", "."))
+    if framework is None or framework in _PROVIDED:
         return False
-    _PROVIDED.add(root)
     try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        _PROVIDED.discard(root)
-        raise FrameworkNotInstalledError(
-            f"the file names {name!r}, a {root} class, but {root} is not installed ({exc}); "
-            f"install it with: pip install 'modelsafe[{root}]'"
-        ) from exc
+        record = framework_named(framework)
+    except FrameworkNotInstalledError as exc:
+        raise FrameworkNotInstalledError(f"the file names {name!r}, a {framework} class; {exc}") from exc
+    ensure_builtins(record)
     return True
 
 

@@ -542,6 +542,3 @@ def walk_refs(node: Any) -> Iterable[tuple[str, str]]:
             else:
                 stack.extend(reversed(list(cur.values())))
 
-
-# framework objects (modules, optimizers, schedulers, RNG states, rebuildables) hook in here
-from . import objects as _objects  # noqa: E402,F401

@@ -1,7 +1,10 @@
-"""Framework adapters: one module per framework, all speaking the same small protocol.
+"""Framework adapters: one package per framework, all speaking the protocol of :mod:`.protocol`.
 
-Adapters are found lazily by the top-level module of an object's type (or of any
-class in its MRO), so ``import modelsafe`` imports no framework and saving numpy
+Each framework package exposes a :class:`~.protocol.Framework` record ``FRAMEWORK`` and
+is registered below with one :func:`register_framework` line (as fsspec's
+``known_implementations``).  Packages are imported lazily, found by the top-level
+module of an object's type (or of any class in its MRO) or by a skeleton kind's
+prefix, so ``import modelsafe`` imports no framework and saving numpy
 arrays never imports torch.  A framework that is asked for but not installed
 raises :class:`~modelsafe.errors.FrameworkNotInstalledError` with an install hint.
 
@@ -13,21 +16,29 @@ turn a byte buffer back into tensors.
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol, Sequence
 
 import numpy as np
 
 from ..errors import FrameworkNotInstalledError
+from .protocol import Framework
 
 __all__ = [
     "TensorInfo",
     "TensorSpec",
     "TensorAdapter",
+    "Framework",
     "adapter_for_type",
     "adapter_named",
+    "framework_for_kind",
+    "framework_for_type",
+    "framework_named",
+    "imported_frameworks",
     "known_frameworks",
-    "register_adapter",
+    "register_framework",
+    "unregister_framework",
 ]
 
 
@@ -81,84 +92,170 @@ class LoadOptions:
     copy: bool = False  # True when base is a transient buffer the tensors must not keep
 
 
-# framework name -> (adapter module, pip extra hint)
-_ADAPTER_MODULES: dict[str, str] = {
-    "numpy": "modelsafe.adapters.numpy",
-    "torch": "modelsafe.adapters.torch",
-}
-# top-level module of a type -> framework name
-_TYPE_ROOTS: dict[str, str] = {
-    "numpy": "numpy",
-    "torch": "torch",
-}
-_INSTALL_HINTS: dict[str, str] = {
-    "numpy": "pip install numpy",
-    "torch": "pip install 'modelsafe[torch]'",
-    "jax": "pip install jax",
-    "tensorflow": "pip install tensorflow",
-    "mxnet": "pip install mxnet",
-}
-_loaded: dict[str, TensorAdapter] = {}
-_by_type: dict[type, TensorAdapter | None] = {}
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    module: str
+    type_roots: tuple[str, ...]
+    kind_prefixes: tuple[str, ...]
+    rng_keys: tuple[str, ...]
+    extra: str | None
 
 
-def register_adapter(framework: str, module: str, *, type_roots: Sequence[str] = (), install_hint: str | None = None) -> None:
-    """Register an adapter module for ``framework``, imported on first use.
+_REGISTRY: dict[str, _Entry] = {}
+_by_root: dict[str, str] = {}          # top-level module of a type -> framework name
+_loaded: dict[str, Framework] = {}
+_by_type: dict[type, tuple[Framework, ...]] = {}
+_adapter_by_type: dict[type, Any] = {}
 
-    >>> register_adapter("numpy", "modelsafe.adapters.numpy", type_roots=["numpy"])
+
+def register_framework(
+    name: str, module: str, *, type_roots: Sequence[str] = (), kind_prefixes: Sequence[str] = (),
+    extra: str | None = None, rng_keys: Sequence[str] | None = None,
+) -> None:
+    """Register the framework package ``module`` (exposing ``FRAMEWORK``), imported on first use.
+
+    ``type_roots``: top-level modules whose types belong to it (``"torch"``);
+    ``kind_prefixes``: prefixes of the skeleton object kinds its codecs write
+    (``"torch."``); ``extra``: the pip extra that installs it; ``rng_keys``: the keys
+    its RNG sources own in a checkpoint's ``rng`` block (default: its name).
+
+    >>> register_framework("numpy", "modelsafe.adapters.numpy", type_roots=("numpy",), kind_prefixes=("numpy.",))
     """
-    _ADAPTER_MODULES[framework] = module
-    for root in type_roots:
-        _TYPE_ROOTS[root] = framework
-    if install_hint:
-        _INSTALL_HINTS[framework] = install_hint
-    _loaded.pop(framework, None)
+    _REGISTRY[name] = _Entry(name, module, tuple(type_roots) or (name,), tuple(kind_prefixes),
+                             tuple(rng_keys) if rng_keys is not None else (name,), extra)
+    for root in _REGISTRY[name].type_roots:
+        _by_root[root] = name
+    _loaded.pop(name, None)
     _by_type.clear()
+    _adapter_by_type.clear()
+
+
+def unregister_framework(name: str) -> None:
+    """Forget framework ``name`` (tests that register a stand-in framework clean up with it)."""
+    entry = _REGISTRY.pop(name, None)
+    for root in entry.type_roots if entry is not None else ():
+        if _by_root.get(root) == name:
+            del _by_root[root]
+    _loaded.pop(name, None)
+    _by_type.clear()
+    _adapter_by_type.clear()
+
+
+# -- the frameworks modelsafe knows (one line each; the package is imported on first use) ----------
+register_framework("numpy", "modelsafe.adapters.numpy", type_roots=("numpy",), kind_prefixes=("numpy.",))
+register_framework("torch", "modelsafe.adapters.torch", type_roots=("torch",), kind_prefixes=("torch.",),
+                   extra="torch", rng_keys=("torch", "cuda"))
+# tensorflow / keras, jax / flax / optax and mxnet register here, one line each
 
 
 def known_frameworks() -> list[str]:
-    """The framework names ``framework=`` accepts (registered adapters, installed or not)."""
-    return sorted(_ADAPTER_MODULES)
+    """The framework names ``framework=`` accepts (registered frameworks, installed or not)."""
+    return sorted(_REGISTRY)
 
 
-def adapter_named(framework: str) -> TensorAdapter:
-    """The adapter for ``framework``; raises FrameworkNotInstalledError with a hint."""
-    adapter = _loaded.get(framework)
-    if adapter is not None:
-        return adapter
-    module_name = _ADAPTER_MODULES.get(framework)
-    if module_name is None:
-        known = ", ".join(sorted(_ADAPTER_MODULES))
-        raise FrameworkNotInstalledError(f"unknown framework {framework!r}; modelsafe knows: {known}")
+def install_hint(name: str) -> str:
+    """The command that installs framework ``name`` for modelsafe."""
+    entry = _REGISTRY.get(name)
+    extra = entry.extra if entry is not None else None
+    return f"pip install 'modelsafe[{extra}]'" if extra else f"pip install {name}"
+
+
+def framework_named(name: str) -> Framework:
+    """The :class:`Framework` record of ``name``; raises FrameworkNotInstalledError with an install hint.
+
+    >>> framework_named("numpy").name
+    'numpy'
+    """
+    found = _loaded.get(name)
+    if found is not None:
+        return found
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise FrameworkNotInstalledError(f"unknown framework {name!r}; modelsafe knows: {', '.join(known_frameworks())}")
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(entry.module)
     except ImportError as exc:
-        hint = _INSTALL_HINTS.get(framework, f"pip install {framework}")
         raise FrameworkNotInstalledError(
-            f"this needs {framework}, which is not installed ({exc}); install it with: {hint}"
+            f"this needs {name}, which is not installed ({exc}); install it with: {install_hint(name)}"
         ) from exc
-    adapter = module.ADAPTER
-    _loaded[framework] = adapter
-    return adapter
+    found = _loaded[name] = module.FRAMEWORK
+    return found
 
 
-def adapter_for_type(tp: type) -> TensorAdapter | None:
-    """The adapter whose tensors have type ``tp``, or None; cached per type."""
+def framework_for_root(module_name: str) -> str | None:
+    """The name of the framework whose types live under ``module_name``'s top-level module, or None."""
+    return _by_root.get(module_name.partition(".")[0])
+
+
+def frameworks_for_type(tp: type) -> tuple[Framework, ...]:
+    """The installed frameworks ``tp`` belongs to (by the top-level modules of its MRO, in MRO order); cached."""
     try:
         return _by_type[tp]
     except KeyError:
         pass
-    found = None
+    found: list[Framework] = []
     for cls in tp.__mro__:
-        framework = _TYPE_ROOTS.get(cls.__module__.partition(".")[0])
-        if framework is None:
+        name = framework_for_root(cls.__module__ or "")
+        if name is None or any(f.name == name for f in found):
             continue
         try:
-            adapter = adapter_named(framework)
+            found.append(framework_named(name))
         except FrameworkNotInstalledError:
             continue
-        if adapter.handles(tp):
-            found = adapter
-            break
-    _by_type[tp] = found
+    _by_type[tp] = result = tuple(found)
+    return result
+
+
+def framework_for_type(tp: type) -> Framework | None:
+    """The first framework ``tp`` belongs to, or None (``torch.nn.Linear`` -> torch)."""
+    found = frameworks_for_type(tp)
+    return found[0] if found else None
+
+
+def framework_for_kind(kind: str) -> Framework | None:
+    """The framework whose codecs write skeleton kind ``kind`` ("torch.module" -> torch), or None.
+
+    Raises FrameworkNotInstalledError when that framework is registered but not installed.
+    """
+    for entry in _REGISTRY.values():
+        if any(kind.startswith(prefix) for prefix in entry.kind_prefixes):
+            return framework_named(entry.name)
+    return None
+
+
+def framework_for_rng_key(key: str) -> str | None:
+    """The name of the framework whose RNG sources own ``key`` of the ``rng`` block, or None."""
+    return next((e.name for e in _REGISTRY.values() if key in e.rng_keys), None)
+
+
+def imported_frameworks() -> list[Framework]:
+    """The registered frameworks already imported by this process (never imports one)."""
+    out = []
+    for entry in _REGISTRY.values():
+        if any(root in sys.modules for root in entry.type_roots):
+            try:
+                out.append(framework_named(entry.name))
+            except FrameworkNotInstalledError:
+                continue
+    return out
+
+
+def adapter_named(framework: str) -> TensorAdapter:
+    """The tensor adapter of ``framework``; raises FrameworkNotInstalledError with a hint."""
+    adapter = framework_named(framework).tensors
+    if adapter is None:
+        raise FrameworkNotInstalledError(f"framework {framework!r} has no tensors modelsafe can load")
+    return adapter
+
+
+def adapter_for_type(tp: type) -> TensorAdapter | None:
+    """The tensor adapter whose tensors have type ``tp``, or None; cached per type."""
+    try:
+        return _adapter_by_type[tp]
+    except KeyError:
+        pass
+    found = next((f.tensors for f in frameworks_for_type(tp) if f.tensors is not None and f.tensors.handles(tp)), None)
+    _adapter_by_type[tp] = found
     return found
+

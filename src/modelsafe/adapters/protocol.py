@@ -23,6 +23,7 @@ __all__ = [
     "Lowering",
     "RngSource",
     "StateMismatch",
+    "rng_sources",
 ]
 
 
@@ -30,7 +31,7 @@ class StateMismatch(ValueError):
     """Raised by :meth:`LoadTarget.conform` when saved state does not fit the target."""
 
     def __init__(self, where: str, found: str, expected: str) -> None:
-        super().__init__(f"{where}: {found} (expected {expected})")
+        super().__init__(f"{where} holds {found} where the object has {expected}")
         self.where, self.found, self.expected = where, found, expected
 
 
@@ -49,7 +50,8 @@ class LoadTarget(Protocol):
 
     plan: str
     saved_kinds: tuple[str, ...]   # skeleton "object" kinds whose saved form fits this target
-    framework: str                 # framework= the saved tensors are loaded as before assign
+    framework: str | None          # framework= the saved tensors are loaded as before assign (None: as saved)
+    strip_prefixes: tuple[str, ...]  # "module": key prefixes wrappers add (DDP's "module."), tried when all saved keys have one
 
     def handles(self, obj: Any) -> bool: ...
     def named_state(self, obj: Any) -> dict[str, Any]: ...          # "module": key -> current value
@@ -59,12 +61,18 @@ class LoadTarget(Protocol):
 
 
 class RngSource(Protocol):
-    """A framework's global random generators, for exact resume (the manifest's ``rng`` block)."""
+    """A framework's global random generators, for exact resume (the manifest's ``rng`` block).
 
-    name: str                        # key in the rng block ("torch", "tensorflow")
+    ``capture`` returns a JSON-able state (None when the generators are not in use);
+    ``restore`` validates the whole state first and changes nothing when it raises
+    (ValueError / TypeError saying what is wrong; the core names the checkpoint and
+    rolls back every other generator).  A file may hold anything under ``name``.
+    """
 
-    def capture(self) -> Any | None: ...              # JSON-able state, None when the framework is not in use
-    def restore(self, state: Any, where: str) -> None: ...  # validates first; raises CorruptCheckpointError naming where
+    name: str                        # key in the rng block ("torch", "cuda", "tensorflow")
+
+    def capture(self) -> Any | None: ...
+    def restore(self, state: Any, where: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,10 @@ class Framework:
     looked up.  ``snapshot``: async saves call it with one tensor and a memo dict and
     get a private copy (None: the tensor adapter's ``host_bytes`` copy is used).
     ``load_targets``: what ``ms.load_into`` can restore in place.  ``rng``: its global
-    generators.  ``lowerings``: what convert stores in a plainer form.
+    generators, one source per key of the ``rng`` block (torch has "torch" and
+    "cuda"; register those keys with ``rng_keys=``).  ``lowerings``: what convert
+    stores in a plainer form.  ``format_tag``: the safetensors ``format`` metadata
+    convert writes for files of this framework's tensors ("pt", "np", "tf", "flax").
     """
 
     name: str
@@ -97,5 +108,14 @@ class Framework:
     register_builtins: Callable[[], None] | None = None
     snapshot: Callable[[Any, dict], Any] | None = None
     load_targets: Sequence[LoadTarget] = ()
-    rng: RngSource | None = None
+    rng: RngSource | Sequence[RngSource] | None = None
     lowerings: Sequence[Lowering] = ()
+    format_tag: str | None = None
+
+
+def rng_sources(framework: Framework) -> tuple[RngSource, ...]:
+    """The RNG sources of ``framework`` (its ``rng`` is one source, several, or None)."""
+    rng = framework.rng
+    if rng is None:
+        return ()
+    return tuple(rng) if isinstance(rng, (list, tuple)) else (rng,)

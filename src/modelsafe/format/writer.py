@@ -95,12 +95,9 @@ def _header(layout: Layout, state: FlatState, metadata_node: object, user_metada
 
 def _plain_header(layout: Layout, state: FlatState, user_metadata: object) -> bytes:
     """A plain safetensors header: tied names map to the stored one (as ``safetensors.torch.save_model``
-    records them), then the user's string metadata and the format tag of a single-framework file."""
+    records them), then the caller's string metadata (``format``: the framework's tag)."""
     meta = dict(state.aliases)
     meta.update(_string_items(user_metadata))
-    frameworks = {p.framework for p in state.payloads}
-    if len(frameworks) == 1 and next(iter(frameworks)) in _FORMAT_TAGS:
-        meta["format"] = _FORMAT_TAGS[next(iter(frameworks))]
     return build_header(_entries(layout), meta)
 
 
@@ -238,7 +235,8 @@ def write_plain_file(f: BinaryIO, state: FlatState, *, user_metadata: object = N
 
     No modelsafe manifest and no checksums: the header lists the tensors (laid out as
     :func:`write_file` lays them out), ``state.aliases`` as metadata (tied name -> stored
-    name), string ``user_metadata`` and the ``format`` tag.  The skeleton is not written.
+    name), then string ``user_metadata`` (``{"format": "pt"}`` and the like).  The
+    skeleton is not written.
     """
     layout = plan_layout(state.payloads)
     header = _plain_header(layout, state, user_metadata)

@@ -248,7 +248,7 @@ def arrays_as(tree: Any, framework: str | None) -> Any:
     import numpy as np
 
     from ..adapters import adapter_named
-    from ..adapters.torch import torch_dtype
+    from ..adapters.torch.tensors import torch_dtype
     from ..format import dtypes
 
     adapter_named("torch")  # raises FrameworkNotInstalledError with an install hint

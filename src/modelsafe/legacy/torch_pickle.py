@@ -672,7 +672,7 @@ class TensorFactory:
 
     def _make_torch(self, ref: TensorRef, dt: dtypes.DType, numel: int) -> Any:
         torch = self.torch
-        from ..adapters.torch import torch_dtype
+        from ..adapters.torch.tensors import torch_dtype
 
         tdt = torch_dtype(dt.name)
         window, key = self._window(ref, dt)

@@ -1,7 +1,7 @@
 """PyTorch framework objects: modules, optimizers, LR schedulers, GradScaler, Generators.
 
 Imported lazily (the first time such an object is saved or loaded, or a ``torch.``
-name is looked up); importing it registers the built-in recipes: every
+name is looked up); :func:`register_builtins` registers the built-in recipes: every
 ``torch.nn`` layer, every ``torch.optim`` optimizer, every scheduler in
 ``torch.optim.lr_scheduler`` and ``torch.optim.swa_utils``, and ``torch.amp.GradScaler``.
 
@@ -31,10 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
-from ..objects import call_recipe, decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
-from ..recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
-from ..tree import Flattener, Unflattener, format_path
+from ...errors import CorruptCheckpointError, IncompatibleStateError, MissingRecipeError, ModelsafeError, UnsupportedObjectError
+from ...objects import call_recipe, decode_recipe, encode_object, encode_recipe, in_recipe, remember_recipe, resolve_recipe
+from ...recipes import RECIPE_ATTR, Recipe, qualified_name, recipe_of, register, registered_name
+from ...tree import Flattener, Unflattener, format_path
+from ..protocol import StateMismatch
 
 _MISSING = object()
 PARAM_NAMES = "torch.param_leaves"  # Flattener.context key: id(parameter) -> leaf name
@@ -42,7 +43,8 @@ PARAM_NAMES = "torch.param_leaves"  # Flattener.context key: id(parameter) -> le
 # -- built-in registrations ---------------------------------------------------------------
 
 
-def _register_builtins() -> None:
+def register_builtins() -> None:
+    """Register every torch.nn layer, torch.optim optimizer, LR scheduler and GradScaler by its torch name."""
     from torch.optim import lr_scheduler, swa_utils
 
     for name, obj in vars(nn).items():
@@ -58,7 +60,6 @@ def _register_builtins() -> None:
     register(torch.amp.GradScaler, name="torch.amp.GradScaler")
 
 
-_register_builtins()
 _SCHEDULER_BASE = torch.optim.lr_scheduler.LRScheduler
 
 
@@ -477,7 +478,7 @@ def _note_parameter_leaves(fl: Flattener, state: dict, state_node: Any) -> None:
 
 def load_module_state(un: Unflattener, node: dict, module: nn.Module, state: Any) -> None:
     """Assign a decoded state_dict to a freshly built module; mismatches name keys and shapes."""
-    from ..load_into import LoadReport, Mismatch
+    from ...load_into import LoadReport, Mismatch
 
     if not isinstance(state, dict):
         raise un.bad(node, "module state must be a dict")
@@ -535,14 +536,6 @@ def _dtype_class(t: torch.Tensor) -> str:
 
 _PLAIN_SCALARS = (type(None), bool, int, float, str)
 _MAX_STATE_DEPTH = 16
-
-
-class StateMismatch(ValueError):
-    """A saved state that does not have the shape of the object's own; ``found`` / ``expected`` say how."""
-
-    def __init__(self, where: str, found: str, expected: str) -> None:
-        super().__init__(f"{where} holds {found} where the object has {expected}")
-        self.where, self.found, self.expected = where, found, expected
 
 
 def _kind(value: Any) -> str:
@@ -863,7 +856,7 @@ class SchedulerCodec:
 
 
 def _encode_outside_recipe(fl: Flattener, obj: Any, path: tuple) -> Any:
-    from ..objects import _state
+    from ...objects import _state
 
     st = _state(fl)
     depth, st.recipe_depth = st.recipe_depth, 0

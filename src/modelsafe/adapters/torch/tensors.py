@@ -7,9 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError, UnsupportedObjectError
-from ..format import dtypes
-from . import LoadOptions, TensorInfo, TensorSpec
+from ...errors import InvalidArgumentError, UnsupportedObjectError
+from ...format import dtypes
+from .. import LoadOptions, TensorInfo, TensorSpec
 
 _TORCH_DTYPES: dict[str, torch.dtype] = {}
 for _name in dtypes.BY_NAME:

@@ -6,9 +6,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import UnsupportedObjectError
-from ..format import dtypes
-from . import LoadOptions, TensorInfo, TensorSpec
+from ...errors import UnsupportedObjectError
+from ...format import dtypes
+from .. import LoadOptions, TensorInfo, TensorSpec
 
 
 class NumpyAdapter:
