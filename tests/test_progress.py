@@ -50,7 +50,21 @@ def test_checkpoints_save_load_and_export_with_progress(tmp_path, capsys, termin
     assert "loading" in capsys.readouterr().err
     ck.export(tmp_path / "m.safetensors", which=1, progress=True)
     assert "exporting m.safetensors" in capsys.readouterr().err
+    ck.fork(tmp_path / "other", which=1, progress=True).close()
+    assert "forking step1" in capsys.readouterr().err
+    assert np.array_equal(ms.load(tmp_path / "other")["w"], _state()["w"])
     ck.close()
+
+
+def test_the_cli_bar_is_the_library_bar(capsys, terminal, monkeypatch):
+    from modelsafe.cli import output
+
+    monkeypatch.setattr(output, "stderr_is_terminal", lambda: True)
+    with output.progress(10, "items") as bar:
+        bar.describe("counting items")
+        for _ in range(10):
+            bar.advance(1)
+    assert "10/10" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("to", ["modelsafe", "safetensors"])

@@ -24,20 +24,24 @@ from .tree import walk_refs
 __all__ = ["link_payloads", "export_checkpoint"]
 
 
-def link_payloads(source: CheckpointSource, staging: str) -> None:
+def link_payloads(source: CheckpointSource, staging: str, *, progress: bool = False) -> None:
     """Give ``staging`` the shards and bound files of open checkpoint ``source`` (hard links where possible).
 
     Every name is resolved relative to the checkpoint's open directory and no link is
     followed, so nothing outside the checkpoint can be linked or copied in (the caller
     has checked ``files/`` holds no link: :meth:`CheckpointSource.bound_file_checks`).
+    ``progress``: a bar of the bytes linked or copied (copies across devices take long).
     """
     manifest = source.manifest
-    for shard in manifest["shards"]:
-        _link_or_copy(source, shard["file"], os.path.join(staging, shard["file"]))
-    for rel in manifest["files"]:
-        parts = rel.split("/")
-        os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
-        _link_or_copy(source, rel, os.path.join(staging, *parts))
+    files = [(shard["file"], shard["size"]) for shard in manifest["shards"]]
+    files += [(rel, entry["size"]) for rel, entry in manifest["files"].items()]
+    with progress_bar(progress, f"forking {os.path.basename(source.path)}", sum(size for _, size in files)) as on_bytes:
+        for rel, size in files:
+            parts = rel.split("/")
+            os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
+            _link_or_copy(source, rel, os.path.join(staging, *parts))
+            if on_bytes is not None:
+                on_bytes(size)
 
 
 def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None,

@@ -755,13 +755,15 @@ class Checkpoints:
             restore_json(block, info.path)
 
     # -- fork and export ----------------------------------------------------------------------
-    def fork(self, dst: str | os.PathLike, which: Any = "best", **settings: Any) -> "Checkpoints":
+    def fork(self, dst: str | os.PathLike, which: Any = "best", *, progress: bool = False, **settings: Any) -> "Checkpoints":
         """Start run ``dst`` from checkpoint ``which`` of this run; returns its Checkpoints.
 
         The new run's first checkpoint shares the source's files through hard links where
         the file system allows (no byte copied twice) and records its lineage.  ``settings``
         override the keep/monitor/name options, which are copied from this run by default.
+        ``progress=True`` shows a progress bar of the bytes linked or copied.
         """
+        check_flag(progress, call="Checkpoints.fork", name="progress")
         info = self._resolve(which)
         options = dict(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode,
                        name=self.name_template, async_save=self.async_save, storage_options=self.storage_options, dedup=self.dedup)
@@ -774,10 +776,10 @@ class Checkpoints:
             target.close()
             raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
         with _removal_noticed(info), CheckpointSource(info.path) as source:
-            target._fork_from(source, info, self.directory)
+            target._fork_from(source, info, self.directory, progress)
         return target
 
-    def _fork_from(self, source: CheckpointSource, info: CheckpointInfo, origin: str) -> None:
+    def _fork_from(self, source: CheckpointSource, info: CheckpointInfo, origin: str, progress: bool = False) -> None:
         """Commit checkpoint ``source`` (of run ``origin``) as this new run's first checkpoint."""
         for _path, _size, problem in source.bound_file_checks():
             if problem is not None:  # links out of the checkpoint, or damage, must not be linked in
@@ -796,7 +798,7 @@ class Checkpoints:
         manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
         staging = target._storage.stage(info.name)
         try:
-            link_payloads(source, staging)
+            link_payloads(source, staging, progress=progress)
             write_manifest(staging, manifest)
             target._storage.commit(staging, info.name)
         except BaseException as exc:

@@ -13,11 +13,10 @@ True
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-__all__ = ["progress_bar", "stderr_is_terminal", "OnBytes"]
+__all__ = ["progress_bar", "Meter", "OnBytes"]
 
 OnBytes = Callable[[int], None]
 # Bytes gathered before the bar hears of them: tens of thousands of 1 KiB payloads
@@ -25,16 +24,25 @@ OnBytes = Callable[[int], None]
 STEP = 1 << 20
 
 
-class _Meter:
-    """Adds bytes to one task of a rich Progress, a megabyte at a time."""
+class Meter:
+    """Adds work done to one task of a rich Progress, gathered :data:`STEP` at a time.
 
-    def __init__(self, bar: object, task: int) -> None:
-        self._bar, self._task, self._pending = bar, task, 0
+    Call it (or ``advance``) with the amount just done; ``describe`` relabels the bar.
+    """
 
-    def __call__(self, nbytes: int) -> None:
-        self._pending += nbytes
-        if self._pending >= STEP:
+    def __init__(self, bar: Any, task: Any, step: int) -> None:
+        self._bar, self._task, self._step, self._pending = bar, task, step, 0
+
+    def __call__(self, amount: int) -> None:
+        self._pending += amount
+        if self._pending >= self._step:
             self.flush()
+
+    advance = __call__
+
+    def describe(self, text: str) -> None:
+        self.flush()
+        self._bar.update(self._task, description=text)
 
     def flush(self) -> None:
         if self._pending:
@@ -43,26 +51,32 @@ class _Meter:
 
 
 @contextmanager
-def progress_bar(enabled: bool, description: str, total: int | None) -> Iterator[OnBytes | None]:
-    """A bar of ``total`` bytes labelled ``description`` while the block runs; None when not ``enabled``."""
+def progress_bar(enabled: bool, description: str, total: int | None, *, unit_bytes: bool = True,
+                 transient: bool = False) -> Iterator[Meter | None]:
+    """A bar of ``total`` bytes (or items) labelled ``description`` while the block runs; None when not ``enabled``.
+
+    ``transient``: the bar disappears when done (the CLI prints its own summary).
+    """
     if not enabled:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        meter = _Meter(bar, bar.add_task(description, total=total))
+    counters = (DownloadColumn(), TransferSpeedColumn()) if unit_bytes else (MofNCompleteColumn(),)
+    columns = (TextColumn("{task.description}"), BarColumn(), *counters, TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True, highlight=False), transient=transient) as bar:
+        meter = Meter(bar, bar.add_task(description, total=total), STEP if unit_bytes else 1)
         try:
             yield meter
         finally:
             meter.flush()
 
-
-def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal (the CLI then shows bars for long work)."""
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False

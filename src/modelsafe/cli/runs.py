@@ -232,7 +232,7 @@ def fork(src: str, dst: str, which: str | None, as_json: bool) -> None:
     source = _checkpoint_in_run(address.path, address.selector or which, "fork")
     checkpoints, info = source.run, source.info
     run_path = checkpoints.directory
-    new_run = checkpoints.fork(dst, which=info)  # RunConflictError & co. reach the one error map
+    new_run = checkpoints.fork(dst, which=info, progress=stderr_is_terminal())  # errors reach the one error map
     try:
         first = new_run.latest()
     finally:
