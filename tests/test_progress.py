@@ -90,3 +90,10 @@ def test_the_bar_counts_every_byte(capsys, terminal):
 def test_progress_must_be_a_bool(tmp_path):
     with pytest.raises(ms.InvalidArgumentError, match="progress must be True or False"):
         ms.save({"w": np.ones(1)}, tmp_path / "x", progress="yes")
+
+
+def test_an_async_save_shows_its_bar_while_writing_in_the_background(tmp_path, capsys, terminal):
+    with ms.Checkpoints(tmp_path / "run", async_save=True) as ck:
+        ck.save(_state(), step=0, progress=True).result()
+        assert ck.load(0)["epoch"] == 3
+    assert "saving step0" in capsys.readouterr().err

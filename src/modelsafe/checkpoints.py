@@ -838,7 +838,7 @@ def _checked_step(step: Any) -> int | None:
     return value
 
 
-def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> Any:
+def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> FlatState:
     try:
         with gc_paused():
             return flatten(tree)
