@@ -162,13 +162,15 @@ def test_long_tables_use_the_fast_renderer(capsys):
 
 
 def test_progress_only_on_a_terminal(monkeypatch):
+    from modelsafe.progress import Meter
+
     monkeypatch.setattr(output, "stderr_is_terminal", lambda: False)
     with output.progress(100, "x") as bar:
         assert isinstance(bar, output._NoProgress)
         bar.advance(10)
     monkeypatch.setattr(output, "stderr_is_terminal", lambda: True)
     with output.progress(100, "x") as bar:
-        assert isinstance(bar, output._RichProgress)
+        assert isinstance(bar, Meter)
         bar.advance(100)
     with output.progress(0, "nothing to do") as bar:
         assert isinstance(bar, output._NoProgress)
