@@ -315,7 +315,7 @@ def bench_workload(w: Workload, directory: str, repeat: int, warmup: int, open_r
         savers.append(Contender("safetensors.save_file", lambda: st.save_file(w.flat, paths["st"]), remove(paths["st"]),
                                 lambda: fsync_path(paths["st"]), "safetensors.save_file + fsync"))
     add(round_robin(savers, repeat, warmup), "plain write+fsync")
-    del views
+    views.clear()  # the savers are done: release the host views (the list the lambda holds)
 
     # ---- loads: every tensor is touched before the clock stops
     loaders = [

@@ -36,8 +36,9 @@ from typing import Any, Callable
 import numpy as np
 
 import modelsafe as ms
-from craft import raw_file, read_parts
 from modelsafe.format.container import MANIFEST_KEY, reseal
+
+from craft import raw_file, read_parts
 
 RUN_FILE = ".modelsafe-run.json"
 TRUSTED_MODULE = "fuzz_trusted"           # the module the "load_trusted" operation trusts

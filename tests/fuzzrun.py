@@ -328,8 +328,9 @@ def _cli(args: list[str]) -> CliFailure | None:
 
 def entry_points(case: Any) -> list[tuple[str, Callable[[], Any]]]:
     """Every entry point that applies to the case's file or run."""
-    import modelsafe as ms
     import torch
+
+    import modelsafe as ms
 
     from fuzzcraft import TRUSTED_MODULE, fuzz_net, small_module
 

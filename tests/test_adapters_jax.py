@@ -8,8 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -297,9 +296,9 @@ def test_async_checkpoint_keeps_what_was_saved_when_the_arrays_are_donated_after
 
 
 def test_a_file_naming_another_class_for_a_variable_or_module_gets_nothing_called(tmp_path):
-    from craft import edit_manifest
-
     from modelsafe.errors import CorruptCheckpointError, UnknownClassError
+
+    from craft import edit_manifest
 
     path = tmp_path / "m.safetensors"
     ms.save(Net(3, 2, rngs=nnx.Rngs(0)), path)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import modelsafe as ms
+
 from craft import read_parts
 
 

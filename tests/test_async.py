@@ -65,10 +65,12 @@ def test_tensors_changed_right_after_save_do_not_leak_in(tmp_path, monkeypatch):
 def test_snapshot_copies_keep_dtypes_and_shapes():
     t = torch.arange(12, dtype=torch.bfloat16).reshape(3, 4).t()  # non-contiguous bfloat16
     fl = snapshot(flatten({"t": t, "b": b"raw", "n": np.ones((2, 2), np.int16)}))
-    by_name = {leaf.name: leaf for leaf in fl.leaves}
-    assert by_name["t"].info.dtype == "bfloat16" and by_name["t"].info.shape == (4, 3)
+    by_name = {p.name: p for p in fl.payloads}
+    assert by_name["t"].dtype == "bfloat16" and by_name["t"].shape == (4, 3)
     assert bytes(by_name["t"].host_bytes()) == bytes(t.contiguous().view(torch.int16).numpy().tobytes())
-    assert by_name["t"].adapter.framework == "torch" and bytes(by_name["b"].host_bytes()) == b"raw"
+    assert by_name["t"].framework == "torch" and bytes(by_name["b"].host_bytes()) == b"raw"
+    t.fill_(0)  # the copy is the snapshot's own
+    assert bytes(by_name["t"].host_bytes()) != bytes(t.contiguous().view(torch.int16).numpy().tobytes())
 
 
 def test_a_failing_background_write_surfaces_on_wait(tmp_path, monkeypatch):

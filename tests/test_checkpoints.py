@@ -92,7 +92,7 @@ def test_a_checkpoint_directory_is_a_modelsafe_path(tmp_path):
 def test_multiple_shards_round_trip(tmp_path):
     tensors = {f"t{i}": np.arange(100, dtype=np.float32) + i for i in range(7)}
     fl = flatten(tensors)
-    assert len(plan_shards(fl.leaves, 1000)) == 4
+    assert len(plan_shards(fl.payloads, 1000)) == 4
     checksums, placement, shards = write_shards(str(tmp_path), fl, max_shard_bytes=1000)
     assert len(shards) == 4 and len(set(placement.values())) == 4
     from modelsafe.checkpoint_dir import build_manifest, write_manifest

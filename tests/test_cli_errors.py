@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 import modelsafe as ms
-from modelsafe.cli import main
-from modelsafe.cli import output
+from modelsafe.cli import main, output
 from modelsafe.cli.errors import (
-    EXIT_PROBLEM, EXIT_USAGE, CommandError, ModelsafeGroup, ProblemFound, register_error, translate,
+    EXIT_PROBLEM,
+    EXIT_USAGE,
+    CommandError,
+    ModelsafeGroup,
+    ProblemFound,
+    register_error,
+    translate,
 )
 from modelsafe.cli.output import Column, TableSpec, format_number, human_bytes, jsonable
 
@@ -106,10 +111,10 @@ def test_json_errors_in_a_subprocess(tmp_path):
 
 
 def test_python_dash_m_and_console_script_are_the_same_command(tmp_path):
+    import os
     import shutil
     import subprocess
     import sys
-    import os
 
     path = tmp_path / "m.safetensors"
     ms.save({"w": np.ones(2, np.float32)}, path)
@@ -157,13 +162,15 @@ def test_long_tables_use_the_fast_renderer(capsys):
 
 
 def test_progress_only_on_a_terminal(monkeypatch):
+    from modelsafe.progress import Meter
+
     monkeypatch.setattr(output, "stderr_is_terminal", lambda: False)
     with output.progress(100, "x") as bar:
         assert isinstance(bar, output._NoProgress)
         bar.advance(10)
     monkeypatch.setattr(output, "stderr_is_terminal", lambda: True)
     with output.progress(100, "x") as bar:
-        assert isinstance(bar, output._RichProgress)
+        assert isinstance(bar, Meter)
         bar.advance(100)
     with output.progress(0, "nothing to do") as bar:
         assert isinstance(bar, output._NoProgress)

@@ -10,7 +10,12 @@ import pytest
 import modelsafe as ms
 from modelsafe.format import checksum, container, manifest
 from modelsafe.format.container import (
-    HEADER_CHECKSUM_KEY, MANIFEST_KEY, MAX_HEADER_BYTES, build_header, parse_header, read_length,
+    HEADER_CHECKSUM_KEY,
+    MANIFEST_KEY,
+    MAX_HEADER_BYTES,
+    build_header,
+    parse_header,
+    read_length,
     verify_header_checksum,
 )
 

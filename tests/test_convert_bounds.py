@@ -22,10 +22,11 @@ from click.testing import CliRunner
 
 import modelsafe as ms
 import modelsafe.legacy as legacy
-from legacy_craft import G, assemble, call, get, npy_header, npz_deflate_bomb, put, tensor_expr, torch_zip, tup, zip_with_deflated
 from modelsafe.convert import convert
 from modelsafe.errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError, StorageError
 from modelsafe.legacy import read_foreign
+
+from legacy_craft import G, assemble, call, get, npy_header, npz_deflate_bomb, put, tensor_expr, torch_zip, tup, zip_with_deflated
 
 PY = sys.executable
 MIB = 1 << 20

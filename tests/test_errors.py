@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import modelsafe as ms
-from craft import edit_manifest, manifest_of
 from modelsafe import errors
+
+from craft import edit_manifest, manifest_of
 
 
 class Opaque:

@@ -14,6 +14,7 @@ from safetensors.torch import save_file as pt_save_file
 
 import modelsafe as ms
 from modelsafe.format import dtypes
+
 from treecheck import tensor_bytes
 
 # the logical dtypes safetensors has no code for: stored as raw U8 bytes

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import modelsafe as ms
-from craft import edit_manifest, raw_file
 from modelsafe.format import container
+
+from craft import edit_manifest, raw_file
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import modelsafe as ms
+
 from cli_support import invoke
 from craft import edit_manifest, manifest_of
 

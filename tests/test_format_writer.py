@@ -48,7 +48,7 @@ def test_patched_header_equals_a_header_built_with_the_checksums(tmp_path):
     meta = {"note": "xxh3", "other": "0123456789abcdef"}
     written = _write(tmp_path / "fast", _tree(), metadata=meta)
     fl = flatten(_tree())
-    layout = writer.plan_layout(fl.leaves)
+    layout = writer.plan_layout(fl.payloads)
     checksums = {leaf.name: writer.checksum.digest(writer._payload(leaf, end - begin)) for leaf, begin, end in layout}
     built = writer._header(layout, fl, None, meta, checksums)
     assert written[: len(built)] == built

@@ -13,7 +13,12 @@ import pytest
 
 import modelsafe
 from modelsafe.adapters import (
-    framework_for_kind, framework_for_type, framework_named, imported_frameworks, known_frameworks, register_framework,
+    framework_for_kind,
+    framework_for_type,
+    framework_named,
+    imported_frameworks,
+    known_frameworks,
+    register_framework,
     unregister_framework,
 )
 from modelsafe.adapters.protocol import Framework, Lowering, rng_sources

@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 import modelsafe as ms
+
 from treecheck import tensor_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")

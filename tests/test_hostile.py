@@ -17,11 +17,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file as st_load_file
 
 import modelsafe as ms
-from craft import raw_file, read_parts, sealed_file
-from safetensors.torch import load_file as st_load_file
 from modelsafe.format.manifest import FORMAT_VERSION
+
+from craft import raw_file, read_parts, sealed_file
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,6 +10,7 @@ from safetensors.numpy import load_file as np_load_file, save_file as np_save_fi
 from safetensors.torch import load_file as pt_load_file, save_file as pt_save_file
 
 import modelsafe as ms
+
 from treecheck import tensor_bytes
 
 # dtypes every safetensors release reads natively

@@ -144,6 +144,7 @@ def test_a_pickle_cannot_modify_an_allowlisted_global(label, data):
 def test_modifying_what_the_load_itself_made_still_works():
     """BUILD and SETITEMS on objects the pickle created (OrderedDict, numpy arrays) are how real files work."""
     import numpy as np
+
     from modelsafe.legacy.numpy_pickle import to_numpy
 
     value = {"od": collections.OrderedDict(a=1), "arr": np.arange(3.0), "s": {1, 2}, "c": 1 + 2j}

@@ -22,10 +22,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from legacy_craft import G, assemble, call, persid, tensor_expr, torch_legacy, torch_zip, tup
 from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError, UnsupportedObjectError
 from modelsafe.legacy import read_foreign
 from modelsafe.legacy.torch_pickle import load_torch_file
+
+from legacy_craft import G, assemble, call, persid, tensor_expr, torch_legacy, torch_zip, tup
 
 PY = sys.executable
 
@@ -184,9 +185,9 @@ def test_reads_what_torch_load_reads(tmp_path, case, layout):
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_every_global_torch_save_writes_is_on_the_allowlist(tmp_path, layout):
     """Disassemble real torch.save output: the allowlist covers what this torch writes, nothing is guessed."""
-    from legacy_craft import globals_in, main_pickle
-
     from modelsafe.legacy.torch_pickle import ALLOWED_GLOBALS
+
+    from legacy_craft import globals_in, main_pickle
 
     seen = set()
     for case in CASES:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import importlib
 import json
 import marshal
-import pickle
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from legacy_craft import (G, assemble, call, globals_in, inst, main_pickle, obj, persid, tensor_expr, torch_legacy,
-                          torch_zip, tup)
 from modelsafe.convert import convert
 from modelsafe.errors import CorruptCheckpointError, UnsafeObjectError
 from modelsafe.legacy.torch_pickle import ALLOWED_GLOBALS
+
+from legacy_craft import G, assemble, call, globals_in, inst, main_pickle, obj, persid, tensor_expr, torch_legacy, torch_zip, tup
 
 PY = sys.executable
 
@@ -407,8 +407,9 @@ def test_cli_refuses_as_a_subprocess(corpus, tmp_path):
 def test_a_file_cannot_change_an_allowlisted_stand_in_for_later_loads(tmp_path):
     """BUILD on builtins.complex (our stand-in function) with a __defaults__ state would make every later
     ``complex()`` in any file 5+5j; the file is refused and later conversions are unaffected."""
-    from legacy_craft import build, call
     from modelsafe import load
+
+    from legacy_craft import build, call
 
     hostile = assemble({"w": build(G("builtins", "complex"), tup(None, {"__defaults__": tup(5.0, 5.0)}))}, 2)[0]
     benign = assemble({"c": call(G("builtins", "complex"))}, 2)[0]

@@ -18,11 +18,12 @@ import textwrap
 
 import pytest
 import torch
-from craft import edit_manifest
 from torch import nn
 
 import modelsafe as ms
 from modelsafe.adapters.torch import objects as torch_objects
+
+from craft import edit_manifest
 
 BIG = 20000  # Linear(BIG, BIG): 1.6 GB of float32 weights
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from craft import edit_manifest
 from torch import nn
 
 import modelsafe as ms
+
+from craft import edit_manifest
 
 RELU = {"ref": "torch.nn.ReLU"}  # a registered class: the file can name it, it must not land in state
 

@@ -43,9 +43,9 @@ def test_ml_dtypes_bound_has_every_dtype_the_format_names(project):
 
     bound = next(d for d in project["project"]["dependencies"] if d.startswith("ml_dtypes"))
     assert _version(bound) >= (0, 5, 0), "float8_e8m0fnu first appeared in ml_dtypes 0.5.0"
-    from modelsafe.format import dtypes
-
     import numpy as np
+
+    from modelsafe.format import dtypes
 
     for dtype in dtypes.BY_NAME.values():
         if dtype.numpy and not hasattr(np, dtype.numpy):

@@ -16,10 +16,11 @@ import textwrap
 
 import pytest
 import torch
-from craft import edit_manifest, replace_tree_node
 from torch import nn
 
 import modelsafe as ms
+
+from craft import edit_manifest, replace_tree_node
 
 
 @ms.rebuildable(name="tests.security.Box")
@@ -273,8 +274,12 @@ def test_numpy_bit_generator_names_come_from_a_fixed_list(tmp_path):
 
 # -- damaged object nodes: load or raise a ModelsafeError, never anything else ---------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    HealthCheck,
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 2**40) | st.floats(allow_nan=False) | st.sampled_from(

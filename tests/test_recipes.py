@@ -9,8 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import modelsafe as ms
 from modelsafe import recipes

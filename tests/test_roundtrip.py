@@ -17,6 +17,7 @@ from hypothesis import given, strategies as st
 from safetensors import safe_open
 
 import modelsafe as ms
+
 from treecheck import assert_same, tensor_bytes
 
 pytestmark = pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")

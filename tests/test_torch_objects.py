@@ -486,8 +486,11 @@ def test_slots_only_classes_cannot_be_decorated():
         ms.rebuildable(Slotted)
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import (  # noqa: E402
+    given,
+    settings,
+    strategies as st,  # noqa: E402
+)
 
 
 @settings(max_examples=20, deadline=None)

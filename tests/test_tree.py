@@ -38,9 +38,9 @@ def test_skeleton_is_plain_json_and_tensors_become_leaves():
         ["nested", [{"tensor": "nested.0"}, {"tuple": [1, "s"]}]],
         [5, None],
     ]}
-    assert [leaf.name for leaf in fl.leaves] == ["a", "nested.0"]
-    assert [leaf.path for leaf in fl.leaves] == ['obj["a"]', 'obj["nested"][0]']
-    assert [leaf.kind for leaf in fl.leaves] == ["tensor", "tensor"]
+    assert [leaf.name for leaf in fl.payloads] == ["a", "nested.0"]
+    assert [leaf.path for leaf in fl.payloads] == ['obj["a"]', 'obj["nested"][0]']
+    assert [leaf.kind for leaf in fl.payloads] == ["tensor", "tensor"]
 
 
 def test_scalar_nodes():
@@ -56,16 +56,16 @@ def test_int_keys_stay_distinct_from_string_keys():
 
 def test_leaf_names_are_unique_and_never_reserved():
     fl = flatten({"a.b": np.ones(1), "a": {"b": np.zeros(1)}, "__metadata__": np.ones(1)})
-    names = [leaf.name for leaf in fl.leaves]
+    names = [leaf.name for leaf in fl.payloads]
     assert len(set(names)) == 3 and "__metadata__" not in names
     assert names[:2] == ["a.b", "a.b#2"]
-    assert flatten(np.ones(1)).leaves[0].name == "tensor"  # a bare tensor at the root
+    assert flatten(np.ones(1)).payloads[0].name == "tensor"  # a bare tensor at the root
 
 
 def test_tied_tensors_become_aliases():
     t = np.arange(4)
     fl = flatten({"x": t, "y": t, "z": t[:2]})
-    assert [leaf.name for leaf in fl.leaves] == ["x", "z"]
+    assert [leaf.name for leaf in fl.payloads] == ["x", "z"]
     assert fl.aliases == {"y": "x"}
     assert fl.skeleton["dict"][1] == ["y", {"tensor": "x"}]
 
@@ -79,7 +79,7 @@ def test_containers_record_their_types():
     assert nodes["o"] == {"dict": [["a", 1]], "type": "OrderedDict"}
     assert nodes["s"] == {"set": [3]} and nodes["f"] == {"frozenset": [4]}
     assert nodes["b"] == {"bytes": "b"} and nodes["ba"] == {"bytes": "ba", "type": "bytearray"}
-    assert [(leaf.name, leaf.kind) for leaf in fl.leaves] == [("b", "bytes"), ("ba", "bytes")]
+    assert [(leaf.name, leaf.kind) for leaf in fl.payloads] == [("b", "bytes"), ("ba", "bytes")]
 
 
 def test_walk_refs_in_tree_order():
@@ -102,7 +102,7 @@ def test_a_node_must_use_a_payload_of_its_own_kind(node):
 def test_decode_inverts_encode():
     obj = {"a": [1, (2.5, None)], 3: {"s": {1, 2}}, "p": Pt(1, [2]), "d": DC(3, [4]), "big": 2**70}
     fl = flatten(obj)
-    values = {leaf.name: leaf.value for leaf in fl.leaves}
+    values = {p.name: p.value for p in fl.payloads}
     back = decode(fl.skeleton, values)
     assert back == obj and type(back["p"]) is Pt and type(back["d"]) is DC
 

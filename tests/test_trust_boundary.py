@@ -15,10 +15,11 @@ import sys
 import textwrap
 
 import pytest
-from craft import edit_manifest
 
 import modelsafe as ms
 from modelsafe.recipes import resolve
+
+from craft import edit_manifest
 
 PACKAGE = """
 import os, subprocess

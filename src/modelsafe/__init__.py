@@ -9,36 +9,39 @@
 Importing modelsafe imports no ML framework; adapters load on first use.
 """
 
+from . import objects as _objects, rng as _rng
 from ._version import __version__
 from .api import load, open, save
 from .checkpoints import CheckpointInfo, Checkpoints
 from .errors import (
     CheckpointNotFoundError,
     CheckpointRemovedError,
-    InvalidArgumentError,
-    UnsupportedFormatError,
-    RunConflictError,
-    RunLockedError,
     CorruptCheckpointError,
     FrameworkNotInstalledError,
     IncompatibleStateError,
+    InvalidArgumentError,
     MissingRecipeError,
     ModelsafeError,
     NewerFormatError,
+    RunConflictError,
+    RunLockedError,
     StorageError,
     TensorKeyError,
     UnknownClassError,
     UnsafeObjectError,
+    UnsupportedFormatError,
     UnsupportedObjectError,
 )
 from .load_into import LoadReport, load_into
 from .reader import Reader
 from .recipes import build, rebuildable, register
-from . import objects as _objects, rng as _rng
 
 _objects.install(_rng.CODECS)  # the tree learns framework objects, rebuildables and modelsafe's own generators
-from . import distributed  # torch is imported by its first save or load, not here
-from . import pretrained as _pretrained, stateful as _stateful  # noqa: F401  (register a directory opener, a codec)
+from . import (  # noqa: F401  (register a directory opener, a codec)
+    distributed,  # torch is imported by its first save or load, not here
+    pretrained as _pretrained,
+    stateful as _stateful,
+)
 
 __all__ = [
     "__version__",

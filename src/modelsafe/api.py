@@ -11,6 +11,7 @@ from .errors import InvalidArgumentError, UnsupportedObjectError
 from .format.writer import write_file
 from .gc_pause import gc_paused
 from .loading import add_aliases, decode_tree, materialize, refuse_pickles
+from .progress import progress_bar
 from .reader import Reader
 from .sources import open_source
 from .storage import local_path
@@ -29,11 +30,12 @@ def encode_metadata(metadata: Any) -> Any:
         node = fl.flatten(metadata)
     except UnsupportedObjectError as exc:
         raise UnsupportedObjectError(f"metadata: {exc.message}", key=exc.key) from None
-    if fl.leaves:
+    if fl.payloads:
+        first = fl.payloads[0]
         raise UnsupportedObjectError(
-            f"metadata holds {fl.leaves[0].path.replace('obj', 'metadata', 1)} ({fl.leaves[0].kind}); metadata takes "
+            f"metadata holds {first.path.replace('obj', 'metadata', 1)} ({first.kind}); metadata takes "
             "JSON values only (dict, list, str, numbers, bool, None): put tensors and bytes in the saved object",
-            key=fl.leaves[0].path,
+            key=first.path,
         )
     return node
 
@@ -45,10 +47,12 @@ def save(
     metadata: dict | None = None,
     allow_pickle: bool = False,
     storage_options: dict | None = None,
+    progress: bool = False,
 ) -> None:
     """Save a tree of tensors, containers and JSON scalars to one safetensors-compatible file.
 
     The write is atomic and durable: ``path`` holds either the old file or the new one.
+    ``progress=True`` shows a progress bar (bytes, rate) on stderr while the tensors are written.
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> p = os.path.join(tempfile.mkdtemp(), "state.safetensors")
@@ -59,13 +63,14 @@ def save(
     check_path(path, call="ms.save(obj, path)", hint=_swapped_hint(obj, "ms.save(obj, path) takes the object first"))
     check_metadata(metadata)
     check_flag(allow_pickle, call="ms.save", name="allow_pickle")
+    check_flag(progress, call="ms.save", name="progress")
     path = local_path(path)
     check_storage_options(storage_options, path, call="ms.save")
     with gc_paused():
         fl = flatten(obj, allow_pickle=allow_pickle)
         metadata_node = encode_metadata(metadata)
-        with atomic_file(path) as f:
-            write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata)
+        with progress_bar(progress, f"saving {os.path.basename(path)}", fl.nbytes) as on_bytes, atomic_file(path) as f:
+            write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata, on_bytes=on_bytes)
 
 
 def load(
@@ -78,6 +83,7 @@ def load(
     verify: bool = True,
     storage_options: dict | None = None,
     mmap: bool = True,
+    progress: bool = False,
 ) -> Any:
     """Load what :func:`save` wrote (or any safetensors file), checksums verified.
 
@@ -88,6 +94,7 @@ def load(
     saves replace files by rename, so loaded tensors never change.  Pass ``mmap=False``
     to read into private memory when another program may rewrite the file in place
     while the tensors are alive (truncating a mapped file makes reads of it fail).
+    ``progress=True`` shows a progress bar (bytes, rate) on stderr while tensors are read and verified.
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> p = os.path.join(tempfile.mkdtemp(), "t.safetensors")
@@ -99,12 +106,14 @@ def load(
     trusted = check_names(trusted, call="ms.load", name="trusted", example="['my_models']")
     check_flag(allow_pickle, call="ms.load", name="allow_pickle")
     check_flag(mmap, call="ms.load", name="mmap")
+    check_flag(progress, call="ms.load", name="progress")
     with gc_paused(), open_source(path, storage_options=storage_options) as source:
         refuse_pickles(source, allow_pickle)
-        buffers = source.buffers(lazy=False, mmap=mmap)
-        values = materialize(
-            source, buffers, source.records.values(), framework=framework, map_location=map_location, verify=verify
-        )
+        total = sum(r.nbytes for r in source.records.values())
+        with progress_bar(progress, f"loading {os.path.basename(os.fspath(path))}", total) as on_bytes:
+            buffers = source.buffers(lazy=False, mmap=mmap)
+            values = materialize(source, buffers, source.records.values(), framework=framework,
+                                 map_location=map_location, verify=verify, on_bytes=on_bytes)
         add_aliases(values, source.aliases)
         return decode_tree(source, values, allow_pickle=allow_pickle, trusted=trusted)
 

@@ -22,29 +22,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .adapters import framework_for_type
+from .format.plan import FlatState, Payload
 from .gc_pause import gc_paused
 
 __all__ = ["snapshot", "copy_plain_tree", "PendingSave", "BackgroundWriter"]
-
-
-class _FrozenAdapter:
-    """Stands in for a framework adapter once a tensor's bytes have been copied out."""
-
-    def __init__(self, framework: str) -> None:
-        self.framework = framework
-
-    def host_bytes(self, value: memoryview) -> memoryview:
-        return value
-
-
-_frozen: dict[str, _FrozenAdapter] = {}
-
-
-def frozen_adapter(framework: str) -> _FrozenAdapter:
-    adapter = _frozen.get(framework)
-    if adapter is None:
-        adapter = _frozen[framework] = _FrozenAdapter(framework)
-    return adapter
 
 
 class _NotPlain(Exception):
@@ -122,22 +103,28 @@ def copy_plain_tree(obj: Any) -> Any | None:
         return None
 
 
-def snapshot(fl: Any) -> Any:
-    """A copy of flattened state ``fl`` whose leaves own host copies of their bytes."""
-    leaves = []
-    for leaf in fl.leaves:
-        if leaf.adapter is None:  # bytes and pickles: already private, immutable copies
-            leaves.append(leaf)
-            continue
-        data = leaf.host_bytes()
-        copy = np.empty(data.nbytes, dtype=np.uint8)
-        if data.nbytes:
-            copy[:] = np.frombuffer(data, dtype=np.uint8)
-        leaves.append(replace(leaf, value=memoryview(copy), adapter=frozen_adapter(leaf.adapter.framework)))
-    out = type(fl).__new__(type(fl))
-    out.__dict__.update(fl.__dict__)
-    out.leaves = leaves
-    return out
+def snapshot(state: FlatState) -> FlatState:
+    """A copy of flattened ``state`` whose payloads own host copies of their bytes.
+
+    >>> import numpy as np
+    >>> from modelsafe.tree import flatten
+    >>> a = np.zeros(2, np.float32)
+    >>> copy = snapshot(flatten({"a": a}))
+    >>> a += 1
+    >>> bytes(copy.payloads[0].host_bytes()) == bytes(8)
+    True
+    """
+    return replace(state, payloads=tuple(_own_copy(p) for p in state.payloads))
+
+
+def _own_copy(payload: Payload) -> Payload:
+    if payload.kind != "tensor":  # bytes and pickles: already private, immutable copies
+        return payload
+    data = payload.host_bytes()
+    copy = np.empty(data.nbytes, dtype=np.uint8)
+    if data.nbytes:
+        copy[:] = np.frombuffer(data, dtype=np.uint8)
+    return payload.holding(copy)
 
 
 class PendingSave:

@@ -9,39 +9,44 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import shutil
-from types import SimpleNamespace
 from typing import Any
 
 from .api import encode_metadata
-from .async_save import frozen_adapter
 from .checkpoint_dir import CheckpointSource
 from .errors import InvalidArgumentError
+from .format.plan import NO_ATTRS, FlatState, Payload
 from .format.writer import write_file
 from .loading import decode_metadata
+from .progress import progress_bar
 from .sources import directory_opener
 from .storage.local import atomic_file, open_directory, open_regular
-from .tree import Leaf, walk_refs
+from .tree import walk_refs
 
 __all__ = ["link_payloads", "export_checkpoint"]
 
 
-def link_payloads(source: CheckpointSource, staging: str) -> None:
+def link_payloads(source: CheckpointSource, staging: str, *, progress: bool = False) -> None:
     """Give ``staging`` the shards and bound files of open checkpoint ``source`` (hard links where possible).
 
     Every name is resolved relative to the checkpoint's open directory and no link is
     followed, so nothing outside the checkpoint can be linked or copied in (the caller
     has checked ``files/`` holds no link: :meth:`CheckpointSource.bound_file_checks`).
+    ``progress``: a bar of the bytes linked or copied (copies across devices take long).
     """
     manifest = source.manifest
-    for shard in manifest["shards"]:
-        _link_or_copy(source, shard["file"], os.path.join(staging, shard["file"]))
-    for rel in manifest["files"]:
-        parts = rel.split("/")
-        os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
-        _link_or_copy(source, rel, os.path.join(staging, *parts))
+    files = [(shard["file"], shard["size"]) for shard in manifest["shards"]]
+    files += [(rel, entry["size"]) for rel, entry in manifest["files"].items()]
+    with progress_bar(progress, f"forking {os.path.basename(source.path)}", sum(size for _, size in files)) as on_bytes:
+        for rel, size in files:
+            parts = rel.split("/")
+            os.makedirs(os.path.join(staging, *parts[:-1]), exist_ok=True)
+            _link_or_copy(source, rel, os.path.join(staging, *parts))
+            if on_bytes is not None:
+                on_bytes(size)
 
 
-def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None) -> None:
+def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, origin: dict | None = None,
+                      progress: bool = False) -> None:
     """Write entry ``key`` of the saved dict of ``checkpoint`` as one file; by default its
     ``"model"`` entry, or the whole state when it has none.  A ``key`` the state lacks is an error.
 
@@ -64,8 +69,8 @@ def export_checkpoint(checkpoint: str, path: str, *, key: str | None = None, ori
         metadata = dict(metadata) if isinstance(metadata, dict) else {}
         if origin is not None:
             metadata["exported_from"] = origin
-        with atomic_file(path) as f:
-            write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata)
+        with progress_bar(progress, f"exporting {os.path.basename(path)}", fl.nbytes) as on_bytes, atomic_file(path) as f:
+            write_file(f, fl, metadata_node=encode_metadata(metadata), user_metadata=metadata, on_bytes=on_bytes)
 
 
 def _link_or_copy(source: CheckpointSource, rel: str, dst: str) -> None:
@@ -118,24 +123,24 @@ def _rename_refs(node: Any, mapping: dict[str, str]) -> Any:
     return node
 
 
-def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> Any:
-    from .adapters import TensorInfo
-
+def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> FlatState:
+    """The payloads under ``node``, verified, renamed relative to ``prefix``; their checksums travel along."""
     names = list(dict.fromkeys(name for _, name in walk_refs(node)))
     aliases = {a: t for a, t in source.aliases.items() if t in names and a.startswith(prefix)}
     mapping = {n: (n[len(prefix):] if n.startswith(prefix) and n != prefix else n) for n in [*names, *aliases]}
     if len(set(mapping.values())) != len(mapping):
         mapping = {n: n for n in mapping}
     buffers = source.buffers(lazy=True)
-    leaves = []
+    payloads = []
     for name in names:
         record = source.records[name]
         base = buffers[record.file]
         source.verify_record(record, base)
-        data = memoryview(base[record.begin:record.end])
-        info = TensorInfo(record.dtype.name, tuple(record.shape), None, dict(record.attrs))
-        adapter = frozen_adapter(record.framework) if record.kind == "tensor" else None
-        leaves.append(Leaf(mapping[name], record.kind, data, info, adapter, mapping[name]))
-    return SimpleNamespace(
-        skeleton=_rename_refs(node, mapping), leaves=leaves, aliases={mapping[a]: mapping[t] for a, t in aliases.items()}
-    )
+        tensor = record.kind == "tensor"
+        payloads.append(Payload(
+            mapping[name], record.kind, record.dtype.name, tuple(record.shape), record.framework if tensor else None,
+            base[record.begin:record.end], memoryview, dict(record.attrs) if tensor and record.attrs else NO_ATTRS,
+            checksum=record.checksum, where=mapping[name],
+        ))
+    aliases = {mapping[a]: mapping[t] for a, t in aliases.items()}
+    return FlatState(_rename_refs(node, mapping), tuple(payloads), aliases)

@@ -19,8 +19,7 @@ import json
 import os
 import re
 import stat as stat_mod
-from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import xxhash
@@ -29,8 +28,9 @@ from . import sources
 from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
 from .format import checksum, manifest as manifest_mod
 from .format.manifest import TensorRecord
+from .format.plan import FlatState, Payload
 from .format.reader import FileSource
-from .format.writer import HashedFile, hash_payloads, write_file, write_hashed
+from .format.writer import HashedFile, OnBytes, hash_payloads, write_file, write_hashed
 from .run_file import MAX_TEXT, check_lineage
 from .storage.commit import MAX_MANIFEST_BYTES
 from .storage.local import open_directory, open_regular, read_small_file
@@ -67,8 +67,8 @@ def shard_name(index: int, count: int) -> str:
     return f"state-{index + 1:05d}-of-{count:05d}.safetensors"
 
 
-def plan_shards(leaves: list, max_bytes: int = MAX_SHARD_BYTES) -> list[list]:
-    """Group leaves into shards: a leaf of ``max_bytes`` or more alone, smaller ones (in
+def plan_shards(payloads: Sequence[Payload], max_bytes: int = MAX_SHARD_BYTES) -> list[list[Payload]]:
+    """Group payloads into shards: a payload of ``max_bytes`` or more alone, smaller ones (in
     order) together in shards of at most ``max_bytes``.
 
     With ``max_bytes`` = :data:`STABLE_SHARD_BYTES` (deduplicating saves) the boundaries
@@ -76,26 +76,22 @@ def plan_shards(leaves: list, max_bytes: int = MAX_SHARD_BYTES) -> list[list]:
     every checkpoint whatever its neighbours do; only small payloads share shards (a
     changed one rewrites at most ``max_bytes`` of unchanged neighbours).
     """
-    shards: list[list] = []
-    current: list = []
+    shards: list[list[Payload]] = []
+    current: list[Payload] = []
     size = 0
-    for leaf in leaves:
-        nbytes = leaf.nbytes
+    for payload in payloads:
+        nbytes = payload.nbytes
         if nbytes >= max_bytes:
-            shards.append([leaf])
+            shards.append([payload])
             continue
         if current and size + nbytes > max_bytes:
             shards.append(current)
             current, size = [], 0
-        current.append(leaf)
+        current.append(payload)
         size += nbytes
     if current:
         shards.append(current)
     return shards
-
-
-def _ref(leaf: Any) -> dict:
-    return {leaf.kind if leaf.kind != "tensor" else "tensor": leaf.name}
 
 
 @dataclasses.dataclass
@@ -125,9 +121,9 @@ class ShardIndex:
         self.shards = {k: v for k, v in self.shards.items() if v[0] != checkpoint}
 
 
-def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BYTES,
-                 index: ShardIndex | None = None) -> tuple[dict, dict, list]:
-    """Write the leaves of flattened ``fl`` as shards in ``directory``.
+def write_shards(directory: str, state: FlatState, *, max_shard_bytes: int = MAX_SHARD_BYTES,
+                 index: ShardIndex | None = None, on_bytes: OnBytes = None) -> tuple[dict, dict, list]:
+    """Write the payloads of flattened ``state`` as shards in ``directory``.
 
     Returns (checksums: name -> xxh3, files: name -> shard file, shards: [{"file", "size"}]).
     Each shard is itself a valid modelsafe / safetensors file holding a flat dict of its
@@ -136,9 +132,10 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
     With an ``index`` (deduplication) the boundaries are stable, every shard's payloads
     are hashed first, and a shard equal to one of an existing checkpoint is hard-linked
     instead of written; each shard entry then records its ``identity`` (the xxh3 of its
-    header, which holds every name, dtype, shape and payload checksum).
+    header, which holds every name, dtype, shape and payload checksum).  ``on_bytes`` hears
+    of every payload written or linked (progress bars).
     """
-    groups = plan_shards(fl.leaves, STABLE_SHARD_BYTES if index is not None else max_shard_bytes)
+    groups = plan_shards(state.payloads, STABLE_SHARD_BYTES if index is not None else max_shard_bytes)
     if index is not None:
         index.linked = set()
     checksums: dict[str, str] = {}
@@ -147,21 +144,21 @@ def write_shards(directory: str, fl: Any, *, max_shard_bytes: int = MAX_SHARD_BY
     for position, group in enumerate(groups):
         name = shard_name(position, len(groups))
         path = os.path.join(directory, name)
-        shard = SimpleNamespace(skeleton={"dict": [[leaf.name, _ref(leaf)] for leaf in group]}, leaves=group, aliases={})
+        shard = FlatState.of_payloads(group)
         try:
             if index is None:
                 with open(path, "xb", buffering=4 << 20) as f:
-                    entry = {"file": name, "size": write_file(f, shard, checksums_out=checksums)}
+                    entry = {"file": name, "size": write_file(f, shard, checksums_out=checksums, on_bytes=on_bytes)}
             else:
-                entry = _write_or_link(path, shard, index, checksums)
+                entry = _write_or_link(path, shard, index, checksums, on_bytes)
         except OSError as exc:
             raise _with_file(exc, path) from exc
-        placement.update((leaf.name, name) for leaf in group)
+        placement.update((p.name, name) for p in group)
         shards.append(entry)
     return checksums, placement, shards
 
 
-def _write_or_link(path: str, shard: Any, index: ShardIndex, checksums: dict) -> dict:
+def _write_or_link(path: str, shard: FlatState, index: ShardIndex, checksums: dict, on_bytes: OnBytes) -> dict:
     """Hard-link an equal shard of an earlier checkpoint to ``path``, else write ``shard`` there.
 
     With nothing to link from (a run's first checkpoint, a file system without hard
@@ -171,7 +168,7 @@ def _write_or_link(path: str, shard: Any, index: ShardIndex, checksums: dict) ->
     if not index.shards or index.refused is not None:
         headers: list[bytes] = []
         with open(path, "xb", buffering=4 << 20) as f:
-            size = write_file(f, shard, checksums_out=checksums, header_out=headers)
+            size = write_file(f, shard, checksums_out=checksums, header_out=headers, on_bytes=on_bytes)
         return {"file": os.path.basename(path), "size": size, "identity": checksum.digest(headers[0])}
     hashed = hash_payloads(shard)
     checksums.update(hashed.checksums)
@@ -179,9 +176,11 @@ def _write_or_link(path: str, shard: Any, index: ShardIndex, checksums: dict) ->
     earlier = index.shards.get(hashed.identity)
     if earlier is not None and index.refused is None and _link_equal(earlier, path, hashed, index):
         index.linked.add(path)
+        if on_bytes is not None:
+            on_bytes(shard.nbytes)
         return entry
     with open(path, "xb", buffering=4 << 20) as f:
-        write_hashed(f, hashed)
+        write_hashed(f, hashed, on_bytes=on_bytes)
     return entry
 
 
@@ -285,12 +284,10 @@ def _regular_files(path: str) -> Iterator[os.stat_result]:
                 yield st
 
 
-def build_manifest(fl: Any, metadata_node: Any, checksums: dict, placement: dict, shards: list, files: dict, checkpoint: dict) -> dict:
+def build_manifest(state: FlatState | None, metadata_node: Any, checksums: dict, placement: dict, shards: list,
+                   files: dict, checkpoint: dict) -> dict:
     """The directory manifest: the single-file manifest schema plus shards, files and checkpoint info."""
-    leaves = fl.leaves if fl is not None else []
-    manifest = manifest_mod.build(
-        fl.skeleton if fl is not None else None, leaves, fl.aliases if fl is not None else {}, metadata_node, checksums
-    )
+    manifest = manifest_mod.build(state, state.payloads if state is not None else (), metadata_node, checksums)
     for name, entry in manifest["tensors"].items():
         entry["file"] = placement[name]
     manifest["shards"] = shards

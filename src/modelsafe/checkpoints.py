@@ -36,7 +36,9 @@ from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
+from .arguments import check_flag
 from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
+from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_dir import (
     FILES_DIR,
     MANIFEST,
@@ -49,7 +51,6 @@ from .checkpoint_dir import (
     write_manifest,
     write_shards,
 )
-from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_names import check_template, format_name, normalize_metrics
 from .errors import (
     CheckpointNotFoundError,
@@ -60,12 +61,14 @@ from .errors import (
     RunConflictError,
 )
 from .format import checksum
+from .format.plan import FlatState
 from .gc_pause import gc_paused
+from .progress import OnBytes, progress_bar
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
 from .sources import directory_opener, register_directory_opener, register_run_opener
-from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage import local_path
+from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage.local import storage_error
 from .tree import flatten
 
@@ -428,7 +431,7 @@ class Checkpoints:
         return run
 
     def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None,
-             distributed: bool = False) -> Any:
+             distributed: bool = False, progress: bool = False) -> Any:
         """Save ``state`` as the checkpoint for ``step`` and apply retention.
 
         Returns the CheckpointInfo, or a PendingSave when ``async_save`` is on (the state
@@ -437,12 +440,14 @@ class Checkpoints:
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
         ``distributed=True``: sharded state (DTensor / FSDP2) saved by every rank through
         ``ms.distributed`` (see docs/distributed.md); rank 0 commits and prunes.
+        ``progress=True`` shows a progress bar (bytes, rate) on stderr while the tensors are written.
         """
         if distributed:
             from .distributed.checkpoints import save_sharded
 
             return save_sharded(self, state, step=step, metrics=metrics, metadata=metadata)
         # every argument is checked before anything is written or deleted
+        check_flag(progress, call="Checkpoints.save", name="progress")
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)
         format_name(self.name_template, 0 if step is None else step, metrics)
@@ -489,7 +494,8 @@ class Checkpoints:
 
         def job() -> CheckpointInfo:
             flat = fl if fl is not None else _flatten_or_discard(plain, staging, self._storage)
-            return self._write_and_commit(staging, flat, metadata_node, checkpoint, rng)
+            with progress_bar(progress, f"saving {name}", flat.nbytes) as on_bytes:
+                return self._write_and_commit(staging, flat, metadata_node, checkpoint, rng, on_bytes)
 
         if self._writer is not None:
             return self._writer.submit(name, step, job)
@@ -532,11 +538,12 @@ class Checkpoints:
                 f"(ck.delete({other.name!r}))", path=self.directory, key=other.name,
             )
 
-    def _write_and_commit(self, staging: str, fl: Any, metadata_node: Any, checkpoint: dict, rng: dict) -> CheckpointInfo:
+    def _write_and_commit(self, staging: str, fl: FlatState, metadata_node: Any, checkpoint: dict, rng: dict,
+                          on_bytes: OnBytes | None = None) -> CheckpointInfo:
         name = checkpoint["name"]
         try:
             index = self._index() if self.dedup else None
-            checksums, placement, shards = write_shards(staging, fl, index=index)
+            checksums, placement, shards = write_shards(staging, fl, index=index, on_bytes=on_bytes)
             self._warn_refused(index)
             files = hash_files(staging)
             with gc_paused():  # many small objects, none of them cyclic garbage
@@ -690,18 +697,20 @@ class Checkpoints:
         trusted: Iterable[str] = (),
         allow_pickle: bool = False,
         verify: bool = True,
+        progress: bool = False,
     ) -> Any:
         """Load a checkpoint: ``"latest"``, ``"best"``, a step (int) or a name.
 
         Returns the saved state; with a bound ``load`` function it is called with the
         checkpoint's ``files/`` directory, and its result is returned when no state was saved.
+        ``progress=True`` shows a progress bar (bytes, rate) on stderr while tensors are read.
         """
         from .api import load as ms_load
 
         info = self._resolve(which)
         with _removal_noticed(info):
             state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
-                            allow_pickle=allow_pickle, verify=verify)
+                            allow_pickle=allow_pickle, verify=verify, progress=progress)
             bound = self._call_bound_load(info, verify)
         return bound if state is None and bound is not None else state
 
@@ -752,13 +761,15 @@ class Checkpoints:
             restore_json(block, info.path)
 
     # -- fork and export ----------------------------------------------------------------------
-    def fork(self, dst: str | os.PathLike, which: Any = "best", **settings: Any) -> "Checkpoints":
+    def fork(self, dst: str | os.PathLike, which: Any = "best", *, progress: bool = False, **settings: Any) -> "Checkpoints":
         """Start run ``dst`` from checkpoint ``which`` of this run; returns its Checkpoints.
 
         The new run's first checkpoint shares the source's files through hard links where
         the file system allows (no byte copied twice) and records its lineage.  ``settings``
         override the keep/monitor/name options, which are copied from this run by default.
+        ``progress=True`` shows a progress bar of the bytes linked or copied.
         """
+        check_flag(progress, call="Checkpoints.fork", name="progress")
         info = self._resolve(which)
         options = dict(keep_last=self.keep_last, keep_best=self.keep_best, monitor=self.monitor, mode=self.mode,
                        name=self.name_template, async_save=self.async_save, storage_options=self.storage_options, dedup=self.dedup)
@@ -771,10 +782,10 @@ class Checkpoints:
             target.close()
             raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
         with _removal_noticed(info), CheckpointSource(info.path) as source:
-            target._fork_from(source, info, self.directory)
+            target._fork_from(source, info, self.directory, progress)
         return target
 
-    def _fork_from(self, source: CheckpointSource, info: CheckpointInfo, origin: str) -> None:
+    def _fork_from(self, source: CheckpointSource, info: CheckpointInfo, origin: str, progress: bool = False) -> None:
         """Commit checkpoint ``source`` (of run ``origin``) as this new run's first checkpoint."""
         for _path, _size, problem in source.bound_file_checks():
             if problem is not None:  # links out of the checkpoint, or damage, must not be linked in
@@ -793,7 +804,7 @@ class Checkpoints:
         manifest["checkpoint"].update(run_id=run["run_id"], lineage=lineage)
         staging = target._storage.stage(info.name)
         try:
-            link_payloads(source, staging)
+            link_payloads(source, staging, progress=progress)
             write_manifest(staging, manifest)
             target._storage.commit(staging, info.name)
         except BaseException as exc:
@@ -802,17 +813,20 @@ class Checkpoints:
                 raise storage_error(target._storage.path(info.name), "forking the checkpoint", exc) from exc
             raise
 
-    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str | None = None) -> CheckpointInfo:
+    def export(self, path: str | os.PathLike, which: Any = "best", *, key: str | None = None,
+               progress: bool = False) -> CheckpointInfo:
         """Write the inference part of a checkpoint as one safetensors file.
 
         Entry ``key`` of a saved dict is copied (by default its ``"model"`` entry, or the whole
         state when it has none), recipe included, with tensor names relative to it (a state_dict
         keeps its keys); a ``key`` the state lacks is an error.
-        Checksums are verified on the way; nothing is rebuilt or imported.
+        Checksums are verified on the way; nothing is rebuilt or imported.  ``progress=True``
+        shows a progress bar (bytes, rate) on stderr while the file is written.
         """
+        check_flag(progress, call="Checkpoints.export", name="progress")
         info = self._resolve(which)
         origin = {"run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics)}
-        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin)
+        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin, progress=progress)
         return info
 
 
@@ -830,7 +844,7 @@ def _checked_step(step: Any) -> int | None:
     return value
 
 
-def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> Any:
+def _flatten_or_discard(tree: Any, staging: str, storage: RunStorage) -> FlatState:
     try:
         with gc_paused():
             return flatten(tree)

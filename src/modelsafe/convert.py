@@ -18,11 +18,13 @@ from typing import Any, Callable
 
 from .adapters import adapter_for_type, framework_named, frameworks_for_type
 from .errors import StorageError, UnsupportedObjectError
-from .format.container import build_header
-from .format.dtypes import BY_NAME, header_shape
+from .format.dtypes import BY_NAME
+from .format.plan import FlatState, Payload
+from .format.writer import write_plain_file
 from .legacy import MAX_EXPANSION, read_foreign
+from .progress import progress_bar
 from .storage.local import atomic_file
-from .tree import Flattener, format_path
+from .tree import Flattener, format_path, tensor_payload
 
 __all__ = ["convert", "ConvertSummary", "register_lowering", "TARGETS"]
 
@@ -173,39 +175,16 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def _write_safetensors(tensors: dict[str, Any], dst: str, notes: list[str], tied: dict[str, str]) -> tuple[int, int]:
-    planned = []
-    frameworks = set()
+def _payloads(tensors: dict[str, Any], notes: list[str]) -> list[Payload]:
+    """The payload records of ``tensors`` (name -> tensor), noting dtypes safetensors has no code for."""
+    payloads = []
     for name, value in tensors.items():
         adapter = adapter_for_type(type(value))
-        info = adapter.describe(value)
-        frameworks.add(adapter.framework)
-        dt = BY_NAME[info.dtype]
-        if dt.stored_as_bytes:
-            notes.append(f"{name}: safetensors has no {dt.name}; stored as raw bytes (U8)")
-        nbytes = dt.itemsize
-        for d in info.shape:
-            nbytes *= d
-        planned.append((name, value, adapter, dt, list(info.shape), nbytes))
-    planned.sort(key=lambda p: -p[3].itemsize)  # larger elements first: every offset stays aligned
-    entries = []
-    position = 0
-    for name, _value, _adapter, dt, shape, nbytes in planned:
-        entries.append((name, dt.storage, header_shape(dt, shape), position, position + nbytes))
-        position += nbytes
-    metadata = dict(tied)
-    tag = framework_named(next(iter(frameworks))).format_tag if len(frameworks) == 1 else None
-    if tag:
-        metadata["format"] = tag
-    header = build_header(entries, metadata)
-    with atomic_file(dst) as f:
-        f.write(header)
-        for name, value, adapter, _dt, _shape, nbytes in planned:
-            data = adapter.host_bytes(value)
-            if data.nbytes != nbytes:  # pragma: no cover - adapters return exactly dtype x shape bytes
-                raise UnsupportedObjectError(f"{name}: expected {nbytes} bytes, got {data.nbytes}", key=name)
-            f.write(data)
-    return position, len(header) + position
+        payload = tensor_payload(name, value, adapter, adapter.describe(value), name)
+        if BY_NAME[payload.dtype].stored_as_bytes:
+            notes.append(f"{name}: safetensors has no {payload.dtype}; stored as raw bytes (U8)")
+        payloads.append(payload)
+    return payloads
 
 
 # -- the entry point ---------------------------------------------------------------------------
@@ -228,6 +207,7 @@ def convert(
     metadata: dict | None = None,
     overwrite: bool = False,
     max_expansion: float = MAX_EXPANSION,
+    progress: bool = False,
 ) -> ConvertSummary:
     """Read ``src`` (torch .pt/.pth/.bin, .safetensors or a sharded *.index.json, .npz, Keras
     .weights.h5, MXNet .params) without executing anything from it, and write ``dst``.
@@ -243,6 +223,7 @@ def convert(
     bomb, never-written HDF5 datasets or overlapping views of one storage are refused with
     an error naming the member and the numbers.  Raise it for a file you trust that
     compresses better than that (``float("inf")`` turns the check off).
+    ``progress=True`` shows a progress bar (bytes, rate) on stderr while ``dst`` is written.
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> d = tempfile.mkdtemp()
@@ -273,14 +254,18 @@ def convert(
 
         meta = {"converted_from": os.path.basename(src), "source_format": found.format}
         meta.update(metadata or {})
-        save(tree, dst, metadata=meta)
+        save(tree, dst, metadata=meta, progress=progress)
         count, nbytes = _count_tensors(dst)
     else:
         tied: dict[str, str] = {}
         tensors = _flat_tensors(found.tree, notes, left_out, tied)
         left_out.extend(tied)
-        count = len(tensors)
-        nbytes, _ = _write_safetensors(tensors, dst, notes, tied)
+        state = FlatState.of_payloads(_payloads(tensors, notes), tied)
+        frameworks = {p.framework for p in state.payloads}
+        tag = framework_named(frameworks.pop()).format_tag if len(frameworks) == 1 else None
+        with progress_bar(progress, f"writing {os.path.basename(dst)}", state.nbytes) as on_bytes, atomic_file(dst) as f:
+            write_plain_file(f, state, user_metadata={"format": tag} if tag else None, on_bytes=on_bytes)
+        count, nbytes = len(state.payloads), state.nbytes
     return ConvertSummary(
         source=src, destination=dst, source_format=found.format, target=to, tensors=count, tensor_bytes=nbytes,
         file_bytes=os.path.getsize(dst), seconds=round(time.perf_counter() - started, 6), notes=notes,

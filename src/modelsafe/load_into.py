@@ -26,10 +26,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .arguments import check_flag, check_path, check_rename, check_select
-from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .adapters import frameworks_for_type
 from .adapters.protocol import LoadTarget, StateMismatch
+from .arguments import check_flag, check_path, check_rename, check_select
+from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
 from .rng import LOAD_TARGETS as RNG_TARGETS
 from .sources import open_source

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -37,14 +37,20 @@ def materialize(
     map_location: Any = None,
     verify: bool = True,
     copy: bool = False,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """name -> object for ``records``; tensors come from each framework adapter in one batch."""
+    """name -> object for ``records``; tensors come from each framework adapter in one batch.
+
+    ``on_bytes`` hears of each record's bytes once they are verified (progress bars).
+    """
     values: dict[str, Any] = {}
     groups: dict[tuple, list[TensorRecord]] = defaultdict(list)
     for record in records:
         base = buffers[record.file]
         if verify:
             source.verify_record(record, base)
+        if on_bytes is not None:
+            on_bytes(record.nbytes)
         if record.kind == "tensor":
             if not record.dtype.supported:
                 raise unsupported_dtype(source, record)

@@ -26,8 +26,17 @@ from typing import Any, Callable, Iterable, Protocol
 from .adapters import framework_for_kind, frameworks_for_type
 from .errors import CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnknownClassError, UnsupportedObjectError
 from .recipes import (
-    Recipe, _trust_advice, attach_recipe, ensure_builtins, generation, is_built_type, lookup, qualified_name, recipe_of,
-    registered_name, resolve,
+    Recipe,
+    _trust_advice,
+    attach_recipe,
+    ensure_builtins,
+    generation,
+    is_built_type,
+    lookup,
+    qualified_name,
+    recipe_of,
+    registered_name,
+    resolve,
 )
 from .tree import Flattener, Unflattener, _decode_key, _dict_items, format_path, register_decoder, register_encoder
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from . import sources
 from .errors import CorruptCheckpointError
-from .format.manifest import FORMAT_VERSION, TensorRecord
 from .foreign import open_file
+from .format.manifest import FORMAT_VERSION, TensorRecord
 from .legacy.safetensors import read_index, shard_reader
 
 __all__ = ["PretrainedSource", "is_pretrained_dir", "pretrained_file"]

@@ -17,8 +17,8 @@ import numpy as np
 
 from .addresses import SELECTORS, Address, parse_address
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
-from .format.manifest import TensorRecord
 from .foreign import open_file
+from .format.manifest import TensorRecord
 from .storage import local_path
 
 

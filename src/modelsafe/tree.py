@@ -1,12 +1,13 @@
-"""Object tree <-> JSON skeleton plus a list of leaves.
+"""Object tree <-> JSON skeleton plus a list of payloads.
 
 ``flatten(obj)`` walks a tree of containers, scalars and tensors and returns a
-JSON-serialisable *skeleton* in which every tensor, bytes object or pickled object
-is replaced by a reference ``{"tensor": name}`` to a :class:`Leaf`.  ``unflatten``
+:class:`~modelsafe.format.plan.FlatState`: a JSON-serialisable *skeleton* in which
+every tensor, bytes object or pickled object is replaced by a reference
+``{"tensor": name}`` to a :class:`~modelsafe.format.plan.Payload`.  ``unflatten``
 does the inverse given the loaded leaves.  Both dispatch through registries keyed by
 type (encoding) and by node tag (decoding); see docs/format.md for every node form.
 
-Tensors that are the same memory view (tied weights) become one leaf referenced
+Tensors that are the same memory view (tied weights) become one payload referenced
 from several places and come back as one object.
 """
 
@@ -23,70 +24,15 @@ from typing import Any, Callable, Iterable
 
 from .adapters import TensorAdapter, TensorInfo, adapter_for_type
 from .errors import CorruptCheckpointError, UnsafeObjectError, UnsupportedObjectError
+from .format.plan import NO_ATTRS, FlatState, Payload
 from .recipes import qualified_name
+from .treepath import Attr, format_path
 
-__all__ = ["Leaf", "Flattener", "Unflattener", "flatten", "format_path", "register_encoder", "register_decoder"]
+__all__ = ["Flattener", "Unflattener", "flatten", "format_path", "register_encoder", "register_decoder", "tensor_payload"]
 
 MAX_SAFE_INT = 2**53
 ROOT_NAME = "tensor"
 RESERVED_NAMES = {"__metadata__"}
-
-
-_json_string = json.encoder.encode_basestring_ascii
-
-
-def format_path(parts: Iterable[Any]) -> str:
-    """Render a tree path the way Python would index it: ``obj["extra"][3].field``."""
-    out = ["obj"]
-    for part in parts:
-        if isinstance(part, Attr):
-            out.append(f".{part.name}")
-        elif isinstance(part, str):
-            out.append(f"[{_json_string(part)}]")  # what json.dumps(part) gives, without its overhead
-        else:
-            out.append(f"[{part!r}]")
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class Attr:
-    """A path component that is an attribute (dataclass field), not an index."""
-
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclass
-class Leaf:
-    """One payload of the file: a tensor, a bytes object, or a pickled object."""
-
-    name: str
-    kind: str                      # "tensor" | "bytes" | "pickle"
-    value: Any                     # the tensor, or the bytes to write
-    info: TensorInfo
-    adapter: TensorAdapter | None  # None for bytes and pickle payloads
-    where: tuple | str = ()        # tree path (parts, formatted only for messages) or a ready label
-
-    @property
-    def path(self) -> str:
-        """The tree path, as Python would index it: ``obj["model"]["w"]``."""
-        return self.where if isinstance(self.where, str) else format_path(self.where)
-
-    def host_bytes(self) -> memoryview:
-        if self.adapter is None:
-            return memoryview(self.value).cast("B") if self.value else memoryview(b"")
-        return self.adapter.host_bytes(self.value)
-
-    @property
-    def nbytes(self) -> int:
-        from .format.dtypes import BY_NAME
-
-        n = BY_NAME[self.info.dtype].itemsize
-        for d in self.info.shape:
-            n *= d
-        return n
 
 
 Encoder = Callable[["Flattener", Any, tuple], Any]
@@ -111,11 +57,11 @@ def register_decoder(tag: str, decoder: Decoder) -> None:
 
 
 class Flattener:
-    """Turns one object tree into a skeleton and leaves; one instance per save."""
+    """Turns one object tree into a skeleton and payloads; one instance per save."""
 
     def __init__(self, *, allow_pickle: bool = False) -> None:
         self.allow_pickle = allow_pickle
-        self.leaves: list[Leaf] = []
+        self.payloads: list[Payload] = []
         self.aliases: dict[str, str] = {}
         self._names: set[str] = set()
         self._by_identity: dict[Any, str] = {}
@@ -168,7 +114,7 @@ class Flattener:
         finally:
             self._active.discard(key)
 
-    # -- leaves --------------------------------------------------------------
+    # -- payloads --------------------------------------------------------------
     def leaf_name(self, path: tuple) -> str:
         base = ".".join(map(str, path)) if path else ROOT_NAME
         name = base
@@ -197,12 +143,12 @@ class Flattener:
         name = self.leaf_name(path)
         if info.identity is not None:
             self._by_identity[info.identity] = name
-        self.leaves.append(Leaf(name, "tensor", obj, info, adapter, path))
+        self.payloads.append(tensor_payload(name, obj, adapter, info, path))
         return {"tensor": name}
 
     def add_bytes(self, data: bytes, path: tuple, kind: str = "bytes") -> str:
         name = self.leaf_name(path)
-        self.leaves.append(Leaf(name, kind, data, TensorInfo("uint8", (len(data),)), None, path))
+        self.payloads.append(Payload.of_bytes(name, data, kind=kind, where=path))
         return name
 
     def add_pickle(self, obj: Any, path: tuple) -> dict:
@@ -260,9 +206,9 @@ def _enc_key(fl: Flattener, key: Any, path: tuple) -> Any:
     if type(key) in (str, int) and not isinstance(key, bool):
         return _enc_int(fl, key, path) if type(key) is int else key
     if type(key) in (bool, float, tuple, type(None), frozenset):
-        before = len(fl.leaves)
+        before = len(fl.payloads)
         node = fl.encode(key, path)
-        if len(fl.leaves) == before:
+        if len(fl.payloads) == before:
             return node
     raise UnsupportedObjectError(
         f"cannot save {format_path(path)}: dict key {key!r} of type {type(key).__name__} is not storable; "
@@ -349,11 +295,23 @@ register_encoder(_is_namedtuple, _enc_namedtuple)
 register_encoder(_is_dataclass, _enc_dataclass)
 
 
-def flatten(obj: Any, *, allow_pickle: bool = False) -> Flattener:
-    """Flatten ``obj``; the returned Flattener holds ``.skeleton``, ``.leaves`` and ``.aliases``."""
+def tensor_payload(name: str, obj: Any, adapter: TensorAdapter, info: TensorInfo, where: tuple | str = ()) -> Payload:
+    """The payload record of tensor ``obj`` (described by its ``adapter`` as ``info``); its bytes are read when written."""
+    return Payload(name, "tensor", info.dtype, tuple(info.shape), adapter.framework, obj, adapter.host_bytes,
+                   info.attrs or NO_ATTRS, info.storage, info.view, None, where)
+
+
+def flatten(obj: Any, *, allow_pickle: bool = False) -> FlatState:
+    """Flatten ``obj`` into its skeleton, payloads and aliases (what the format writer consumes).
+
+    >>> import numpy as np
+    >>> state = flatten({"w": np.zeros(2, np.float32), "epoch": 3})
+    >>> state.skeleton, [(p.name, p.dtype, p.shape) for p in state.payloads]
+    ({'dict': [['w', {'tensor': 'w'}], ['epoch', 3]]}, [('w', 'float32', (2,))])
+    """
     fl = Flattener(allow_pickle=allow_pickle)
-    fl.skeleton = fl.flatten(obj)
-    return fl
+    skeleton = fl.flatten(obj)
+    return FlatState(skeleton, tuple(fl.payloads), fl.aliases)
 
 
 # -- decoding ---------------------------------------------------------------------

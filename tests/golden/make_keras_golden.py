@@ -8,9 +8,8 @@ what Keras itself writes, not only against our reading of its layout.
 
 import os
 
-import numpy as np
-
 import keras
+import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 keras.utils.set_random_seed(0)

@@ -15,8 +15,9 @@ import pytest
 L = pytest.importorskip("lightning")
 torch = pytest.importorskip("torch")
 
-import modelsafe as ms  # noqa: E402
 from lightning.fabric.utilities.data import AttributeDict  # noqa: E402
+
+import modelsafe as ms  # noqa: E402
 from modelsafe.integrations.lightning import RNG_KEY, ModelsafeCheckpointIO, lower_checkpoint  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent

@@ -8,14 +8,15 @@ import subprocess
 import sys
 import textwrap
 
-import mxnet as mx
 import numpy as np
 import pytest
+
+import modelsafe as ms
+import mxnet as mx
+from modelsafe.errors import IncompatibleStateError, MissingRecipeError, UnknownClassError, UnsupportedObjectError
 from mxnet import autograd, gluon
 
 import craft  # tests/craft.py: rewrites a file's manifest, re-sealed
-import modelsafe as ms
-from modelsafe.errors import IncompatibleStateError, MissingRecipeError, UnknownClassError, UnsupportedObjectError
 
 nn = gluon.nn
 X = mx.nd.array(np.random.RandomState(0).rand(2, 20))

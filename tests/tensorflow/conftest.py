@@ -9,8 +9,6 @@ import pytest
 
 pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-
-
 from keras_models import BUILDERS  # noqa: E402  (after TF's log level is set)
 
 

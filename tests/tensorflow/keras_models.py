@@ -1,7 +1,7 @@
 """The small Keras models the TensorFlow tests share (a helper module, imported by conftest and child processes)."""
 
-import numpy as np
 import keras
+import numpy as np
 
 
 @keras.saving.register_keras_serializable(package="modelsafe_tests")

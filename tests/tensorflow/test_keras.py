@@ -5,12 +5,13 @@ import json
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from craft import edit_manifest
 
 import modelsafe as ms
+import tensorflow as tf
 from modelsafe.adapters.tensorflow.keras_objects import variables_of
 from modelsafe.adapters.tensorflow.targets import KerasLayerTarget, KerasOptimizerTarget
+
+from craft import edit_manifest
 
 
 def _outputs_equal(a, b, x):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras_models import BUILDERS
 
 import modelsafe as ms
-from keras_models import BUILDERS
 
 HERE = Path(__file__).resolve().parent
 CHILD = r'''

@@ -7,7 +7,7 @@ import os
 import click
 
 from .errors import CommandError
-from .output import emit_json, escape, human_bytes, json_option, say
+from .output import emit_json, escape, human_bytes, json_option, say, stderr_is_terminal
 
 
 @click.command("convert")
@@ -38,7 +38,7 @@ def convert(src: str, dst: str, target: str, framework: str | None, force: bool,
         raise CommandError(f"{dst}: already exists; choose another path or pass --force to replace it",
                            kind="StorageError", path=dst)
     limit = {} if max_expansion is None else {"max_expansion": max_expansion}
-    summary = run_convert(src, dst, to=target, framework=framework, overwrite=force, **limit)
+    summary = run_convert(src, dst, to=target, framework=framework, overwrite=force, progress=stderr_is_terminal(), **limit)
     if as_json:
         emit_json(summary.to_dict())
         return

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import click
 
+from ..progress import progress_bar
+
 RICH_ROW_LIMIT = 2000  # above this, tables are rendered by the plain formatter
 PIPE_WIDTH = 200      # table width when stdout is a pipe or file
 
@@ -279,17 +281,6 @@ class _NoProgress:
         pass
 
 
-class _RichProgress:
-    def __init__(self, progress: Any, task: Any) -> None:
-        self._progress, self._task = progress, task
-
-    def advance(self, amount: float = 1) -> None:
-        self._progress.advance(self._task, amount)
-
-    def describe(self, text: str) -> None:
-        self._progress.update(self._task, description=text)
-
-
 def stderr_is_terminal() -> bool:
     return _is_terminal(sys.stderr)
 
@@ -304,11 +295,5 @@ def progress(total: float, description: str, *, unit_bytes: bool = False) -> Ite
     if not stderr_is_terminal() or total <= 0:
         yield _NoProgress()
         return
-    from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    counter = DownloadColumn() if unit_bytes else MofNCompleteColumn()
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), counter, TimeRemainingColumn(),
-        console=stderr_console(), transient=True,
-    ) as bar:
-        yield _RichProgress(bar, bar.add_task(description, total=total))
+    with progress_bar(True, description, total, unit_bytes=unit_bytes, transient=True) as bar:
+        yield bar

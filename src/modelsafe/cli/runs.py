@@ -16,7 +16,7 @@ from ..checkpoint_dir import disk_usage
 from ..errors import CheckpointNotFoundError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
 from .errors import UsageProblem
-from .output import Column, TableSpec, emit_json, escape, format_time, human_bytes, json_option, say
+from .output import Column, TableSpec, emit_json, escape, format_time, human_bytes, json_option, say, stderr_is_terminal
 
 _MODE = click.Choice(["min", "max"])
 
@@ -232,7 +232,7 @@ def fork(src: str, dst: str, which: str | None, as_json: bool) -> None:
     source = _checkpoint_in_run(address.path, address.selector or which, "fork")
     checkpoints, info = source.run, source.info
     run_path = checkpoints.directory
-    new_run = checkpoints.fork(dst, which=info)  # RunConflictError & co. reach the one error map
+    new_run = checkpoints.fork(dst, which=info, progress=stderr_is_terminal())  # errors reach the one error map
     try:
         first = new_run.latest()
     finally:
@@ -268,7 +268,7 @@ def export(source: str, out: str, which: str | None, key: str | None, as_json: b
     if address.selector is not None and which is not None:
         raise UsageProblem(f"give the checkpoint once: either {source!r} or --from {which}")
     target = _checkpoint_in_run(address.path, address.selector or which, "export")
-    info = target.run.export(out, which=target.info, key=key)
+    info = target.run.export(out, which=target.info, key=key, progress=stderr_is_terminal())
     size = os.path.getsize(out)
     if as_json:
         emit_json({"source": info_dict(info), "output": out, "bytes": size})

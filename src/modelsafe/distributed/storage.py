@@ -26,7 +26,6 @@ import json
 import os
 import threading
 from datetime import datetime, timezone
-
 from typing import Any
 
 import torch

@@ -12,13 +12,14 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .._version import __version__
 from ..errors import CorruptCheckpointError, NewerFormatError
 from . import checksum
 from .container import RawEntry
 from .dtypes import BY_NAME, DType, header_shape, logical_shape
+from .plan import FlatState, Payload
 
 FORMAT_VERSION = (1, 0)
 _HEX16 = re.compile(r"[0-9a-f]{16}\Z")
@@ -63,18 +64,18 @@ def _extent(offset: int, shape: Any, strides: Any) -> int:
     return offset + sum((d - 1) * s for d, s in zip(shape, strides)) + 1
 
 
-def _shares_as_view(leaf: Any) -> bool:
+def _shares_as_view(payload: Payload) -> bool:
     """A tensor whose memory relation survives a load: no gradient state that a view would change."""
-    return not ({"parameter", "requires_grad"} & leaf.info.attrs.keys())
+    return not ({"parameter", "requires_grad"} & payload.attrs.keys())
 
 
-def _byte_span(leaf: Any) -> tuple[int, int]:
-    offset, strides = leaf.info.view
-    size = BY_NAME[leaf.info.dtype].itemsize
-    return offset * size, _extent(offset, leaf.info.shape, strides) * size
+def _byte_span(payload: Payload) -> tuple[int, int]:
+    offset, strides = payload.view
+    size = BY_NAME[payload.dtype].itemsize
+    return offset * size, _extent(offset, payload.shape, strides) * size
 
 
-def _overlapping(group: list) -> list[list]:
+def _overlapping(group: list[Payload]) -> list[list[Payload]]:
     """``group`` (tensors over one memory) split into clusters whose byte spans overlap."""
     clusters: list[list] = []
     end = -1
@@ -88,7 +89,7 @@ def _overlapping(group: list) -> list[list]:
     return [c for c in clusters if len(c) > 1]
 
 
-def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
+def plan_views(payloads: Sequence[Payload]) -> tuple[dict[str, dict], list[str]]:
     """(views, copied): how tensors that view one memory come back shared.
 
     Tensors whose spans of one memory overlap form a cluster.  Its largest contiguous
@@ -99,9 +100,9 @@ def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
     slices of one buffer share nothing a load could lose.
     """
     groups: dict[Any, list] = {}
-    for leaf in leaves:
-        if leaf.kind == "tensor" and leaf.info.storage is not None and leaf.info.view is not None:
-            groups.setdefault(leaf.info.storage, []).append(leaf)
+    for payload in payloads:
+        if payload.kind == "tensor" and payload.storage is not None and payload.view is not None:
+            groups.setdefault(payload.storage, []).append(payload)
     views: dict[str, dict] = {}
     copied: list[str] = []
     for group in groups.values():
@@ -111,18 +112,18 @@ def plan_views(leaves: list) -> tuple[dict[str, dict], list[str]]:
     return views, copied
 
 
-def _plan_cluster(cluster: list, views: dict[str, dict]) -> set[str]:
+def _plan_cluster(cluster: list[Payload], views: dict[str, dict]) -> set[str]:
     """Record the views of ``cluster`` in ``views``; return the names that come back shared."""
-    bases = [l for l in cluster if _shares_as_view(l) and l.info.view[1] == _contiguous_strides(tuple(l.info.shape))]
-    base = max(bases, key=lambda l: math.prod(l.info.shape), default=None)
+    bases = [p for p in cluster if _shares_as_view(p) and p.view[1] == _contiguous_strides(p.shape)]
+    base = max(bases, key=lambda p: math.prod(p.shape), default=None)
     shared: set[str] = set()
-    for leaf in cluster:
-        if base is None or leaf is base or not _shares_as_view(leaf) or leaf.info.dtype != base.info.dtype:
+    for p in cluster:
+        if base is None or p is base or not _shares_as_view(p) or p.dtype != base.dtype:
             continue
-        offset, strides = leaf.info.view[0] - base.info.view[0], leaf.info.view[1]
-        if offset >= 0 and _extent(offset, leaf.info.shape, strides) <= math.prod(base.info.shape):
-            views[leaf.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
-            shared.update((leaf.name, base.name))
+        offset, strides = p.view[0] - base.view[0], p.view[1]
+        if offset >= 0 and _extent(offset, p.shape, strides) <= math.prod(base.shape):
+            views[p.name] = {"of": base.name, "offset": offset, "strides": list(strides)}
+            shared.update((p.name, base.name))
     return shared
 
 
@@ -136,34 +137,34 @@ def framework_versions(frameworks: set[str]) -> dict[str, str]:
     return versions
 
 
-def build(skeleton: Any, leaves: list, aliases: dict[str, str], metadata: Any, checksums: dict[str, str]) -> dict:
-    """The manifest for ``leaves``; missing checksums are written as placeholders."""
-    frameworks = Counter(leaf.adapter.framework for leaf in leaves if leaf.adapter is not None)
+def build(state: FlatState | None, payloads: Sequence[Payload], metadata: Any, checksums: dict[str, str]) -> dict:
+    """The manifest of ``state`` holding ``payloads`` (in file order); missing checksums are written as placeholders."""
+    frameworks = Counter(p.framework for p in payloads if p.framework is not None)
     default_framework = frameworks.most_common(1)[0][0] if frameworks else None
     tensors: dict[str, dict[str, Any]] = {}
-    for leaf in leaves:
-        entry: dict[str, Any] = {"xxh3": checksums.get(leaf.name, checksum.PLACEHOLDER)}
-        if leaf.kind != "tensor":
-            entry["kind"] = leaf.kind
+    for p in payloads:
+        entry: dict[str, Any] = {"xxh3": checksums.get(p.name, checksum.PLACEHOLDER)}
+        if p.kind != "tensor":
+            entry["kind"] = p.kind
         else:
-            if leaf.adapter.framework != default_framework:
-                entry["framework"] = leaf.adapter.framework
-            if leaf.info.attrs:
-                entry["attrs"] = leaf.info.attrs
-            if needs_logical_entry(BY_NAME[leaf.info.dtype], tuple(leaf.info.shape)):
-                entry["dtype"] = leaf.info.dtype
-                entry["shape"] = list(leaf.info.shape)
-        tensors[leaf.name] = entry
+            if p.framework != default_framework:
+                entry["framework"] = p.framework
+            if p.attrs:
+                entry["attrs"] = dict(p.attrs)
+            if needs_logical_entry(BY_NAME[p.dtype], p.shape):
+                entry["dtype"] = p.dtype
+                entry["shape"] = list(p.shape)
+        tensors[p.name] = entry
     manifest: dict[str, Any] = {
         "format_version": list(FORMAT_VERSION),
         "writer": f"modelsafe {__version__}",
         "framework": default_framework,
-        "tree": skeleton,
+        "tree": state.skeleton if state is not None else None,
         "tensors": tensors,
     }
-    if aliases:
-        manifest["aliases"] = aliases
-    views, copied = plan_views(leaves)
+    if state is not None and state.aliases:
+        manifest["aliases"] = dict(state.aliases)
+    views, copied = plan_views(payloads)
     if views:
         manifest["views"] = views
     if copied:

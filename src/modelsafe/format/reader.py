@@ -18,7 +18,6 @@ from .container import MANIFEST_KEY, check_manifest_budget, parse_header, read_l
 from .manifest import TensorRecord
 from .mapping import map_private
 
-
 # Whole-file loads map the file instead of reading it where a mapped file can still be
 # replaced (POSIX): no copy, memory shared with the page cache, and since every save
 # renames a new file into place, the bytes of a mapped file never change under it.

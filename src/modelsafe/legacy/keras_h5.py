@@ -41,8 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import (CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnsafeObjectError,
-                      UnsupportedObjectError)
+from ..errors import CorruptCheckpointError, FrameworkNotInstalledError, ModelsafeError, UnsafeObjectError, UnsupportedObjectError
 from ..format import dtypes
 from . import Budget, ForeignFile, ReadOptions, arrays_as, checked_shape, regular_file_size
 

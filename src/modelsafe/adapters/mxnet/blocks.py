@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import mxnet as mx
 import numpy as np
+
+import mxnet as mx
 from mxnet import gluon
 
 from ...errors import IncompatibleStateError, MissingRecipeError, UnsupportedObjectError

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import mxnet as mx
 import numpy as np
+
+import mxnet as mx
 from mxnet import gluon
 
 from . import trainer as _trainer

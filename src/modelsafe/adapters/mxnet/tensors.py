@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import mxnet as mx
 import numpy as np
+
+import mxnet as mx
 
 from ...errors import InvalidArgumentError, UnsupportedObjectError
 from ...format import dtypes

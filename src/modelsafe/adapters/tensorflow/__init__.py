@@ -15,8 +15,7 @@
 from __future__ import annotations
 
 from ..protocol import Framework
-from .keras_objects import CODECS as _KERAS_CODECS
-from .keras_objects import register_builtins
+from .keras_objects import CODECS as _KERAS_CODECS, register_builtins
 from .rng import RNG
 from .targets import LOAD_TARGETS
 from .tensors import ADAPTER

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+
 import tensorflow as tf
 
 from ..protocol import StateMismatch

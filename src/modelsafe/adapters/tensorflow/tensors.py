@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+
 import tensorflow as tf
 
 from ...errors import UnsupportedObjectError
