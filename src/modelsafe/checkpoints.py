@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
+from .arguments import check_storage_options
 from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
 from .checkpoint_dir import (
     FILES_DIR,
@@ -63,9 +64,9 @@ from .format import checksum
 from .gc_pause import gc_paused
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
-from .sources import register_directory_opener, register_run_opener
+from .sources import open_source, register_directory_opener, register_run_opener
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
-from .storage import local_path
+from .storage import is_url, local_path
 from .storage.local import storage_error
 from .tree import flatten
 
@@ -117,6 +118,11 @@ _RESCANS = 10  # listings retried while a racing writer commits and prunes (each
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
         raise InvalidArgumentError(f"the run directory must be a path (str or os.PathLike), not {directory!r}", key="directory")
+    if is_url(directory):
+        from .storage.remote_run import RemoteRunStorage
+
+        check_storage_options(storage_options, directory, call="ms.Checkpoints")
+        return RemoteRunStorage(os.fspath(directory), storage_options)
     location = local_path(directory, what="run directory")
     if storage_options is not None:  # they only mean something to an fsspec backend
         raise InvalidArgumentError(
@@ -216,7 +222,7 @@ class Checkpoints:
         self.storage_options = storage_options
         if not isinstance(dedup, bool):
             raise InvalidArgumentError(f"dedup must be True or False, not {dedup!r}", key="dedup")
-        self.dedup = dedup
+        self.dedup = dedup and getattr(self._storage, "links", True)  # object stores cannot link payloads
         self._shard_index: ShardIndex | None = None  # built from the run's manifests at the first save
         self._policy = retention.policy_for(self.keep_last, self.keep_best, self.monitor, self.mode)
         self._prunes = self.keep_last is not None or self.keep_best is not None
@@ -270,7 +276,7 @@ class Checkpoints:
                 infos = [info for info in map(self._info, names) if info is not None]
                 # a writer committing N+1 then pruning N between our directory read and the
                 # manifest reads would leave neither in view: when a listed entry vanished, look again
-                if all(os.path.lexists(self._storage.checkpoint_path(i)) for i in names if self._cached_none(i)):
+                if all(self._storage.exists(i) for i in names if self._cached_none(i)):
                     break
             for gone in set(self._cache) - set(names):
                 del self._cache[gone]
@@ -694,7 +700,7 @@ class Checkpoints:
         info = self._resolve(which)
         with _removal_noticed(info):
             state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
-                            allow_pickle=allow_pickle, verify=verify)
+                            allow_pickle=allow_pickle, verify=verify, storage_options=self.storage_options)
             bound = self._call_bound_load(info, verify)
         return bound if state is None and bound is not None else state
 
@@ -731,7 +737,7 @@ class Checkpoints:
             if state is not None:
                 from .load_into import load_into as ms_load_into
 
-                report = ms_load_into(state, info.path, strict=strict, verify=verify)
+                report = ms_load_into(state, info.path, strict=strict, verify=verify, storage_options=self.storage_options)
             self._call_bound_load(info, verify)
             if rng:
                 self._restore_rng(info)
@@ -739,8 +745,8 @@ class Checkpoints:
 
     def _restore_rng(self, info: CheckpointInfo) -> None:
         """Put back the RNG states recorded with ``info`` (none recorded: a checkpoint of an older modelsafe)."""
-        with CheckpointSource(info.path, shards=False) as source:
-            block = source.manifest.get("rng")
+        data = self._storage.read_manifest(info.name)
+        block = parse_manifest(data, os.path.join(info.path, MANIFEST)).get("rng") if data is not None else None
         if block is not None:
             restore_json(block, info.path)
 
@@ -863,18 +869,20 @@ def _is_run_dir(path: str) -> bool:
 _REMOVED_RETRIES = 10  # each retry follows a newer commit; a writer that fast would need 10 saves in one open
 
 
-def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource:
+def _open_run(path: str, selector: str = "latest", storage_options: dict | None = None, **_: Any) -> Any:
     """Checkpoint ``selector`` of the run in ``path`` (``ms.load(run)``, ``ms.load("run@best")``).
 
     The latest checkpoint, pruned between listing and opening, is looked up again.
     """
-    run = Checkpoints(path)
+    run = Checkpoints(path, storage_options=storage_options)
     for attempt in range(_REMOVED_RETRIES + 1):
         if selector == "latest" and run.latest() is None:
             raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
         info = run.info(selector)
         try:
             with _removal_noticed(info):
+                if is_url(info.path):
+                    return open_source(info.path, storage_options=storage_options)
                 return CheckpointSource(info.path)
         except CheckpointRemovedError:
             if selector != "latest" or attempt == _REMOVED_RETRIES:

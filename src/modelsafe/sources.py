@@ -19,7 +19,8 @@ from .addresses import SELECTORS, Address, parse_address
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
 from .format.manifest import TensorRecord
 from .foreign import open_file
-from .storage import local_path
+from .storage import is_url, local_path
+from .storage.commit import MANIFEST, RUN_FILE
 
 
 class Source(Protocol):
@@ -37,8 +38,8 @@ class Source(Protocol):
 _DIRECTORY_OPENERS: list[tuple[Callable[[str], bool], Callable[..., Source]]] = []
 
 
-# opens checkpoint ``selector`` of the run in a directory: (run, selector) -> Source
-_RUN_OPENERS: list[Callable[[str, str], Source]] = []
+# opens checkpoint ``selector`` of the run in a directory: (run, selector, storage_options=) -> Source
+_RUN_OPENERS: list[Callable[..., Source]] = []
 
 
 def register_directory_opener(matches: Callable[[str], bool], opener: Callable[..., Source]) -> None:
@@ -53,7 +54,9 @@ def directory_opener(path: str) -> Callable[..., Source] | None:
 
 
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
-    """Open ``path`` (file, checkpoint directory, run or ``RUN@selector``) for reading."""
+    """Open ``path`` (file, checkpoint directory, run or ``RUN@selector``; local or a URL) for reading."""
+    if is_url(path):
+        return _open_remote(os.fspath(path), storage_options)
     path = local_path(path)
     address = parse_address(path)
     if address.selector is not None:
@@ -89,3 +92,58 @@ def _open_address(address: Address) -> Source:
             f"for {SELECTORS}; check the path", path=address.text,
         )
     return _RUN_OPENERS[-1](address.path, address.selector)
+
+
+def _open_remote(url: str, storage_options: dict | None) -> Source:
+    """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
+    from .storage.remote import RemoteFileSource, filesystem, remote_error
+
+    address = parse_address(url)
+    if address.selector is not None:
+        return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
+    fs, key = filesystem(url, storage_options)
+    key = key.rstrip("/")
+    try:
+        if fs.isfile(key):
+            return RemoteFileSource(url, storage_options)
+        if fs.exists(f"{key}/{RUN_FILE}"):
+            return _RUN_OPENERS[-1](url, "latest", storage_options=storage_options)
+        has_manifest = fs.exists(f"{key}/{MANIFEST}")
+    except OSError as exc:
+        raise remote_error(url, "opening", exc) from exc
+    if not has_manifest:
+        raise CheckpointNotFoundError(
+            f"{url}: no such file or committed checkpoint (no manifest.json: an unfinished save is invisible); "
+            "check the URL", path=url,
+        )
+    return _downloaded_checkpoint(url, fs, key)
+
+
+def _downloaded_checkpoint(url: str, fs: Any, key: str) -> Source:
+    """Checkpoint directory ``url`` copied into a temporary directory and opened from there.
+
+    The copy is removed once opened: the source holds its shards open (and mapped).
+    """
+    import shutil
+    import tempfile
+
+    local = tempfile.mkdtemp(prefix="modelsafe-download-")
+    try:
+        for item in fs.find(key):
+            rel = item[len(key) + 1:]
+            if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+                continue  # never write outside the temporary directory
+            target = os.path.join(local, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(item, target)
+        opener = directory_opener(local)
+        if opener is None:
+            raise CheckpointNotFoundError(f"{url}: no committed checkpoint here (it was removed while downloading)",
+                                          path=url)
+        source = opener(local)
+        source.path = url  # messages name the object, not the temporary copy
+        for name, shard in getattr(source, "_shards", {}).items():
+            shard.path = f"{url}/{name}"
+        return source
+    finally:
+        shutil.rmtree(local, ignore_errors=True)

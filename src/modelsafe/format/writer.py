@@ -229,14 +229,15 @@ class HashedFile:
         return checksum.digest(self.header)
 
 
-def hash_payloads(fl: Any) -> HashedFile:
-    """Read and hash every payload of flattened tree ``fl`` once; :func:`write_hashed` writes it."""
+def hash_payloads(fl: Any, *, metadata_node: Any = None, user_metadata: Any = None) -> HashedFile:
+    """Read and hash every payload of flattened tree ``fl`` once; :func:`write_hashed` writes it
+    front to back (no seek back to patch the header: what a streamed upload needs)."""
     with gc_paused():
         layout = plan_layout(fl.leaves)
     payloads = [_payload(leaf, end - begin) for leaf, begin, end in layout]
     checksums = {leaf.name: checksum.digest(data) for (leaf, _, _), data in zip(layout, payloads)}
     with gc_paused():
-        header = _header(layout, fl, None, None, checksums)
+        header = _header(layout, fl, metadata_node, user_metadata, checksums)
     return HashedFile(header, layout, payloads, checksums)
 
 
