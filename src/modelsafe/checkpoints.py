@@ -708,15 +708,32 @@ class Checkpoints:
         """Call the bound ``load`` with ``files/``, once it holds no link (and, with ``verify``, every checksum matches)."""
         if self._binding is None or self._binding.load is None:
             return None
-        with CheckpointSource(info.path, shards=False) as source:
-            if not source.manifest["files"] and not os.path.lexists(os.path.join(info.path, FILES_DIR)):
+        with self._local(info) as path, CheckpointSource(path, shards=False) as source:
+            if not source.manifest["files"] and not os.path.lexists(os.path.join(path, FILES_DIR)):
                 return None
             # without verify no file is hashed, but a link out of the checkpoint is still refused
             checks = source.bound_file_checks() if verify else ((None, 0, p) for p in source.bound_tree_problems())
             for _path, _size, problem in checks:
                 if problem is not None:
                     raise problem
-        return self._binding.load(os.path.join(info.path, FILES_DIR))
+            return self._binding.load(os.path.join(path, FILES_DIR))
+
+    @contextlib.contextmanager
+    def _local(self, info: CheckpointInfo) -> Any:
+        """A local directory holding checkpoint ``info``: its own, or a temporary download of a remote one."""
+        if not is_url(info.path):
+            yield info.path
+            return
+        import shutil
+        import tempfile
+
+        from .storage.remote import download
+
+        parent = tempfile.mkdtemp(prefix="modelsafe-download-")
+        try:
+            yield download(info.path, os.path.join(parent, info.name), self.storage_options)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
 
     def load_into(
         self, state: Any, which: Any = "latest", *, strict: bool = True, verify: bool = True, rng: bool = True
@@ -769,7 +786,7 @@ class Checkpoints:
         if target.list():
             target.close()
             raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
-        with _removal_noticed(info), CheckpointSource(info.path) as source:
+        with _removal_noticed(info), self._local(info) as local, CheckpointSource(local) as source:
             target._fork_from(source, info, self.directory)
         return target
 
@@ -811,7 +828,8 @@ class Checkpoints:
         """
         info = self._resolve(which)
         origin = {"run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics)}
-        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin)
+        with self._local(info) as local:
+            export_checkpoint(local, os.fspath(path), key=key, origin=origin)
         return info
 
 

@@ -20,7 +20,6 @@ from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgu
 from .format.manifest import TensorRecord
 from .foreign import open_file
 from .storage import is_url, local_path
-from .storage.commit import MANIFEST, RUN_FILE
 
 
 class Source(Protocol):
@@ -96,30 +95,25 @@ def _open_address(address: Address) -> Source:
 
 def _open_remote(url: str, storage_options: dict | None) -> Source:
     """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
-    from .storage.remote import RemoteFileSource, filesystem, remote_error
+    from .storage.remote import RemoteFileSource, kind_of
 
     address = parse_address(url)
     if address.selector is not None:
         return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
-    fs, key = filesystem(url, storage_options)
-    key = key.rstrip("/")
-    try:
-        if fs.isfile(key):
-            return RemoteFileSource(url, storage_options)
-        if fs.exists(f"{key}/{RUN_FILE}"):
-            return _RUN_OPENERS[-1](url, "latest", storage_options=storage_options)
-        has_manifest = fs.exists(f"{key}/{MANIFEST}")
-    except OSError as exc:
-        raise remote_error(url, "opening", exc) from exc
-    if not has_manifest:
+    kind = kind_of(url, storage_options)
+    if kind == "file":
+        return RemoteFileSource(url, storage_options)
+    if kind == "run":
+        return _RUN_OPENERS[-1](url, "latest", storage_options=storage_options)
+    if kind is None:
         raise CheckpointNotFoundError(
             f"{url}: no such file or committed checkpoint (no manifest.json: an unfinished save is invisible); "
             "check the URL", path=url,
         )
-    return _downloaded_checkpoint(url, fs, key)
+    return _downloaded_checkpoint(url, storage_options)
 
 
-def _downloaded_checkpoint(url: str, fs: Any, key: str) -> Source:
+def _downloaded_checkpoint(url: str, storage_options: dict | None) -> Source:
     """Checkpoint directory ``url`` copied into a temporary directory and opened from there.
 
     The copy is removed once opened: the source holds its shards open (and mapped).
@@ -127,15 +121,10 @@ def _downloaded_checkpoint(url: str, fs: Any, key: str) -> Source:
     import shutil
     import tempfile
 
-    local = tempfile.mkdtemp(prefix="modelsafe-download-")
+    from .storage.remote import download
+
+    local = download(url, tempfile.mkdtemp(prefix="modelsafe-download-"), storage_options)
     try:
-        for item in fs.find(key):
-            rel = item[len(key) + 1:]
-            if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
-                continue  # never write outside the temporary directory
-            target = os.path.join(local, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.get_file(item, target)
         opener = directory_opener(local)
         if opener is None:
             raise CheckpointNotFoundError(f"{url}: no committed checkpoint here (it was removed while downloading)",

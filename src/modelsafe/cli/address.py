@@ -20,6 +20,7 @@ from typing import Any
 from .. import addresses
 from ..addresses import SELECTORS, Address
 from ..errors import CheckpointNotFoundError, InvalidArgumentError, ModelsafeError
+from ..storage import is_url
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
@@ -41,12 +42,23 @@ def parse_address(text: str) -> Address:
 
 def is_checkpoint_dir(path: str) -> bool:
     """A committed checkpoint directory (holds a manifest.json)."""
+    if is_url(path):
+        return remote_kind(path) == "checkpoint"
     return os.path.isfile(os.path.join(path, MANIFEST))
 
 
 def is_run_dir(path: str) -> bool:
-    """A directory that is not itself a checkpoint: a run of checkpoints (possibly empty)."""
+    """A directory that is not itself a checkpoint: a run of checkpoints (possibly empty); a URL holding a run file."""
+    if is_url(path):
+        return remote_kind(path) == "run"
     return os.path.isdir(path) and not is_checkpoint_dir(path)
+
+
+def remote_kind(url: str) -> str | None:
+    """"file", "checkpoint", "run" or None for a URL (credentials and endpoint from the AWS_* environment)."""
+    from ..storage.remote import kind_of
+
+    return kind_of(url)
 
 
 # -- resolution ---------------------------------------------------------------------------
@@ -54,13 +66,23 @@ def is_run_dir(path: str) -> bool:
 def run_settings(path: str) -> dict[str, Any]:
     """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}."""
     from ..run_file import parse_run_file
-    from ..storage.commit import RUN_FILE, LocalRunStorage
+    from ..storage.commit import RUN_FILE
 
     try:  # the one bounded reader and parser of run files (no link, FIFO or device is opened)
-        data = LocalRunStorage(path).read_run_file()
+        data = _run_storage(path).read_run_file()
         return parse_run_file(data, os.path.join(path, RUN_FILE)) if data is not None else {}
     except (ModelsafeError, OSError):
         return {}
+
+
+def _run_storage(path: str) -> Any:
+    from ..storage.commit import LocalRunStorage
+
+    if is_url(path):
+        from ..storage.remote_run import RemoteRunStorage
+
+        return RemoteRunStorage(path)
+    return LocalRunStorage(path)
 
 
 def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) -> Any:
@@ -68,9 +90,15 @@ def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) 
 
     Opening for reading takes no lock and writes nothing.
     """
-    if os.path.isfile(path):
+    if is_url(path):
+        kind = remote_kind(path)
+        if kind is None:
+            raise CheckpointNotFoundError(f"{path}: no run here (no run file); check the URL", path=path)
+        if kind != "run":
+            raise UsageProblem(f"{path!r} is a {kind}, not a run; '@' addresses a checkpoint of a run")
+    elif os.path.isfile(path):
         raise UsageProblem(f"{path!r} is a file, not a run directory; '@' addresses a checkpoint of a run")
-    if not os.path.isdir(path):
+    elif not os.path.isdir(path):
         raise CheckpointNotFoundError(f"{path}: no such run directory; check the path", path=path)
     from ..checkpoints import Checkpoints
 
@@ -108,6 +136,8 @@ def resolve(text: str, *, monitor: str | None = None, mode: str | None = None) -
     A run directory without ``@`` means its latest checkpoint, as in ``ms.load(run)``.
     """
     address = parse_address(text)
+    if is_url(address.path) and address.selector is None and remote_kind(address.path) != "run":
+        return Resolved(address.path)  # a file or checkpoint (or nothing: ms.open says so)
     if address.selector is None and not is_run_dir(address.path):
         if not os.path.exists(address.path):
             raise CheckpointNotFoundError(f"{text}: no such file, checkpoint or run; check the path", path=text)
@@ -127,6 +157,10 @@ def resolve_run(text: str) -> str:
     address = parse_address(text)
     if address.selector is not None:
         raise UsageProblem(f"{text!r}: this command takes a whole run, not one checkpoint; drop '@{address.selector}'")
+    if is_url(address.path):
+        if remote_kind(address.path) != "run":
+            raise CheckpointNotFoundError(f"{text}: no run here (no run file); check the URL", path=text)
+        return address.path
     if not os.path.isdir(address.path):
         raise CheckpointNotFoundError(f"{text}: no such run directory; check the path", path=text)
     if is_checkpoint_dir(address.path):

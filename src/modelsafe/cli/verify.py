@@ -18,7 +18,8 @@ import click
 from ..errors import ModelsafeError
 from ..storage.local import open_regular
 from ..verification import Checked, Problem, check, check_listed, run_targets
-from .address import is_run_dir, parse_address, resolve
+from ..storage import is_url
+from .address import is_run_dir, parse_address, remote_kind, resolve
 from .errors import ProblemFound
 from .output import emit_json, escape, human_bytes, json_option, progress, say
 
@@ -152,6 +153,33 @@ def verify_targets(targets: list[tuple[str, str | None, ModelsafeError | None]],
     return reports
 
 
+def verify_remote(targets: list[tuple[str, str | None, ModelsafeError | None]], *, listed: bool) -> list[TargetReport]:
+    """:func:`verify_targets` of URLs: each is downloaded into a temporary directory, verified there,
+    and reported under its URL."""
+    import shutil
+    import tempfile
+
+    from ..storage.remote import download
+
+    parent = tempfile.mkdtemp(prefix="modelsafe-verify-")
+    try:
+        local = []
+        for i, (path, name, error) in enumerate(targets):
+            if error is None and is_url(path):
+                folder = os.path.join(parent, str(i))
+                os.mkdir(folder)
+                path = download(path, os.path.join(folder, path.rstrip("/").rpartition("/")[2] or "object"))
+            local.append((path, name, error))
+        reports = verify_targets(local, listed=listed)
+        for report, (url, _, _), (copy, _, _) in zip(reports, targets, local):
+            report.path = url
+            for finding in report.findings:
+                finding.file, finding.problem = finding.file.replace(copy, url, 1), finding.problem.replace(copy, url)
+        return reports
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
+
+
 @click.command("verify")
 @click.argument("target")
 @json_option
@@ -169,8 +197,13 @@ def verify(target: str, as_json: bool) -> None:
     else:
         resolved = resolve(target)
         targets = [(resolved.path, resolved.info.name if resolved.info is not None else None, None)]
-        kind = "checkpoint" if os.path.isdir(targets[0][0]) else "file"
-    reports = verify_targets(targets, listed=kind == "run" or address.selector is not None)
+        path = targets[0][0]
+        kind = "checkpoint" if (remote_kind(path) == "checkpoint" if is_url(path) else os.path.isdir(path)) else "file"
+    listed = kind == "run" or address.selector is not None
+    if any(is_url(p) for p, _, _ in targets):
+        reports = verify_remote(targets, listed=listed)
+    else:
+        reports = verify_targets(targets, listed=listed)
     findings = [f for r in reports for f in r.findings]
     if as_json:
         emit_json({

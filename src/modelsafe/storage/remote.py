@@ -189,3 +189,47 @@ class RemoteFileSource(FileSource):
 
     def close(self) -> None:
         self._sparse = None
+
+
+def download(url: str, target: str, storage_options: dict | None = None) -> str:
+    """Copy object ``url``, or every object under prefix ``url``, to the new local path ``target``.
+
+    Keys that would land outside ``target`` (``..``, empty parts) are skipped.  Returns ``target``.
+    """
+    fs, key = filesystem(url, storage_options)
+    key = key.rstrip("/")
+    try:
+        if fs.isfile(key):
+            fs.get_file(key, target)
+            return target
+        for item in fs.find(key):
+            rel = item[len(key) + 1:]
+            if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
+                continue
+            local = os.path.join(target, *rel.split("/"))
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            fs.get_file(item, local)
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise remote_error(url, "downloading", exc) from exc
+    return target
+
+
+def kind_of(url: str, storage_options: dict | None = None) -> str | None:
+    """What ``url`` holds: ``"file"``, ``"checkpoint"`` (a manifest.json), ``"run"`` (a run file), or None."""
+    from .commit import MANIFEST, RUN_FILE
+
+    fs, key = filesystem(url, storage_options)
+    key = key.rstrip("/")
+    fs.invalidate_cache()
+    try:
+        if fs.isfile(key):
+            return "file"
+        if fs.exists(f"{key}/{MANIFEST}"):
+            return "checkpoint"
+        if fs.exists(f"{key}/{RUN_FILE}"):
+            return "run"
+    except OSError as exc:
+        raise remote_error(url, "opening", exc) from exc
+    return None
