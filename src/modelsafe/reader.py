@@ -89,14 +89,14 @@ class Reader:
         if self._closed:
             raise ModelsafeError(f"{self.path}: this reader is closed; open the file again with ms.open", path=self.path)
         if self._buffers is None:
-            self._buffers = self._source.buffers(lazy=True)
+            sparse = getattr(self._source, "sparse_buffers", None)  # a remote file: filled by _fetch
+            self._buffers = sparse() if sparse is not None else self._source.buffers(lazy=True)
         return self._buffers
 
     def _fetch(self, records: Any) -> None:
         """Bring the bytes of ``records`` in where the source reads on demand (remote files: range requests)."""
         fetch = getattr(self._source, "fetch", None)
         if fetch is not None:
-            self._mapped()
             fetch(records)
 
     def get(self, key: str, *, framework: str | None = None, map_location: Any = None) -> Any:

@@ -128,7 +128,7 @@ def _abort(f: Any, fs: Any, key: str) -> None:
 class RemoteFileSource(FileSource):
     """A single-file save on an object store, read with range requests.
 
-    The header is fetched and validated first (two small ranges); ``buffers(lazy=True)``
+    The header is fetched and validated first (two small ranges); :meth:`sparse_buffers`
     returns a zero-filled buffer (untouched pages cost no memory) that :meth:`fetch` fills
     with the byte ranges of the records a reader asks for, one request each.
     """
@@ -167,15 +167,18 @@ class RemoteFileSource(FileSource):
         return buf
 
     def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
-        if not lazy:
-            return {None: self.read_data()}
+        """The whole data section (read in ranges of READ_CHUNK): what every consumer but ms.open needs."""
+        return {None: self.read_data()}
+
+    def sparse_buffers(self) -> dict[str | None, np.ndarray]:
+        """A zero-filled data section that :meth:`fetch` fills record by record (ms.open's reader)."""
         if self._sparse is None:
             self._sparse = np.zeros(self.file_size - self.data_start, dtype=np.uint8)
         return {None: self._sparse}
 
     def fetch(self, records: Any) -> None:
-        """Read the bytes of ``records`` (those not read yet) into the lazy buffer."""
-        buf = self.buffers(lazy=True)[None]
+        """Read the bytes of ``records`` (those not read yet) into the sparse buffer."""
+        buf = self.sparse_buffers()[None]
         for record in records:
             span = (record.begin, record.end)
             if span in self._fetched or record.end <= record.begin:
