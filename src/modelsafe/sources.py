@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .addresses import SELECTORS, Address, parse_address
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError
 from .format.manifest import TensorRecord
 from .foreign import open_file
 from .storage import is_url, local_path
@@ -129,7 +129,13 @@ def _downloaded_checkpoint(url: str, storage_options: dict | None) -> Source:
         if opener is None:
             raise CheckpointNotFoundError(f"{url}: no committed checkpoint here (it was removed while downloading)",
                                           path=url)
-        source = opener(local)
+        try:
+            source = opener(local)
+        except ModelsafeError as exc:  # name the object, not the temporary copy
+            exc.message = exc.message.replace(local, url)
+            exc.args = (exc.message,)
+            exc.path = exc.path.replace(local, url) if isinstance(exc.path, str) else url
+            raise
         source.path = url  # messages name the object, not the temporary copy
         for name, shard in getattr(source, "_shards", {}).items():
             shard.path = f"{url}/{name}"
