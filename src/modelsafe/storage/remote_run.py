@@ -31,7 +31,11 @@ from ..errors import CorruptCheckpointError, ModelsafeError
 from .commit import DELETING_MARK, LOCK_NAME, MANIFEST, MAX_MANIFEST_BYTES, MAX_RUN_FILE, RUN_FILE, STAGING_MARK, _hidden, _split_hidden
 from .remote import filesystem, remote_error
 
-UPLOAD_CHUNK = 16 << 20  # multipart part size of uploads from the staging directory
+# Uploads from the staging directory: parts of UPLOAD_CHUNK, UPLOAD_PARALLEL at a time.  A save
+# then holds ~33 MiB of file data in memory whatever the checkpoint's size (measured with
+# tracemalloc on a 64 MiB checkpoint; s3fs's default, 10 parallel parts, took 130 MiB).
+UPLOAD_CHUNK = 8 << 20
+UPLOAD_PARALLEL = 2
 
 
 class RemoteRunStorage:
@@ -195,8 +199,9 @@ class RemoteRunStorage:
 
     def _upload(self, local: str, key: str) -> None:
         # s3fs uploads a file of more than one chunk as a multipart upload, reading one chunk at a time
-        kwargs = {"chunksize": UPLOAD_CHUNK} if "chunksize" in _put_file_arguments(self.fs) else {}
-        self.fs.put_file(local, key, **kwargs)
+        accepted = _put_file_arguments(self.fs)
+        wanted = {"chunksize": UPLOAD_CHUNK, "max_concurrency": UPLOAD_PARALLEL}
+        self.fs.put_file(local, key, **{k: v for k, v in wanted.items() if k in accepted})
 
     def _remove(self, key: str) -> None:
         try:
