@@ -17,7 +17,8 @@ def test_tiny_run_reports_every_operation_with_ratios():
     result = json.loads(done.stdout)
     rows = {row["op"]: row for row in result["rows"]}
     assert set(rows) == {"s3fs upload", "ms.save", "Checkpoints.save", "s3fs download", "ms.load",
-                         "Checkpoints.load", "ms.open + one tensor"}
+                         "Checkpoints.load", "s3fs range read", "ms.open + one tensor"}
     assert all(len(row["runs"]) == 2 and row["median_s"] > 0 for row in rows.values())
-    assert all(rows[op]["speed_vs_s3fs"] > 0 for op in ("ms.save", "Checkpoints.save", "ms.load", "Checkpoints.load"))
+    assert all(rows[op]["speed_vs_s3fs"] > 0 for op in ("ms.save", "Checkpoints.save", "ms.load", "Checkpoints.load",
+                                                          "ms.open + one tensor"))
     assert result["MiB"] == 2

@@ -320,3 +320,26 @@ def test_cli_verify_names_the_corrupt_object_and_tensor(where):
     assert findings[0]["tensor"] == "w" and findings[0]["file"].startswith(where.url("bad"))
     with pytest.raises(ms.CorruptCheckpointError, match="'w'"):
         ms.load(where.url("bad"), storage_options=where.options)
+
+
+def test_cli_diff_prune_plot_fork_on_a_url(where, tmp_path):
+    ck = where.checkpoints("more", monitor="loss")
+    for step, loss in enumerate([0.5, 0.1, 0.7, 0.3]):
+        ck.save(state(step), step=step, metrics={"loss": loss})
+    ck.close()
+    run = where.url("more")
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(cli, list(args), env=where.env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    changed = json.loads(invoke("diff", run + "@0", run + "@best", "--json"))
+    assert "model.w" in json.dumps(changed)
+    invoke("prune", run, "--keep-last", "2")
+    assert [c.step for c in where.checkpoints("more").list()] == [2, 3]
+    invoke("plot", run, "--metric", "loss", "-o", str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    invoke("fork", run, where.url("forked"))
+    assert [c.step for c in where.checkpoints("forked").list()] == [3]
