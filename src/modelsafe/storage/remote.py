@@ -25,6 +25,8 @@ from ..format.reader import FileSource
 
 # Upload part size: bounds the memory a save holds beyond the state (S3's minimum part is 5 MiB)
 BLOCK_SIZE = 8 << 20
+# The first request of a remote file: the 8-byte length and, for most files, the whole header
+HEAD_BYTES = 64 << 10
 # Range size of whole reads (ms.load of a remote file): one request per 16 MiB
 READ_CHUNK = 16 << 20
 INSTALL_HINT = "pip install 'modelsafe[s3]'"
@@ -128,7 +130,8 @@ def _abort(f: Any, fs: Any, key: str) -> None:
 class RemoteFileSource(FileSource):
     """A single-file save on an object store, read with range requests.
 
-    The header is fetched and validated first (two small ranges); :meth:`sparse_buffers`
+    The header is fetched and validated first (one range of HEAD_BYTES, a second one
+    for a larger header); :meth:`sparse_buffers`
     returns a zero-filled buffer (untouched pages cost no memory) that :meth:`fetch` fills
     with the byte ranges of the records a reader asks for, one request each.
     """
@@ -138,6 +141,7 @@ class RemoteFileSource(FileSource):
         self._fd = -1
         self._fs, self._key = filesystem(url, storage_options)
         self._sparse: np.ndarray | None = None
+        self._head: bytes | None = None
         self._fetched: set[tuple[int, int]] = set()
         try:
             self._size = int(self._fs.size(self._key))
@@ -153,6 +157,13 @@ class RemoteFileSource(FileSource):
     def _read_at(self, size: int, offset: int) -> bytes:
         if size <= 0:
             return b""
+        if offset + size <= HEAD_BYTES:  # the length prefix and a usual header: one request for both
+            if self._head is None:
+                self._head = self._fetch_range(0, min(HEAD_BYTES, self._size))
+            return self._head[offset : offset + size]
+        return self._fetch_range(offset, size)
+
+    def _fetch_range(self, offset: int, size: int) -> bytes:
         try:
             return self._fs.cat_file(self._key, start=offset, end=min(offset + size, self._size))
         except OSError as exc:
@@ -162,7 +173,7 @@ class RemoteFileSource(FileSource):
         size = self.file_size - self.data_start
         buf = np.empty(size, dtype=np.uint8)
         for start in range(0, size, READ_CHUNK):
-            chunk = self._read_at(min(READ_CHUNK, size - start), self.data_start + start)
+            chunk = self._fetch_range(self.data_start + start, min(READ_CHUNK, size - start))
             buf[start : start + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
         return buf
 
@@ -183,7 +194,7 @@ class RemoteFileSource(FileSource):
             span = (record.begin, record.end)
             if span in self._fetched or record.end <= record.begin:
                 continue
-            data = self._read_at(record.end - record.begin, self.data_start + record.begin)
+            data = self._fetch_range(self.data_start + record.begin, record.end - record.begin)
             buf[record.begin : record.begin + len(data)] = np.frombuffer(data, dtype=np.uint8)
             self._fetched.add(span)
 
