@@ -343,3 +343,16 @@ def test_cli_diff_prune_plot_fork_on_a_url(where, tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
     invoke("fork", run, where.url("forked"))
     assert [c.step for c in where.checkpoints("forked").list()] == [3]
+
+
+def test_async_saves_commit_in_the_background(where):
+    ck = where.checkpoints("async", keep_last=2, async_save=True)
+    tensor = np.zeros(1000, np.float32)
+    for step in range(3):
+        tensor[:] = step
+        ck.save({"t": tensor}, step=step)
+    tensor[:] = 99  # changes after save() returned never reach the checkpoint
+    ck.wait()
+    assert [c.step for c in ck.list()] == [1, 2]
+    assert np.array_equal(ck.load()["t"], np.full(1000, 2, np.float32))
+    ck.close()
