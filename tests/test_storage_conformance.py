@@ -356,3 +356,9 @@ def test_async_saves_commit_in_the_background(where):
     assert [c.step for c in ck.list()] == [1, 2]
     assert np.array_equal(ck.load()["t"], np.full(1000, 2, np.float32))
     ck.close()
+
+
+def test_an_object_with_at_in_its_name_is_taken_literally(remote):
+    url = remote.url("model@v2.safetensors")
+    ms.save({"w": np.arange(2)}, url, storage_options=remote.options)
+    assert np.array_equal(ms.load(url, storage_options=remote.options)["w"], np.arange(2))

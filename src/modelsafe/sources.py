@@ -97,10 +97,10 @@ def _open_remote(url: str, storage_options: dict | None) -> Source:
     """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
     from .storage.remote import RemoteFileSource, kind_of
 
-    address = parse_address(url)
-    if address.selector is not None:
-        return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
     kind = kind_of(url, storage_options)
+    address = parse_address(url)
+    if kind is None and address.selector is not None:  # what exists is taken literally, as for local paths
+        return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
     if kind == "file":
         return RemoteFileSource(url, storage_options)
     if kind == "run":
