@@ -95,14 +95,15 @@ def _open_address(address: Address) -> Source:
 
 def _open_remote(url: str, storage_options: dict | None) -> Source:
     """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
-    from .storage.remote import RemoteFileSource, kind_of
+    from .format.ranges import RangeFileSource
+    from .storage.remote import kind_of, range_reader
 
     kind = kind_of(url, storage_options)
     address = parse_address(url)
     if kind is None and address.selector is not None:  # what exists is taken literally, as for local paths
         return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
     if kind == "file":
-        return RemoteFileSource(url, storage_options)
+        return RangeFileSource(url, *range_reader(url, storage_options))
     if kind == "run":
         return _RUN_OPENERS[-1](url, "latest", storage_options=storage_options)
     if kind is None:

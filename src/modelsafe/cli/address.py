@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import addresses
-from ..addresses import SELECTORS, Address
+from ..addresses import SELECTORS, Address, is_url, remote_kind as _remote_kind
 from ..errors import CheckpointNotFoundError, InvalidArgumentError, ModelsafeError
-from ..storage import is_url
 from .errors import UsageProblem
 
 MANIFEST = "manifest.json"
@@ -56,9 +55,7 @@ def is_run_dir(path: str) -> bool:
 
 def remote_kind(url: str) -> str | None:
     """"file", "checkpoint", "run" or None for a URL (credentials and endpoint from the AWS_* environment)."""
-    from ..storage.remote import kind_of
-
-    return kind_of(url)
+    return _remote_kind(url)
 
 
 # -- resolution ---------------------------------------------------------------------------
@@ -66,23 +63,20 @@ def remote_kind(url: str) -> str | None:
 def run_settings(path: str) -> dict[str, Any]:
     """The settings a run recorded (monitor, mode, keep_last, keep_best, name, lineage), or {}."""
     from ..run_file import parse_run_file
-    from ..storage.commit import RUN_FILE
+    from ..storage.commit import RUN_FILE, LocalRunStorage
 
+    if is_url(path):
+        from ..checkpoints import Checkpoints
+
+        try:
+            return Checkpoints(path)._read_run() or {}
+        except (ModelsafeError, OSError):
+            return {}
     try:  # the one bounded reader and parser of run files (no link, FIFO or device is opened)
-        data = _run_storage(path).read_run_file()
+        data = LocalRunStorage(path).read_run_file()
         return parse_run_file(data, os.path.join(path, RUN_FILE)) if data is not None else {}
     except (ModelsafeError, OSError):
         return {}
-
-
-def _run_storage(path: str) -> Any:
-    from ..storage.commit import LocalRunStorage
-
-    if is_url(path):
-        from ..storage.remote_run import RemoteRunStorage
-
-        return RemoteRunStorage(path)
-    return LocalRunStorage(path)
 
 
 def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) -> Any:

@@ -13,8 +13,8 @@ import click
 
 from .. import retention
 from ..checkpoint_dir import disk_usage
+from ..addresses import is_url
 from ..errors import CheckpointNotFoundError
-from ..storage import is_url
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
 from .errors import UsageProblem
 from .output import Column, TableSpec, emit_json, escape, format_time, human_bytes, json_option, say

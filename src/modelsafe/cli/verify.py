@@ -17,9 +17,8 @@ import click
 
 from ..errors import ModelsafeError
 from ..storage.local import open_regular
-from ..verification import Checked, Problem, check, check_listed, run_targets
-from ..storage import is_url
-from .address import is_run_dir, parse_address, remote_kind, resolve
+from ..verification import Checked, Problem, check, check_listed, local_copies, run_targets
+from .address import is_run_dir, is_url, parse_address, remote_kind, resolve
 from .errors import ProblemFound
 from .output import emit_json, escape, human_bytes, json_option, progress, say
 
@@ -154,30 +153,16 @@ def verify_targets(targets: list[tuple[str, str | None, ModelsafeError | None]],
 
 
 def verify_remote(targets: list[tuple[str, str | None, ModelsafeError | None]], *, listed: bool) -> list[TargetReport]:
-    """:func:`verify_targets` of URLs: each is downloaded into a temporary directory, verified there,
-    and reported under its URL."""
-    import shutil
-    import tempfile
-
-    from ..storage.remote import download
-
-    parent = tempfile.mkdtemp(prefix="modelsafe-verify-")
-    try:
-        local = []
-        for i, (path, name, error) in enumerate(targets):
-            if error is None and is_url(path):
-                folder = os.path.join(parent, str(i))
-                os.mkdir(folder)
-                path = download(path, os.path.join(folder, path.rstrip("/").rpartition("/")[2] or "object"))
-            local.append((path, name, error))
+    """:func:`verify_targets` of URLs: each is verified from a temporary local copy and reported under its URL."""
+    urls = [path if error is None else "" for path, _, error in targets]
+    with local_copies(urls) as copies:
+        local = [(copy if error is None else path, name, error) for copy, (path, name, error) in zip(copies, targets)]
         reports = verify_targets(local, listed=listed)
-        for report, (url, _, _), (copy, _, _) in zip(reports, targets, local):
-            report.path = url
-            for finding in report.findings:
-                finding.file, finding.problem = finding.file.replace(copy, url, 1), finding.problem.replace(copy, url)
-        return reports
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+    for report, (url, _, _), (copy, _, _) in zip(reports, targets, local):
+        report.path = url
+        for finding in report.findings:
+            finding.file, finding.problem = finding.file.replace(copy, url, 1), finding.problem.replace(copy, url)
+    return reports
 
 
 @click.command("verify")

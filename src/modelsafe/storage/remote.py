@@ -7,8 +7,8 @@ fsspec and s3fs are imported on first use, never by ``import modelsafe``.  Three
 * :func:`write_object`: one file streamed into an object in parts of :data:`BLOCK_SIZE`
   (multipart on S3: the object appears only when the upload completes, so a save
   killed midway leaves nothing; a failed one aborts the upload);
-* :class:`RemoteFileSource`: one file read with range requests (header first, then only
-  the tensors asked for).
+* :func:`range_reader`: an object's size and a function reading one byte range of it
+  (:class:`modelsafe.format.ranges.RangeFileSource` reads a file through it).
 
 :class:`RemoteRunStorage` (the run of a ``Checkpoints``) is in :mod:`.remote_run`.
 """
@@ -18,17 +18,10 @@ from __future__ import annotations
 import os
 from typing import Any, BinaryIO, Callable
 
-import numpy as np
-
 from ..errors import CheckpointNotFoundError, StorageError
-from ..format.reader import FileSource
 
 # Upload part size: bounds the memory a save holds beyond the state (S3's minimum part is 5 MiB)
 BLOCK_SIZE = 8 << 20
-# The first request of a remote file: the 8-byte length and, for most files, the whole header
-HEAD_BYTES = 64 << 10
-# Range size of whole reads (ms.load of a remote file): one request per 16 MiB
-READ_CHUNK = 16 << 20
 INSTALL_HINT = "pip install 'modelsafe[s3]'"
 
 
@@ -127,82 +120,24 @@ def _abort(f: Any, fs: Any, key: str) -> None:
             pass
 
 
-class RemoteFileSource(FileSource):
-    """A single-file save on an object store, read with range requests.
+def range_reader(url: str, storage_options: dict | None = None) -> tuple[int, Callable[[int, int], bytes]]:
+    """(size of object ``url``, ``read(offset, size)`` fetching that byte range with one request)."""
+    fs, key = filesystem(url, storage_options)
+    fs.invalidate_cache(key)  # a size cached from an earlier listing may be stale
+    try:
+        size = int(fs.size(key))
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{url}: no such object; check the URL", path=url) from None
+    except OSError as exc:
+        raise remote_error(url, "reading", exc) from exc
 
-    The header is fetched and validated first (one range of HEAD_BYTES, a second one
-    for a larger header); :meth:`sparse_buffers`
-    returns a zero-filled buffer (untouched pages cost no memory) that :meth:`fetch` fills
-    with the byte ranges of the records a reader asks for, one request each.
-    """
-
-    def __init__(self, url: str, storage_options: dict | None = None) -> None:
-        self.path = url
-        self._fd = -1
-        self._fs, self._key = filesystem(url, storage_options)
-        self._sparse: np.ndarray | None = None
-        self._head: bytes | None = None
-        self._fetched: set[tuple[int, int]] = set()
+    def read(offset: int, count: int) -> bytes:
         try:
-            self._size = int(self._fs.size(self._key))
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"{url}: no such object; check the URL", path=url) from None
+            return fs.cat_file(key, start=offset, end=min(offset + count, size))
         except OSError as exc:
             raise remote_error(url, "reading", exc) from exc
-        self._parse()
 
-    def _file_size(self) -> int:
-        return self._size
-
-    def _read_at(self, size: int, offset: int) -> bytes:
-        if size <= 0:
-            return b""
-        if offset + size <= HEAD_BYTES:  # the length prefix and a usual header: one request for both
-            if self._head is None:
-                self._head = self._fetch_range(0, min(HEAD_BYTES, self._size))
-            return self._head[offset : offset + size]
-        return self._fetch_range(offset, size)
-
-    def _fetch_range(self, offset: int, size: int) -> bytes:
-        try:
-            return self._fs.cat_file(self._key, start=offset, end=min(offset + size, self._size))
-        except OSError as exc:
-            raise remote_error(self.path, "reading", exc) from exc
-
-    def read_data(self) -> np.ndarray:
-        size = self.file_size - self.data_start
-        buf = np.empty(size, dtype=np.uint8)
-        for start in range(0, size, READ_CHUNK):
-            chunk = self._fetch_range(self.data_start + start, min(READ_CHUNK, size - start))
-            buf[start : start + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-        return buf
-
-    def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
-        """The whole data section (read in ranges of READ_CHUNK): what every consumer but ms.open needs."""
-        return {None: self.read_data()}
-
-    def sparse_buffers(self) -> dict[str | None, np.ndarray]:
-        """A zero-filled data section that :meth:`fetch` fills record by record (ms.open's reader)."""
-        if self._sparse is None:
-            self._sparse = np.zeros(self.file_size - self.data_start, dtype=np.uint8)
-        return {None: self._sparse}
-
-    def fetch(self, records: Any) -> None:
-        """Read the bytes of ``records`` (those not read yet) into the sparse buffer."""
-        buf = self.sparse_buffers()[None]
-        for record in records:
-            span = (record.begin, record.end)
-            if span in self._fetched or record.end <= record.begin:
-                continue
-            data = self._fetch_range(self.data_start + record.begin, record.end - record.begin)
-            buf[record.begin : record.begin + len(data)] = np.frombuffer(data, dtype=np.uint8)
-            self._fetched.add(span)
-
-    def file_id(self) -> tuple[int, int]:
-        return (hash(self.path), 0)
-
-    def close(self) -> None:
-        self._sparse = None
+    return size, read
 
 
 def download(url: str, target: str, storage_options: dict | None = None) -> str:
