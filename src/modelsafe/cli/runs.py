@@ -170,7 +170,10 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
     kept = [i for i in infos if i.name not in {d.name for d in doomed}]
     # files kept checkpoints share (dedup hard links) free nothing: count what only the doomed hold
-    freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
+    if is_url(path):  # no shared (hard-linked) payloads on object stores
+        freed = sum(i.size for i in infos) - sum(i.size for i in kept)
+    else:
+        freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
     if not dry_run and doomed:
         delete_checkpoints(path, [i.name for i in doomed])
     if as_json:
