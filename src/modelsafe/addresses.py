@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Address", "parse_address", "SELECTORS"]
+__all__ = ["Address", "parse_address", "SELECTORS", "is_url", "remote_kind"]
 
 SELECTORS = "RUN@best, RUN@latest, RUN@<step> or RUN@<name>"
 
@@ -68,3 +68,21 @@ def parse_address(text: str) -> Address:
     if not run or not selector or "/" in selector or os.sep in selector:
         return Address(text, text)  # not an address: a path that does not exist
     return Address(text, run, selector)
+
+
+def is_url(text: object) -> bool:
+    """True for an fsspec URL such as ``s3://bucket/run`` (``file://`` is a local path).
+
+    >>> is_url("s3://bucket/run@best"), is_url("runs/exp1")
+    (True, False)
+    """
+    from .storage import is_url as storage_is_url
+
+    return storage_is_url(text)
+
+
+def remote_kind(url: str, storage_options: dict | None = None) -> str | None:
+    """What URL ``url`` holds: "file", "checkpoint" (a manifest.json), "run" (a run file) or None."""
+    from .storage.remote import kind_of
+
+    return kind_of(url, storage_options)

@@ -8,13 +8,13 @@ from typing import Any, Iterable
 from .adapters import known_frameworks
 from .arguments import check_flag, check_metadata, check_names, check_path, check_storage_options
 from .errors import InvalidArgumentError, UnsupportedObjectError
-from .format.writer import write_file
+from .format.writer import hash_payloads, write_file, write_hashed
 from .gc_pause import gc_paused
 from .loading import add_aliases, decode_tree, materialize, refuse_pickles
 from .progress import progress_bar
 from .reader import Reader
 from .sources import open_source
-from .storage import local_path
+from .storage import is_url, local_path
 from .storage.local import atomic_file
 from .tree import Flattener, flatten
 
@@ -64,13 +64,24 @@ def save(
     check_metadata(metadata)
     check_flag(allow_pickle, call="ms.save", name="allow_pickle")
     check_flag(progress, call="ms.save", name="progress")
-    path = local_path(path)
     check_storage_options(storage_options, path, call="ms.save")
+    path = os.fspath(path) if is_url(path) else local_path(path)
     with gc_paused():
         fl = flatten(obj, allow_pickle=allow_pickle)
         metadata_node = encode_metadata(metadata)
+        if is_url(path):
+            _save_remote(path, fl, metadata_node, metadata, storage_options)
+            return
         with progress_bar(progress, f"saving {os.path.basename(path)}", fl.nbytes) as on_bytes, atomic_file(path) as f:
             write_file(f, fl, metadata_node=metadata_node, user_metadata=metadata, on_bytes=on_bytes)
+
+
+def _save_remote(url: str, fl: Any, metadata_node: Any, metadata: Any, storage_options: dict | None) -> None:
+    """Stream the file to an object store: hashed first, so the header goes out final and first."""
+    from .storage.remote import write_object
+
+    hashed = hash_payloads(fl, metadata_node=metadata_node, user_metadata=metadata)
+    write_object(url, lambda f: write_hashed(f, hashed), storage_options)
 
 
 def load(

@@ -62,21 +62,22 @@ def check_flag(value: Any, *, call: str, name: str) -> None:
 
 
 def check_storage_options(storage_options: Any, path: Any, *, call: str) -> None:
-    """Refuse ``storage_options`` for a local path: they configure remote storage (fsspec URLs),
-    which this modelsafe does not support yet, so they would be silently ignored.
+    """``storage_options`` must be a dict or None, and configure only remote URLs (fsspec, such as
+    ``s3://``): for a local path they would be silently ignored, so they are refused.
 
     >>> check_storage_options(None, "x.safetensors", call="ms.save")
+    >>> check_storage_options({"anon": True}, "s3://bucket/x.safetensors", call="ms.save")
     """
     text = os.fspath(path)
-    if storage_options is None or ("://" in text and not text.startswith("file://")):
-        return  # a remote URL gets its own error from storage.local_path
+    if storage_options is None:
+        return
     if not isinstance(storage_options, dict):
         raise InvalidArgumentError(f"{call}: storage_options must be a dict or None, not {_given(storage_options)}")
-    if storage_options:
+    if storage_options and not ("://" in text and not text.startswith("file://")):
         raise InvalidArgumentError(
             f"{call}: storage_options={list(storage_options)} given for the local path {text}; "
-            "storage_options configure remote storage (fsspec URLs such as s3://), which this modelsafe does not "
-            "support yet: drop storage_options",
+            "storage_options configure remote storage (fsspec URLs such as s3://) and do nothing for a local path: "
+            "drop storage_options",
             path=text,
         )
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 
 from . import retention
 from .api import encode_metadata
-from .arguments import check_flag
+from .arguments import check_flag, check_storage_options
 from .async_save import BackgroundWriter, PendingSave, copy_plain_tree, snapshot
 from .checkpoint_copy import export_checkpoint, link_payloads
 from .checkpoint_dir import (
@@ -66,8 +66,8 @@ from .gc_pause import gc_paused
 from .progress import OnBytes, progress_bar
 from .rng import RNGState, restore_json
 from .run_file import parse_run_file
-from .sources import directory_opener, register_directory_opener, register_run_opener
-from .storage import local_path
+from .sources import directory_opener, open_source, register_directory_opener, register_run_opener
+from .storage import is_url, local_path
 from .storage.commit import RUN_FILE, LocalRunStorage, RunStorage
 from .storage.local import storage_error
 from .tree import flatten
@@ -120,6 +120,11 @@ _RESCANS = 10  # listings retried while a racing writer commits and prunes (each
 def _storage_for(directory: Any, storage_options: dict | None) -> RunStorage:
     if not isinstance(directory, (str, os.PathLike)) or not os.fspath(directory):
         raise InvalidArgumentError(f"the run directory must be a path (str or os.PathLike), not {directory!r}", key="directory")
+    if is_url(directory):
+        from .storage.remote_run import RemoteRunStorage
+
+        check_storage_options(storage_options, directory, call="ms.Checkpoints")
+        return RemoteRunStorage(os.fspath(directory), storage_options)
     location = local_path(directory, what="run directory")
     if storage_options is not None:  # they only mean something to an fsspec backend
         raise InvalidArgumentError(
@@ -219,7 +224,7 @@ class Checkpoints:
         self.storage_options = storage_options
         if not isinstance(dedup, bool):
             raise InvalidArgumentError(f"dedup must be True or False, not {dedup!r}", key="dedup")
-        self.dedup = dedup
+        self.dedup = dedup and getattr(self._storage, "links", True)  # object stores cannot link payloads
         self._shard_index: ShardIndex | None = None  # built from the run's manifests at the first save
         self._policy = retention.policy_for(self.keep_last, self.keep_best, self.monitor, self.mode)
         self._prunes = self.keep_last is not None or self.keep_best is not None
@@ -273,7 +278,7 @@ class Checkpoints:
                 infos = [info for info in map(self._info, names) if info is not None]
                 # a writer committing N+1 then pruning N between our directory read and the
                 # manifest reads would leave neither in view: when a listed entry vanished, look again
-                if all(os.path.lexists(self._storage.checkpoint_path(i)) for i in names if self._cached_none(i)):
+                if all(self._storage.exists(i) for i in names if self._cached_none(i)):
                     break
             for gone in set(self._cache) - set(names):
                 del self._cache[gone]
@@ -710,7 +715,8 @@ class Checkpoints:
         info = self._resolve(which)
         with _removal_noticed(info):
             state = ms_load(info.path, map_location=map_location, framework=framework, trusted=trusted,
-                            allow_pickle=allow_pickle, verify=verify, progress=progress)
+                            allow_pickle=allow_pickle, verify=verify, progress=progress,
+                            storage_options=self.storage_options)
             bound = self._call_bound_load(info, verify)
         return bound if state is None and bound is not None else state
 
@@ -718,15 +724,32 @@ class Checkpoints:
         """Call the bound ``load`` with ``files/``, once it holds no link (and, with ``verify``, every checksum matches)."""
         if self._binding is None or self._binding.load is None:
             return None
-        with CheckpointSource(info.path, shards=False) as source:
-            if not source.manifest["files"] and not os.path.lexists(os.path.join(info.path, FILES_DIR)):
+        with self._local(info) as path, CheckpointSource(path, shards=False) as source:
+            if not source.manifest["files"] and not os.path.lexists(os.path.join(path, FILES_DIR)):
                 return None
             # without verify no file is hashed, but a link out of the checkpoint is still refused
             checks = source.bound_file_checks() if verify else ((None, 0, p) for p in source.bound_tree_problems())
             for _path, _size, problem in checks:
                 if problem is not None:
                     raise problem
-        return self._binding.load(os.path.join(info.path, FILES_DIR))
+            return self._binding.load(os.path.join(path, FILES_DIR))
+
+    @contextlib.contextmanager
+    def _local(self, info: CheckpointInfo) -> Any:
+        """A local directory holding checkpoint ``info``: its own, or a temporary download of a remote one."""
+        if not is_url(info.path):
+            yield info.path
+            return
+        import shutil
+        import tempfile
+
+        from .storage.remote import download
+
+        parent = tempfile.mkdtemp(prefix="modelsafe-download-")
+        try:
+            yield download(info.path, os.path.join(parent, info.name), self.storage_options)
+        finally:
+            shutil.rmtree(parent, ignore_errors=True)
 
     def load_into(
         self, state: Any, which: Any = "latest", *, strict: bool = True, verify: bool = True, rng: bool = True
@@ -747,7 +770,7 @@ class Checkpoints:
             if state is not None:
                 from .load_into import load_into as ms_load_into
 
-                report = ms_load_into(state, info.path, strict=strict, verify=verify)
+                report = ms_load_into(state, info.path, strict=strict, verify=verify, storage_options=self.storage_options)
             self._call_bound_load(info, verify)
             if rng:
                 self._restore_rng(info)
@@ -755,8 +778,8 @@ class Checkpoints:
 
     def _restore_rng(self, info: CheckpointInfo) -> None:
         """Put back the RNG states recorded with ``info`` (none recorded: a checkpoint of an older modelsafe)."""
-        with CheckpointSource(info.path, shards=False) as source:
-            block = source.manifest.get("rng")
+        data = self._storage.read_manifest(info.name)
+        block = parse_manifest(data, os.path.join(info.path, MANIFEST)).get("rng") if data is not None else None
         if block is not None:
             restore_json(block, info.path)
 
@@ -781,7 +804,7 @@ class Checkpoints:
         if target.list():
             target.close()
             raise RunConflictError(f"{target.directory}: already holds checkpoints; fork into a new directory", path=target.directory)
-        with _removal_noticed(info), CheckpointSource(info.path) as source:
+        with _removal_noticed(info), self._local(info) as local, CheckpointSource(local) as source:
             target._fork_from(source, info, self.directory, progress)
         return target
 
@@ -826,7 +849,8 @@ class Checkpoints:
         check_flag(progress, call="Checkpoints.export", name="progress")
         info = self._resolve(which)
         origin = {"run": self.directory, "checkpoint": info.name, "step": info.step, "metrics": _metrics_to_json(info.metrics)}
-        export_checkpoint(info.path, os.fspath(path), key=key, origin=origin, progress=progress)
+        with self._local(info) as local:
+            export_checkpoint(local, os.fspath(path), key=key, origin=origin, progress=progress)
         return info
 
 
@@ -884,18 +908,20 @@ def _is_run_dir(path: str) -> bool:
 _REMOVED_RETRIES = 10  # each retry follows a newer commit; a writer that fast would need 10 saves in one open
 
 
-def _open_run(path: str, selector: str = "latest", **_: Any) -> CheckpointSource:
+def _open_run(path: str, selector: str = "latest", storage_options: dict | None = None, **_: Any) -> Any:
     """Checkpoint ``selector`` of the run in ``path`` (``ms.load(run)``, ``ms.load("run@best")``).
 
     The latest checkpoint, pruned between listing and opening, is looked up again.
     """
-    run = Checkpoints(path)
+    run = Checkpoints(path, storage_options=storage_options)
     for attempt in range(_REMOVED_RETRIES + 1):
         if selector == "latest" and run.latest() is None:
             raise CheckpointNotFoundError(f"{path}: this run has no committed checkpoint yet", path=path)
         info = run.info(selector)
         try:
             with _removal_noticed(info):
+                if is_url(info.path):
+                    return open_source(info.path, storage_options=storage_options)
                 return (directory_opener(info.path) or CheckpointSource)(info.path)  # sharded ones too
         except CheckpointRemovedError:
             if selector != "latest" or attempt == _REMOVED_RETRIES:

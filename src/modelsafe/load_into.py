@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 from .adapters import frameworks_for_type
 from .adapters.protocol import LoadTarget, StateMismatch
-from .arguments import check_flag, check_path, check_rename, check_select
+from .arguments import check_flag, check_path, check_rename, check_select, check_storage_options
 from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
 from .loading import add_aliases, materialize
 from .rng import LOAD_TARGETS as RNG_TARGETS
@@ -451,8 +451,11 @@ def load_into(
     select: str | Iterable[str] | None = None,
     rename: dict[str, str] | None = None,
     verify: bool = True,
+    storage_options: dict | None = None,
 ) -> LoadReport:
     """Restore saved state in place into ``target``; returns a :class:`LoadReport`.
+
+    ``path`` may be a URL (``s3://...``, configured by ``storage_options``) as in :func:`modelsafe.load`.
 
     >>> import numpy as np, tempfile, os, modelsafe as ms
     >>> p = os.path.join(tempfile.mkdtemp(), "w.safetensors")
@@ -465,7 +468,8 @@ def load_into(
     """
     _check_arguments(target, path, strict, verify, rename)
     select = check_select(select)
-    with open_source(path) as source:
+    check_storage_options(storage_options, path, call="ms.load_into")
+    with open_source(path, storage_options=storage_options) as source:
         session = _Session(source, verify, select, rename)
         planner = _Planner(session)
         planner.plan(target, source.manifest.get("tree"), "", "")

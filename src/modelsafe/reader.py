@@ -89,8 +89,15 @@ class Reader:
         if self._closed:
             raise ModelsafeError(f"{self.path}: this reader is closed; open the file again with ms.open", path=self.path)
         if self._buffers is None:
-            self._buffers = self._source.buffers(lazy=True)
+            sparse = getattr(self._source, "sparse_buffers", None)  # a remote file: filled by _fetch
+            self._buffers = sparse() if sparse is not None else self._source.buffers(lazy=True)
         return self._buffers
+
+    def _fetch(self, records: Any) -> None:
+        """Bring the bytes of ``records`` in where the source reads on demand (remote files: range requests)."""
+        fetch = getattr(self._source, "fetch", None)
+        if fetch is not None:
+            fetch(records)
 
     def get(self, key: str, *, framework: str | None = None, map_location: Any = None) -> Any:
         """One tensor, zero-copy from the mapped file where the dtype allows."""
@@ -99,6 +106,7 @@ class Reader:
             raise TensorKeyError(f"{self.path}: {key!r} is a {record.kind} payload, not a tensor; "
                                  "ms.load returns it in its place in the tree", path=self.path, key=key)
         verify = self._verify and record.name not in self._verified
+        self._fetch([record])
         values = materialize(
             self._source, self._mapped(), [record], framework=framework or self._framework,
             map_location=map_location, verify=verify,
@@ -132,6 +140,7 @@ class Reader:
     def load(self, *, map_location: Any = None, allow_pickle: bool = False, trusted: tuple = ()) -> Any:
         """The whole saved tree, like ``ms.load`` (tensors view the mapped file)."""
         refuse_pickles(self._source, allow_pickle)
+        self._fetch(self._source.records.values())
         values = materialize(
             self._source, self._mapped(), self._source.records.values(), framework=self._framework,
             map_location=map_location, verify=self._verify,
@@ -177,6 +186,7 @@ class TensorSlice:
         if not record.dtype.supported:
             raise unsupported_dtype(self._reader._source, record)
         index = self._checked(index if isinstance(index, tuple) else (index,))
+        self._reader._fetch([record])
         payload = self._reader._mapped()[record.file][record.begin : record.end]
         # one trailing axis of bytes per element: works for every dtype, numpy-known or not
         grid = payload.reshape(*record.shape, record.dtype.itemsize)

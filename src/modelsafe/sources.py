@@ -16,10 +16,10 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .addresses import SELECTORS, Address, parse_address
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError
 from .foreign import open_file
 from .format.manifest import TensorRecord
-from .storage import local_path
+from .storage import is_url, local_path
 
 
 class Source(Protocol):
@@ -37,8 +37,8 @@ class Source(Protocol):
 _DIRECTORY_OPENERS: list[tuple[Callable[[str], bool], Callable[..., Source]]] = []
 
 
-# opens checkpoint ``selector`` of the run in a directory: (run, selector) -> Source
-_RUN_OPENERS: list[Callable[[str, str], Source]] = []
+# opens checkpoint ``selector`` of the run in a directory: (run, selector, storage_options=) -> Source
+_RUN_OPENERS: list[Callable[..., Source]] = []
 
 
 def register_directory_opener(matches: Callable[[str], bool], opener: Callable[..., Source], *, first: bool = False) -> None:
@@ -54,7 +54,9 @@ def directory_opener(path: str) -> Callable[..., Source] | None:
 
 
 def open_source(path: Any, *, storage_options: dict | None = None) -> Source:
-    """Open ``path`` (file, checkpoint directory, run or ``RUN@selector``) for reading."""
+    """Open ``path`` (file, checkpoint directory, run or ``RUN@selector``; local or a URL) for reading."""
+    if is_url(path):
+        return _open_remote(os.fspath(path), storage_options)
     path = local_path(path)
     address = parse_address(path)
     if address.selector is not None:
@@ -90,3 +92,55 @@ def _open_address(address: Address) -> Source:
             f"for {SELECTORS}; check the path", path=address.text,
         )
     return _RUN_OPENERS[-1](address.path, address.selector)
+
+
+def _open_remote(url: str, storage_options: dict | None) -> Source:
+    """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
+    from .format.ranges import RangeFileSource
+    from .storage.remote import kind_of, range_reader
+
+    kind = kind_of(url, storage_options)
+    address = parse_address(url)
+    if kind is None and address.selector is not None:  # what exists is taken literally, as for local paths
+        return _RUN_OPENERS[-1](address.path, address.selector, storage_options=storage_options)
+    if kind == "file":
+        return RangeFileSource(url, *range_reader(url, storage_options))
+    if kind == "run":
+        return _RUN_OPENERS[-1](url, "latest", storage_options=storage_options)
+    if kind is None:
+        raise CheckpointNotFoundError(
+            f"{url}: no such file or committed checkpoint (no manifest.json: an unfinished save is invisible); "
+            "check the URL", path=url,
+        )
+    return _downloaded_checkpoint(url, storage_options)
+
+
+def _downloaded_checkpoint(url: str, storage_options: dict | None) -> Source:
+    """Checkpoint directory ``url`` copied into a temporary directory and opened from there.
+
+    The copy is removed once opened: the source holds its shards open (and mapped).
+    """
+    import shutil
+    import tempfile
+
+    from .storage.remote import download
+
+    local = download(url, tempfile.mkdtemp(prefix="modelsafe-download-"), storage_options)
+    try:
+        opener = directory_opener(local)
+        if opener is None:
+            raise CheckpointNotFoundError(f"{url}: no committed checkpoint here (it was removed while downloading)",
+                                          path=url)
+        try:
+            source = opener(local)
+        except ModelsafeError as exc:  # name the object, not the temporary copy
+            exc.message = exc.message.replace(local, url)
+            exc.args = (exc.message,)
+            exc.path = exc.path.replace(local, url) if isinstance(exc.path, str) else url
+            raise
+        source.path = url  # messages name the object, not the temporary copy
+        for name, shard in getattr(source, "_shards", {}).items():
+            shard.path = f"{url}/{name}"
+        return source
+    finally:
+        shutil.rmtree(local, ignore_errors=True)

@@ -16,6 +16,7 @@ checkpoint directories, so the loader and ``modelsafe verify`` agree on what is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -264,3 +265,27 @@ def _as_error(exc: BaseException, path: str) -> ModelsafeError:
     if isinstance(exc, OSError):
         return StorageError(f"{path}: cannot read ({exc.strerror or exc})", path=path, errno=exc.errno)
     return CorruptCheckpointError(f"{path}: {exc}", path=path)
+
+
+@contextlib.contextmanager
+def local_copies(paths: list[str], storage_options: dict | None = None) -> Iterator[list[str]]:
+    """The ``paths`` with each URL replaced by a temporary local copy (removed on exit): the
+    verifier reads files, and a checkpoint on an object store is verified from its copy."""
+    import shutil
+    import tempfile
+
+    from .storage import is_url
+    from .storage.remote import download
+
+    parent = tempfile.mkdtemp(prefix="modelsafe-verify-")
+    try:
+        local = []
+        for i, path in enumerate(paths):
+            if is_url(path):
+                folder = os.path.join(parent, str(i))
+                os.mkdir(folder)
+                path = download(path, os.path.join(folder, path.rstrip("/").rpartition("/")[2] or "object"), storage_options)
+            local.append(path)
+        yield local
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import addresses
-from ..addresses import SELECTORS, Address
+from ..addresses import SELECTORS, Address, is_url, remote_kind as _remote_kind
 from ..errors import CheckpointNotFoundError, InvalidArgumentError, ModelsafeError
 from .errors import UsageProblem
 
@@ -41,12 +41,21 @@ def parse_address(text: str) -> Address:
 
 def is_checkpoint_dir(path: str) -> bool:
     """A committed checkpoint directory (holds a manifest.json)."""
+    if is_url(path):
+        return remote_kind(path) == "checkpoint"
     return os.path.isfile(os.path.join(path, MANIFEST))
 
 
 def is_run_dir(path: str) -> bool:
-    """A directory that is not itself a checkpoint: a run of checkpoints (possibly empty)."""
+    """A directory that is not itself a checkpoint: a run of checkpoints (possibly empty); a URL holding a run file."""
+    if is_url(path):
+        return remote_kind(path) == "run"
     return os.path.isdir(path) and not is_checkpoint_dir(path)
+
+
+def remote_kind(url: str) -> str | None:
+    """"file", "checkpoint", "run" or None for a URL (credentials and endpoint from the AWS_* environment)."""
+    return _remote_kind(url)
 
 
 # -- resolution ---------------------------------------------------------------------------
@@ -56,6 +65,13 @@ def run_settings(path: str) -> dict[str, Any]:
     from ..run_file import parse_run_file
     from ..storage.commit import RUN_FILE, LocalRunStorage
 
+    if is_url(path):
+        from ..checkpoints import Checkpoints
+
+        try:
+            return Checkpoints(path)._read_run() or {}
+        except (ModelsafeError, OSError):
+            return {}
     try:  # the one bounded reader and parser of run files (no link, FIFO or device is opened)
         data = LocalRunStorage(path).read_run_file()
         return parse_run_file(data, os.path.join(path, RUN_FILE)) if data is not None else {}
@@ -68,9 +84,15 @@ def open_run(path: str, *, monitor: str | None = None, mode: str | None = None) 
 
     Opening for reading takes no lock and writes nothing.
     """
-    if os.path.isfile(path):
+    if is_url(path):
+        kind = remote_kind(path)
+        if kind is None:
+            raise CheckpointNotFoundError(f"{path}: no run here (no run file); check the URL", path=path)
+        if kind != "run":
+            raise UsageProblem(f"{path!r} is a {kind}, not a run; '@' addresses a checkpoint of a run")
+    elif os.path.isfile(path):
         raise UsageProblem(f"{path!r} is a file, not a run directory; '@' addresses a checkpoint of a run")
-    if not os.path.isdir(path):
+    elif not os.path.isdir(path):
         raise CheckpointNotFoundError(f"{path}: no such run directory; check the path", path=path)
     from ..checkpoints import Checkpoints
 
@@ -108,6 +130,8 @@ def resolve(text: str, *, monitor: str | None = None, mode: str | None = None) -
     A run directory without ``@`` means its latest checkpoint, as in ``ms.load(run)``.
     """
     address = parse_address(text)
+    if is_url(address.path) and address.selector is None and remote_kind(address.path) != "run":
+        return Resolved(address.path)  # a file or checkpoint (or nothing: ms.open says so)
     if address.selector is None and not is_run_dir(address.path):
         if not os.path.exists(address.path):
             raise CheckpointNotFoundError(f"{text}: no such file, checkpoint or run; check the path", path=text)
@@ -127,6 +151,10 @@ def resolve_run(text: str) -> str:
     address = parse_address(text)
     if address.selector is not None:
         raise UsageProblem(f"{text!r}: this command takes a whole run, not one checkpoint; drop '@{address.selector}'")
+    if is_url(address.path):
+        if remote_kind(address.path) != "run":
+            raise CheckpointNotFoundError(f"{text}: no run here (no run file); check the URL", path=text)
+        return address.path
     if not os.path.isdir(address.path):
         raise CheckpointNotFoundError(f"{text}: no such run directory; check the path", path=text)
     if is_checkpoint_dir(address.path):

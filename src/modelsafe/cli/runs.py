@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import click
 
 from .. import retention
+from ..addresses import is_url
 from ..checkpoint_dir import disk_usage
 from ..errors import CheckpointNotFoundError
 from .address import Resolved, is_checkpoint_dir, listing, open_run, parse_address, resolve_run, run_settings, select
@@ -101,7 +102,10 @@ def ls(run: str, monitor: str | None, mode: str | None, as_json: bool) -> None:
     best = _best_name(checkpoints, infos)
     latest = infos[-1].name if infos else None
     settings = run_settings(path)
-    new_bytes, disk_bytes = disk_usage([os.fspath(i.path) for i in infos])
+    if is_url(path):  # no hard links on object stores: every checkpoint's bytes are its own
+        new_bytes, disk_bytes = [i.size for i in infos], sum(i.size for i in infos)
+    else:
+        new_bytes, disk_bytes = disk_usage([os.fspath(i.path) for i in infos])
     if as_json:
         emit_json({
             "run": path,
@@ -166,7 +170,10 @@ def prune(run: str, keep_last: int | None, keep_best: int | None, monitor: str |
     doomed = [by_name[c.name] for c in retention.to_delete([i.candidate for i in infos], policy)]
     kept = [i for i in infos if i.name not in {d.name for d in doomed}]
     # files kept checkpoints share (dedup hard links) free nothing: count what only the doomed hold
-    freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
+    if is_url(path):  # no shared (hard-linked) payloads on object stores
+        freed = sum(i.size for i in infos) - sum(i.size for i in kept)
+    else:
+        freed = disk_usage([os.fspath(i.path) for i in infos])[1] - disk_usage([os.fspath(i.path) for i in kept])[1]
     if not dry_run and doomed:
         delete_checkpoints(path, [i.name for i in doomed])
     if as_json:
@@ -281,6 +288,9 @@ def _checkpoint_in_run(path: str, which: str | None, command: str) -> Resolved:
     if is_checkpoint_dir(path):  # a checkpoint directory: its run is the parent directory
         if which is not None:
             raise UsageProblem(f"{path!r} is one checkpoint; --from picks a checkpoint of a run")
+        if is_url(path):
+            run_path, _, name = path.rstrip("/").rpartition("/")
+            return _in_run(run_path, name)
         run_path = os.path.dirname(os.path.abspath(path))
         return _in_run(run_path, os.path.basename(os.path.abspath(path)))
     if os.path.isfile(path):

@@ -34,8 +34,7 @@ def default_foreign_framework() -> str:
     return "torch" if importlib.util.find_spec("torch") is not None else "numpy"
 
 
-def _read_exact(fd: int, size: int, offset: int, path: Any) -> bytes:
-    data = os.pread(fd, size, offset)
+def _read_exact(data: bytes, size: int, path: Any) -> bytes:
     if len(data) != size:
         raise CorruptCheckpointError(f"{path}: file ended while reading its header; it is truncated", path=path)
     return data
@@ -63,12 +62,19 @@ class FileSource:
             self.close()
             raise
 
+    # how the header is read; a remote source (storage/remote.py) reads ranges instead
+    def _file_size(self) -> int:
+        return os.fstat(self._fd).st_size
+
+    def _read_at(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
     def _parse(self) -> None:
-        size = os.fstat(self._fd).st_size
+        size = self._file_size()
         self.file_size = size
-        prefix = os.pread(self._fd, 8, 0)
+        prefix = self._read_at(8, 0)
         n = read_length(prefix, size, self.path)
-        raw = _read_exact(self._fd, n, 8, self.path)
+        raw = _read_exact(self._read_at(n, 8), n, self.path)
         header = parse_header(raw, size, self.path)
         self.header = header
         self.data_start = header.data_start

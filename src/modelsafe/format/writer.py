@@ -17,7 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 from ..errors import ModelsafeError, UnsupportedObjectError
 from ..gc_pause import gc_paused
@@ -277,14 +277,15 @@ class HashedFile:
         return checksum.digest(self.header)
 
 
-def hash_payloads(state: FlatState) -> HashedFile:
-    """Read and hash every payload of flattened ``state`` once; :func:`write_hashed` writes it."""
+def hash_payloads(state: FlatState, *, metadata_node: Any = None, user_metadata: Any = None) -> HashedFile:
+    """Read and hash every payload of flattened ``state`` once; :func:`write_hashed` writes it
+    front to back (no seek back to patch the header: what a streamed upload needs)."""
     with gc_paused():
         layout = plan_layout(state.payloads)
     payloads = [_payload(p, end - begin) for p, begin, end in layout]
     checksums = {p.name: p.checksum or checksum.digest(data) for (p, _, _), data in zip(layout, payloads)}
     with gc_paused():
-        header = _header(layout, state, None, None, checksums)
+        header = _header(layout, state, metadata_node, user_metadata, checksums)
     return HashedFile(header, layout, payloads, checksums)
 
 

@@ -1,4 +1,4 @@
-"""Where bytes go: local files (atomic, durable); object stores come through fsspec later."""
+"""Where bytes go: local files (atomic, durable) and object stores through fsspec (:mod:`.remote`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,20 @@ from typing import Any
 from ..errors import StorageError
 
 
+def is_url(path: Any) -> bool:
+    """True for an fsspec URL (``s3://bucket/key``, ``memory://x``); ``file://`` counts as local.
+
+    >>> is_url("s3://bucket/run"), is_url("runs/exp1"), is_url("file:///data/run")
+    (True, False, False)
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    text = os.fspath(path)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
 def local_path(path: Any, *, what: str = "file") -> str:
-    """``path`` as a local path (``file://`` stripped); remote URLs get a clear StorageError.
+    """``path`` as a local path (``file://`` stripped); a URL where only local paths work is a StorageError.
 
     >>> local_path("file:///data/run")
     '/data/run'
@@ -19,8 +31,8 @@ def local_path(path: Any, *, what: str = "file") -> str:
         return text[len("file://"):]
     if "://" in text:
         raise StorageError(
-            f"{text}: remote paths (fsspec URLs such as s3://) are not supported by this modelsafe yet; "
-            f"use a local {what} and upload it",
+            f"{text}: this operation needs a local {what}; remote URLs (s3://) work with ms.save, ms.load, "
+            "ms.open, ms.load_into and ms.Checkpoints. Copy it to a local path first",
             path=text,
         )
     return text

@@ -1,0 +1,140 @@
+"""Saves to S3 killed at random points never leave a listed partial checkpoint.
+
+A child process saves checkpoints (and a single file) to a bucket on the loopback moto
+server in a loop, reporting each commit on stdout; the parent SIGKILLs it at a random
+moment.  Afterwards every listed checkpoint loads with every checksum verified and the
+right contents, none the child saw committed is missing unless retention dropped it,
+the single file is either absent or whole, and the next writer leaves no leftovers.
+A bounded sample runs by default; MODELSAFE_SOAK=1 runs many more kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import modelsafe as ms
+from modelsafe.storage.commit import DELETING_MARK, LOCK_NAME, MANIFEST, RUN_FILE, STAGING_MARK
+from modelsafe.storage.remote import filesystem
+
+SAMPLE_KILLS, SOAK_KILLS = 4, 40
+KEEP_LAST = 2
+
+CHILD = r"""
+import json, sys
+import numpy as np
+import modelsafe as ms
+
+run, file_url, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ck = ms.Checkpoints(run, keep_last=2, storage_options=options)
+latest = ck.latest()
+step = latest.step + 1 if latest else 0
+print("ready", flush=True)
+while True:
+    state = {"w": np.full(256 * 1024, step, np.float32), "small": [np.arange(32) + step for _ in range(30)], "step": step}
+    ck.save(state, step=step)
+    print(f"commit {step}", flush=True)
+    ms.save({"w": np.full(256 * 1024, step, np.float32)}, file_url, storage_options=options)
+    print(f"file {step}", flush=True)
+    step += 1
+"""
+
+
+def run_and_kill(run: str, file_url: str, options: dict, delay: float) -> list[str]:
+    child = subprocess.Popen([sys.executable, "-c", CHILD, run, file_url, json.dumps(options)],
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        os.set_blocking(child.stdout.fileno(), False)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+        return (child.stdout.read() or "").split()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def check_run(run: str, options: dict, reported: list[int]) -> None:
+    ck = ms.Checkpoints(run, storage_options=options)
+    infos = ck.list()
+    for info in infos:  # every listed checkpoint is whole and right
+        assert ms.load(info.path, storage_options=options)["step"] == info.step
+        assert np.array_equal(ck.load(info.step)["w"], np.full(256 * 1024, info.step, np.float32))
+    if reported:  # the last reported commit is kept: at most one newer one was committed after it
+        assert max(reported) in {i.step for i in infos}
+
+
+def check_file(file_url: str, options: dict) -> None:
+    try:
+        loaded = ms.load(file_url, storage_options=options)  # checksums verified
+    except ms.CheckpointNotFoundError:
+        return  # killed before the first upload completed
+    assert np.all(loaded["w"] == loaded["w"][0])
+
+
+def check_clean_after_next_writer(run: str, options: dict) -> None:
+    ck = ms.Checkpoints(run, keep_last=KEEP_LAST, storage_options=options)
+    latest = ck.latest()
+    step = latest.step + 1 if latest else 0
+    ck.save({"w": np.full(256 * 1024, step, np.float32), "step": step}, step=step)
+    names = {i.name for i in ck.list()}
+    ck.close()
+    fs, key = filesystem(run, options)
+    fs.invalidate_cache()
+    stored = [item[len(key.rstrip("/")) + 1:] for item in fs.find(key)]
+    assert not [s for s in stored if STAGING_MARK in s or DELETING_MARK in s]
+    for entry in stored:
+        top = entry.split("/")[0]
+        assert top in (RUN_FILE, LOCK_NAME) or top in names, entry
+    assert all(f"{name}/{MANIFEST}" in stored for name in names)
+
+
+def test_saves_to_s3_killed_at_random_points(s3_bucket, soak):
+    base, options = s3_bucket
+    run, file_url = f"{base}/run", f"{base}/single.safetensors"
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    for round_ in range(SOAK_KILLS if soak else SAMPLE_KILLS):
+        delay = rng.uniform(0.05, 2.5)
+        words = run_and_kill(run, file_url, options, delay)
+        reported = [int(words[i + 1]) for i, w in enumerate(words) if w == "commit"]
+        check_run(run, options, reported)
+        check_file(file_url, options)
+        if round_ % 2:  # every other round, the next writer is the checker (else the next child)
+            check_clean_after_next_writer(run, options)
+    check_clean_after_next_writer(run, options)
+
+
+@pytest.mark.parametrize("when", ["payload", "manifest"])
+def test_a_killed_upload_leaves_no_listed_checkpoint(s3_bucket, monkeypatch, when):
+    """Deterministic kill points: right after the payloads went up, and just before the manifest."""
+    from modelsafe.storage.remote_run import RemoteRunStorage
+
+    base, options = s3_bucket
+    ck = ms.Checkpoints(f"{base}/run", storage_options=options)
+    ck.save({"step": 0, "w": np.zeros(8)}, step=0)
+    real = RemoteRunStorage._upload
+
+    def upload(self, local, key):
+        if when == "payload" and not key.endswith(MANIFEST):
+            real(self, local, key)
+            raise KeyboardInterrupt("killed after a payload")
+        if when == "manifest" and key.endswith(MANIFEST):
+            raise KeyboardInterrupt("killed before the manifest")
+        real(self, local, key)
+
+    monkeypatch.setattr(RemoteRunStorage, "_upload", upload)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save({"step": 1, "w": np.ones(8)}, step=1)
+    monkeypatch.setattr(RemoteRunStorage, "_upload", real)
+    assert [i.step for i in ms.Checkpoints(f"{base}/run", storage_options=options).list()] == [0]
+    check_clean_after_next_writer(f"{base}/run", options)
