@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv-mxnet: modelsafe (editable) with MXNet 1.9.1 and the test tools, for tests/mxnet.
+# Create .venv-mxnet: modelsafe (editable) with MXNet 1.9.1 and the test tools, for tests/mxnet_adapter.
 # MXNet 1.9 needs numpy<1.24 (it uses np.bool and friends), which the main .venv cannot have, so its
 # tests run in this environment of their own.  Safe to run again: it only installs what is missing.
 # MODELSAFE_MXNET_VENV chooses another directory (default: .venv-mxnet in the checkout).
@@ -21,4 +21,4 @@ step "installing numpy<1.24, mxnet 1.9.1, modelsafe (editable) and pytest, pytes
     "numpy<1.24" -e ".[mxnet]" "pytest>=7" "pytest-timeout>=2" "hypothesis>=6.80" 2>&1 | { grep -v "^WARNING: Location" || true; }
 step "checking that modelsafe and mxnet import (MXNet's wheel needs libgomp and libquadmath from the system)"
 "$VENV/bin/python" -c "import modelsafe, mxnet, hypothesis"
-step "ready: $VENV/bin/python -m pytest tests/mxnet"
+step "ready: $VENV/bin/python -m pytest tests/mxnet_adapter"

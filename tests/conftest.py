@@ -10,8 +10,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 SOAK = os.environ.get("MODELSAFE_SOAK") == "1"
 
-# tests/mxnet runs in .venv-mxnet (MXNet 1.9 needs numpy<1.24); scripts/test.sh runs it there
-collect_ignore = [] if importlib.util.find_spec("mxnet") else ["mxnet"]
+# tests/mxnet_adapter runs in .venv-mxnet (MXNet 1.9 needs numpy<1.24); scripts/test.sh runs it there
+collect_ignore = [] if importlib.util.find_spec("mxnet") else ["mxnet_adapter"]
 
 
 @pytest.fixture

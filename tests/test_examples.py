@@ -30,7 +30,7 @@ EXPECTED = {
 
 
 def test_every_example_is_listed():
-    # mxnet_walkthrough.py runs in tests/mxnet, in .venv-mxnet (MXNet needs numpy<1.24)
+    # mxnet_walkthrough.py runs in tests/mxnet_adapter, in .venv-mxnet (MXNet needs numpy<1.24)
     assert sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "mxnet_walkthrough.py") == sorted(EXPECTED)
 
 
