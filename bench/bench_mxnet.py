@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import mxnet as mx
 from mxnet.gluon import nn
 
 import modelsafe as ms
-import mxnet as mx
 
 
 def make_net(width: int, depth: int, *, init: bool = True) -> nn.Block:

@@ -10,11 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import mxnet as mx
+from mxnet import autograd, gluon, np, npx
 from mxnet.gluon import nn
 
 import modelsafe as ms
-import mxnet as mx
-from mxnet import autograd, gluon, np, npx
 
 
 @ms.rebuildable  # remembers the constructor arguments, so ms.load can rebuild it

@@ -12,9 +12,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up mess
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import modelsafe as ms
-import tensorflow as tf
 
 
 def net() -> keras.Model:

@@ -14,6 +14,7 @@ from typing import Any
 from .api import encode_metadata
 from .checkpoint_dir import CheckpointSource
 from .errors import InvalidArgumentError
+from .format import checksum
 from .format.plan import NO_ATTRS, FlatState, Payload
 from .format.writer import write_file
 from .loading import decode_metadata
@@ -140,7 +141,8 @@ def _copy_subtree(source: CheckpointSource, node: Any, prefix: str) -> FlatState
         payloads.append(Payload(
             mapping[name], record.kind, record.dtype.name, tuple(record.shape), record.framework if tensor else None,
             base[record.begin:record.end], memoryview, dict(record.attrs) if tensor and record.attrs else NO_ATTRS,
-            checksum=record.checksum, where=mapping[name],
+            # a sharded tensor's record holds its chunks' checksums: the copy is hashed as it is written
+            checksum=record.checksum if checksum.is_digest(record.checksum) else None, where=mapping[name],
         ))
     aliases = {mapping[a]: mapping[t] for a, t in aliases.items()}
     return FlatState(_rename_refs(node, mapping), tuple(payloads), aliases)

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import textwrap
 
+import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import autograd, gluon
 
 import modelsafe as ms
-import mxnet as mx
 from modelsafe.errors import IncompatibleStateError, MissingRecipeError, UnknownClassError, UnsupportedObjectError
-from mxnet import autograd, gluon
 
 import craft  # tests/craft.py: rewrites a file's manifest, re-sealed
 

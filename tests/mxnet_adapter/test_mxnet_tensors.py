@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import mxnet as mx
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import modelsafe as ms
-import mxnet as mx
 from modelsafe.adapters.mxnet.tensors import DTYPES
 from modelsafe.errors import UnsupportedObjectError
 

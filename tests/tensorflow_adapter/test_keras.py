@@ -5,9 +5,9 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import modelsafe as ms
-import tensorflow as tf
 from modelsafe.adapters.tensorflow.keras_objects import variables_of
 from modelsafe.adapters.tensorflow.targets import KerasLayerTarget, KerasOptimizerTarget
 

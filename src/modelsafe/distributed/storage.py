@@ -87,7 +87,7 @@ class JsonSavePlanner(DefaultSavePlanner):
         if write_item.type != WriteItemType.BYTE_IO:
             return object
         fl = flatten(object)
-        if fl.leaves:
+        if fl.payloads:
             raise UnsupportedObjectError(
                 f"ms.distributed.save: entry {write_item.index.fqn!r} is neither a tensor nor plain data "
                 "(it holds bytes or tensors inside another object); store tensors as entries of the state dict",

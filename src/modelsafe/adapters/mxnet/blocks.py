@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from ...errors import IncompatibleStateError, MissingRecipeError, UnsupportedObjectError

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from . import trainer as _trainer

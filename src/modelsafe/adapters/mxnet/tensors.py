@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-
 import mxnet as mx
+import numpy as np
 
 from ...errors import InvalidArgumentError, UnsupportedObjectError
 from ...format import dtypes

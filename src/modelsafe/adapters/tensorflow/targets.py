@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-
 import tensorflow as tf
 
 from ..protocol import StateMismatch
