@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from .adapters import adapter_for_type, framework_named, frameworks_for_type
-from .errors import StorageError, UnsupportedObjectError
+from .adapters import adapter_for_type, format_tag, frameworks_for_type, known_frameworks
+from .errors import InvalidArgumentError, StorageError, UnsupportedObjectError
 from .format.dtypes import BY_NAME
 from .format.plan import FlatState, Payload
 from .format.writer import write_plain_file
@@ -214,8 +214,8 @@ def convert(
 
     ``to="modelsafe"`` writes a modelsafe file (the whole tree: nested dicts, optimizer
     state, epoch numbers...); ``to="safetensors"`` writes a plain safetensors file for other
-    tools (tensors only, dotted names, no modelsafe manifest).  ``framework`` ("torch",
-    "numpy") picks the tensor type recorded in the file.  The write is atomic.
+    tools (tensors only, dotted names, no modelsafe manifest).  ``framework`` (a name
+    ``ms.load`` takes: "torch", "numpy", ...) picks the tensor type recorded in the file.  The write is atomic.
 
     Tensors that are one (tied weights, a tensor saved under several names) are stored
     once.  The tensor bytes written may be at most ``max_expansion`` times the size of
@@ -233,7 +233,11 @@ def convert(
     ('npz', 1, array([0, 1, 2, 3]))
     """
     if to not in TARGETS:
-        raise ValueError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
+        raise InvalidArgumentError(f"convert: to={to!r}: choose one of {', '.join(TARGETS)}")
+    if framework is not None and framework not in known_frameworks():
+        raise InvalidArgumentError(
+            f"convert: framework must be one of {', '.join(known_frameworks())} or None, not {framework!r}"
+        )
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.exists(dst):
         if os.path.exists(src) and os.path.samefile(src, dst):
@@ -262,7 +266,7 @@ def convert(
         left_out.extend(tied)
         state = FlatState.of_payloads(_payloads(tensors, notes), tied)
         frameworks = {p.framework for p in state.payloads}
-        tag = framework_named(frameworks.pop()).format_tag if len(frameworks) == 1 else None
+        tag = format_tag(frameworks.pop()) if len(frameworks) == 1 else None
         with progress_bar(progress, f"writing {os.path.basename(dst)}", state.nbytes) as on_bytes, atomic_file(dst) as f:
             write_plain_file(f, state, user_metadata={"format": tag} if tag else None, on_bytes=on_bytes)
         count, nbytes = len(state.payloads), state.nbytes

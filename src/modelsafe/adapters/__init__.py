@@ -35,6 +35,7 @@ __all__ = [
     "framework_for_kind",
     "framework_for_type",
     "framework_named",
+    "format_tag",
     "imported_frameworks",
     "known_frameworks",
     "register_framework",
@@ -152,6 +153,20 @@ register_framework("jax", "modelsafe.adapters.jax", type_roots=("jax", "jaxlib",
                    kind_prefixes=("jax.", "flax.", "optax."), extra="jax")
 register_framework("tensorflow", "modelsafe.adapters.tensorflow", type_roots=("tensorflow", "keras", "tf_keras"),
                    kind_prefixes=("keras.", "tensorflow."), extra="tensorflow", rng_keys=("keras",))
+
+
+def format_tag(name: str | None) -> str | None:
+    """The safetensors ``format`` tag (``"pt"``) of registered framework ``name``; None when it has none.
+
+    >>> format_tag("numpy")
+    'np'
+    """
+    if name not in _REGISTRY:
+        return None
+    try:
+        return framework_named(name).format_tag
+    except FrameworkNotInstalledError:  # a file of a framework this machine lacks is copied as is
+        return None
 
 
 def known_frameworks() -> list[str]:

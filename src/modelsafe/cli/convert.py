@@ -15,8 +15,9 @@ from .output import emit_json, escape, human_bytes, json_option, say, stderr_is_
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option("--to", "target", type=click.Choice(["modelsafe", "safetensors"]), default="modelsafe", show_default=True,
               help="modelsafe: the whole tree (optimizer state, epoch, ...); safetensors: plain tensors for other tools.")
-@click.option("--framework", type=click.Choice(["torch", "numpy"]), default=None,
-              help="Tensor type recorded in DST (default: torch for torch files when torch is installed).")
+@click.option("--framework", default=None, metavar="NAME",
+              help="Tensor type recorded in DST, a framework name as ms.load's framework= takes "
+                   "(default: torch for torch files when torch is installed).")
 @click.option("-f", "--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--max-expansion", type=click.FloatRange(min=0), default=None, metavar="N",
               help="Tensor bytes allowed per byte of SRC (default 8, plus 64 MiB); raise it for a trusted file "

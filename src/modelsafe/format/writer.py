@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence
 
+from ..adapters import format_tag
 from ..errors import ModelsafeError, UnsupportedObjectError
 from ..gc_pause import gc_paused
 from . import checksum, manifest as manifest_mod
@@ -26,7 +27,6 @@ from .container import HEADER_ALIGN, HEADER_CHECKSUM_KEY, MANIFEST_KEY, build_he
 from .dtypes import BY_NAME, header_shape
 from .plan import FlatState, Payload
 
-_FORMAT_TAGS = {"torch": "pt", "numpy": "np", "tensorflow": "tf", "jax": "flax", "mxnet": "mx"}
 _ITEMSIZE = {name: dt.itemsize for name, dt in BY_NAME.items()}
 
 LARGE_PAYLOAD_BYTES = 1 << 20  # written on their own; smaller ones are gathered into one writev
@@ -71,7 +71,7 @@ def _string_items(user_metadata: object) -> dict[str, str]:
 
 def _header_metadata(manifest: dict, user_metadata: object) -> dict[str, str]:
     meta: dict[str, str] = {}
-    tag = _FORMAT_TAGS.get(manifest.get("framework") or "")
+    tag = format_tag(manifest.get("framework"))
     if tag:
         meta["format"] = tag  # what transformers and other safetensors users look for
     meta.update(_string_items(user_metadata))
