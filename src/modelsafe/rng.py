@@ -28,7 +28,7 @@ import random
 from typing import Any
 
 from .adapters import framework_for_rng_key, framework_named, imported_frameworks
-from .adapters.protocol import RngSource, rng_sources
+from .adapters.protocol import RngSource, TargetDefaults, rng_sources
 from .errors import CorruptCheckpointError, ModelsafeError
 from .objects import encode_object
 from .tree import Flattener, Unflattener
@@ -232,25 +232,14 @@ CODECS = [RNGStateCodec(), PythonRandomCodec()]
 # -- load_into targets: the generators modelsafe itself knows ---------------------------------
 
 
-class _RngTarget:
+class _RngTarget(TargetDefaults):
     plan = "rng"
-    framework = None
-    strip_prefixes = ()
 
     def __init__(self, tp: type, kind: str, assign: Any) -> None:
         self.tp, self.saved_kinds, self._assign = tp, (kind,), assign
 
     def handles(self, obj: Any) -> bool:
         return type(obj) is self.tp
-
-    def named_state(self, obj: Any) -> dict:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
     def assign(self, obj: Any, value: Any) -> None:
         self._assign(obj, value)

@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from .adapters import adapter_for_type
+from .adapters.protocol import TargetDefaults
 from .objects import codec_for_type, decode_recipe, encode_object, encode_recipe, register_fallback_codec
 from .recipes import qualified_name, recipe_of
 from .tree import Flattener, Unflattener
@@ -91,24 +92,17 @@ def _saved_by_state(target: Any) -> bool:
 _STATEFUL_CLASS = (_saved_by_state, "a class of the Stateful protocol (not a framework object)")
 
 
-class StatefulTarget:
+class StatefulTarget(TargetDefaults):
     """``ms.load_into``'s target for Stateful objects: the saved state, handed to ``load_state_dict``."""
 
     plan = "state"
     saved_kinds = (KIND,)
     framework = None  # tensors in the state come back as they were saved
+    # conform (inherited) passes the state on: the object's own load_state_dict judges it; a refusal
+    # becomes IncompatibleStateError
 
     def handles(self, obj: Any) -> bool:
         return is_stateful(type(obj))
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state  # the object's own load_state_dict judges it; a refusal becomes IncompatibleStateError
 
     def assign(self, obj: Any, value: Any) -> None:
         obj.load_state_dict(value)

@@ -23,6 +23,7 @@ __all__ = [
     "Lowering",
     "RngSource",
     "StateMismatch",
+    "TargetDefaults",
     "rng_sources",
 ]
 
@@ -58,6 +59,30 @@ class LoadTarget(Protocol):
     def unwrap(self, obj: Any) -> Any | None: ...                   # "module": wrapped inner object (DDP, compile)
     def conform(self, obj: Any, state: Any) -> Any: ...             # "state": may raise StateMismatch
     def assign(self, obj: Any, value: Any) -> None: ...
+
+
+class TargetDefaults:
+    """Defaults for the :class:`LoadTarget` parts a plan does not use; a target inherits it
+    and sets ``plan`` and defines ``handles`` / ``assign`` (and what else its plan needs)::
+
+        class ArrayTarget(TargetDefaults):
+            plan = "tensor"
+            def handles(self, obj): return isinstance(obj, np.ndarray)
+            def assign(self, obj, value): np.copyto(obj, value)
+    """
+
+    saved_kinds: tuple[str, ...] = ()
+    strip_prefixes: tuple[str, ...] = ()
+    framework: str | None = None
+
+    def named_state(self, obj: Any) -> dict[str, Any]:
+        return {}
+
+    def unwrap(self, obj: Any) -> Any | None:
+        return None
+
+    def conform(self, obj: Any, state: Any) -> Any:
+        return state
 
 
 class RngSource(Protocol):

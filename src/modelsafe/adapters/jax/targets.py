@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from ...errors import InvalidArgumentError
-from ..protocol import StateMismatch
+from ..protocol import StateMismatch, TargetDefaults
 
 _CLASSES = (("bool", np.bool_), ("complex", np.complexfloating), ("float", np.floating), ("int", np.integer))
 
@@ -63,13 +63,12 @@ def _lone_module_state(state: Any) -> Any:
     return state
 
 
-class NnxModuleTarget:
+class NnxModuleTarget(TargetDefaults):
     """``ms.load_into(nnx_module, path)``: the saved NNX state replaces the module's, checked first."""
 
     plan = "state"
     saved_kinds = ("flax.nnx.module", "flax.nnx.state")
     framework = "jax"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         from flax import nnx
@@ -80,9 +79,6 @@ class NnxModuleTarget:
         from flax import nnx
 
         return flat_values(nnx.state(obj))
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
 
     def conform(self, obj: Any, state: Any) -> Any:
         state = _lone_module_state(state)
@@ -107,7 +103,7 @@ class NnxModuleTarget:
         nnx.update(obj, value)
 
 
-class ImmutableArrayTarget:
+class ImmutableArrayTarget(TargetDefaults):
     """A jax array as a ``load_into`` target: refused while the load is planned, before anything is written.
 
     Left to the generic planner, a tuple of arrays (an Optax state) would be skipped and
@@ -115,20 +111,12 @@ class ImmutableArrayTarget:
     """
 
     plan = "state"
-    saved_kinds = ()
     framework = "jax"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         if isinstance(obj, jax.Array):
             self.conform(obj, None)
         return False
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
 
     def conform(self, obj: Any, state: Any) -> Any:
         raise InvalidArgumentError(

@@ -9,6 +9,7 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from ..protocol import TargetDefaults
 from . import trainer as _trainer
 from .blocks import KIND as BLOCK_KIND, as_mxnet, load_block_state, named_parameters
 
@@ -31,19 +32,8 @@ def _meta(param: gluon.Parameter) -> ParamMeta | None:
     return ParamMeta(tuple(data.shape), np.dtype(data.dtype))
 
 
-class _Target:
+class _Target(TargetDefaults):
     framework = "mxnet"
-    strip_prefixes: tuple[str, ...] = ()
-    saved_kinds: tuple[str, ...] = ()
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
 
 class BlockTarget(_Target):

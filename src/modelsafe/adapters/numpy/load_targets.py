@@ -6,20 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from ..protocol import TargetDefaults
 
-class _Target:
+
+class _Target(TargetDefaults):
     framework: str | None = "numpy"
-    strip_prefixes = ()
-    saved_kinds: tuple[str, ...] = ()
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
 
 class GeneratorTarget(_Target):

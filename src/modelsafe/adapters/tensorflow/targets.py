@@ -7,7 +7,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ..protocol import StateMismatch
+from ..protocol import StateMismatch, TargetDefaults
 from .keras_objects import optimizer_state, variables_of
 from .tf_objects import module_variables
 
@@ -16,16 +16,9 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(int(d) for d in value.shape)
 
 
-class _ModuleTarget:
+class _ModuleTarget(TargetDefaults):
     plan = "module"
     framework = "tensorflow"
-    strip_prefixes = ()
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
     def assign(self, obj: Any, value: dict) -> None:
         own = self.named_state(obj)
@@ -55,22 +48,18 @@ class ModuleTarget(_ModuleTarget):
         return module_variables(obj)
 
 
-class KerasOptimizerTarget:
+class KerasOptimizerTarget(TargetDefaults):
     """A built Keras optimizer: its variables in order, each shape checked."""
 
     plan = "state"
     saved_kinds = ("keras.optimizer",)
     framework = "tensorflow"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, keras.optimizers.Optimizer)
 
     def named_state(self, obj: Any) -> dict[str, Any]:
         return optimizer_state(obj)
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
 
     def conform(self, obj: Any, state: Any) -> Any:
         if not isinstance(state, list):
@@ -89,25 +78,14 @@ class KerasOptimizerTarget:
             var.assign(saved)
 
 
-class VariableTarget:
+class VariableTarget(TargetDefaults):
     """A ``tf.Variable`` or Keras variable: the saved tensor is assigned into it."""
 
     plan = "tensor"
-    saved_kinds = ()
     framework = "tensorflow"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, (tf.Variable, keras.Variable))
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any | None:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
     def assign(self, obj: Any, value: Any) -> None:
         obj.assign(value)

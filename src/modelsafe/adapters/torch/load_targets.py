@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..protocol import StateMismatch
+from ..protocol import StateMismatch, TargetDefaults
 from .objects import _wrapped, conform_state
 
 
-class ModuleTarget:
+class ModuleTarget(TargetDefaults):
     """A module: tensors matched key by key against its ``state_dict``."""
 
     plan = "module"
@@ -28,31 +28,21 @@ class ModuleTarget:
     def unwrap(self, obj: nn.Module) -> nn.Module | None:
         return _wrapped(obj)
 
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
-
     def assign(self, obj: nn.Module, value: dict[str, Any]) -> None:
         obj.load_state_dict(value, strict=False)
 
 
-class StateTarget:
+class StateTarget(TargetDefaults):
     """An object restored from one saved ``state_dict`` as a whole (optimizer, scheduler, GradScaler)."""
 
     plan = "state"
     framework = "torch"
-    strip_prefixes = ()
 
     def __init__(self, cls: type, kind: str) -> None:
         self.cls, self.saved_kinds = cls, (kind,)
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, self.cls)
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
 
     def conform(self, obj: Any, state: Any) -> Any:
         if isinstance(obj, torch.optim.Optimizer):
@@ -77,49 +67,28 @@ def _check_param_groups(opt: torch.optim.Optimizer, state: Any) -> None:
         raise StateMismatch("", f"param groups of sizes {saved}", f"param groups of sizes {mine}")
 
 
-class GeneratorTarget:
+class GeneratorTarget(TargetDefaults):
     """A ``torch.Generator``: takes the state of a saved generator."""
 
     plan = "rng"
     saved_kinds = ("torch.generator",)
     framework = "torch"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, torch.Generator)
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
     def assign(self, obj: torch.Generator, value: torch.Generator) -> None:
         obj.set_state(value.get_state())
 
 
-class TensorTarget:
+class TensorTarget(TargetDefaults):
     """A tensor: the saved value is copied into it."""
 
     plan = "tensor"
-    saved_kinds = ()
     framework = "torch"
-    strip_prefixes = ()
 
     def handles(self, obj: Any) -> bool:
         return isinstance(obj, torch.Tensor)
-
-    def named_state(self, obj: Any) -> dict[str, Any]:
-        return {}
-
-    def unwrap(self, obj: Any) -> Any:
-        return None
-
-    def conform(self, obj: Any, state: Any) -> Any:
-        return state
 
     def assign(self, obj: torch.Tensor, value: Any) -> None:
         with torch.no_grad():
