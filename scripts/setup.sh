@@ -21,7 +21,8 @@ fi
 # torch is pinned for development: a CPU wheel of this version is what the test machines carry.
 step "installing torch 2.13.0 (the largest part: several minutes on a first run)"
 pip_install "torch==2.13.0"
-step "installing modelsafe (editable) and its test tools: pytest, hypothesis, safetensors, matplotlib, h5py, psutil, tensorflow-cpu"
+step "installing modelsafe (editable) with the frameworks and tools its tests use: tensorflow-cpu, jax/flax/optax, lightning,"
+step "  transformers, torchdata, s3fs + moto, pytest, hypothesis, safetensors, import-linter, ruff (several minutes on a first run)"
 pip_install -e ".[dev]"
 step "checking that modelsafe, torch, safetensors and hypothesis import"
 "$VENV/bin/python" -c "import modelsafe, torch, safetensors, hypothesis"
