@@ -328,6 +328,16 @@ def _corrupt(path: str, what: str, key: str | None = None) -> CorruptCheckpointE
     )
 
 
+def moved_away(path: str, dir_fd: int) -> bool:
+    """True when the directory open as ``dir_fd`` is no longer the one at ``path`` (renamed or deleted)."""
+    try:
+        now = os.stat(path)
+    except OSError:
+        return True
+    here = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino)
+
+
 def removed_error(path: str) -> CheckpointRemovedError:
     """The error for a checkpoint that vanished while being read: retention, not damage."""
     return CheckpointRemovedError(
@@ -465,12 +475,7 @@ class CheckpointSource:
 
     def removed(self) -> bool:
         """True when the directory opened is no longer at its path (retention renamed it away)."""
-        try:
-            now = os.stat(self.path)
-        except OSError:
-            return True
-        here = os.fstat(self._dir_fd)
-        return (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino)
+        return moved_away(self.path, self._dir_fd)
 
     def _missing(self, error: ModelsafeError) -> ModelsafeError:
         """``error`` about a missing file, unless the whole checkpoint was removed meanwhile."""

@@ -435,6 +435,22 @@ class Checkpoints:
             self._storage.write_run_file(json.dumps(run, indent=1).encode())
         return run
 
+    def _claim(self, step: int | None, metrics: dict) -> tuple[dict, list, int, str]:
+        """Become the run's writer and claim ``step`` (default: one past the latest) under a free name.
+
+        Returns the run record, the committed checkpoints, the step and the name.  The run's
+        settings are recorded only once the name is known to be free: a refused save changes nothing.
+        """
+        if self._writer is not None:
+            self._writer.wait()  # one save in flight at a time; re-raises a failed one
+        run = self._become_writer()
+        infos = self.list()
+        if step is None:
+            step = infos[-1].step + 1 if infos else 0
+        name = format_name(self.name_template, step, metrics)
+        self._check_free(infos, name, step, run["run_id"])
+        return self._become_writer(record_settings=True), infos, step, name
+
     def save(self, state: Any = None, *, step: int | None = None, metrics: dict | None = None, metadata: dict | None = None,
              distributed: bool = False, progress: bool = False) -> Any:
         """Save ``state`` as the checkpoint for ``step`` and apply retention.
@@ -456,15 +472,7 @@ class Checkpoints:
         metrics = self._checked_metrics(metrics)
         step = _checked_step(step)
         format_name(self.name_template, 0 if step is None else step, metrics)
-        if self._writer is not None:
-            self._writer.wait()  # one save in flight at a time; re-raises a failed one
-        run = self._become_writer()
-        infos = self.list()
-        if step is None:
-            step = infos[-1].step + 1 if infos else 0
-        name = format_name(self.name_template, step, metrics)
-        self._check_free(infos, name, step, run["run_id"])
-        run = self._become_writer(record_settings=True)  # only now: a refused save changes nothing
+        run, infos, step, name = self._claim(step, metrics)
         rng = RNGState.capture().to_json()  # the global generators as they are now: ck.load_into resumes here
         if infos and step < infos[-1].step:
             warnings.warn(

@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from ..checkpoint_names import format_name
 from ..checkpoints import _checked_step, _metrics_to_json
 from ..errors import InvalidArgumentError, ModelsafeError
 
@@ -67,15 +66,7 @@ def _prepare(ck: Any, step: int | None, metrics: dict) -> tuple[Any, str]:
     """Rank 0: become the run's writer, name the checkpoint, and make its writer (as ``Checkpoints.save`` does)."""
     from .storage import ModelsafeWriter
 
-    if ck._writer is not None:
-        ck._writer.wait()  # one save in flight at a time
-    run = ck._become_writer()
-    infos = ck.list()
-    if step is None:
-        step = infos[-1].step + 1 if infos else 0
-    name = format_name(ck.name_template, step, metrics)
-    ck._check_free(infos, name, step, run["run_id"])
-    run = ck._become_writer(record_settings=True)
+    run, _, step, name = ck._claim(step, metrics)
     checkpoint = {
         "name": name, "step": step, "time": datetime.now(timezone.utc).isoformat(),
         "metrics": _metrics_to_json(metrics), "run_id": run["run_id"], "lineage": run.get("lineage", []),

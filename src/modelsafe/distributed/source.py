@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import sources
-from ..checkpoint_dir import MANIFEST, parse_manifest, removed_error
+from ..checkpoint_dir import MANIFEST, moved_away, parse_manifest, removed_error
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError
 from ..format.dtypes import BY_NAME
 from ..format.manifest import TensorRecord
@@ -86,12 +86,7 @@ class DistributedSource:
         return FileSource(shown, fd=fd)
 
     def removed(self) -> bool:
-        try:
-            now = os.stat(self.path)
-        except OSError:
-            return True
-        here = os.fstat(self._dir_fd)
-        return (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino)
+        return moved_away(self.path, self._dir_fd)
 
     def _check_chunks(self) -> None:
         """Each chunk is a tensor of its rank file with the dtype, shape and checksum manifest.json says."""
