@@ -19,12 +19,12 @@ import json
 import os
 import re
 import stat as stat_mod
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import xxhash
 
 from . import sources
+from .directory import RemoteDirectory, hash_fd, open_directory_of
 from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
 from .format import checksum, manifest as manifest_mod
 from .format.manifest import TensorRecord
@@ -33,7 +33,7 @@ from .format.reader import FileSource
 from .format.writer import HashedFile, OnBytes, hash_payloads, write_file, write_hashed
 from .run_file import MAX_TEXT, check_lineage
 from .storage.commit import MAX_MANIFEST_BYTES
-from .storage.local import open_directory, open_regular, read_small_file
+from .storage.local import open_directory
 
 __all__ = [
     "MANIFEST",
@@ -59,7 +59,6 @@ MAX_SHARD_BYTES = 2 << 30
 # with frozen neighbours rewrites at most 4 MiB of them per checkpoint.
 STABLE_SHARD_BYTES = 4 << 20
 _LINK_REFUSED = (errno_mod.EXDEV, errno_mod.EPERM, errno_mod.ENOTSUP, errno_mod.EMLINK, errno_mod.EACCES)
-HASH_CHUNK = 4 << 20
 _SHARD_RE = re.compile(r"state-\d{5}-of-\d{5}\.safetensors\Z")
 
 
@@ -315,10 +314,11 @@ def write_manifest(directory: str, manifest: dict) -> int:
 
 # -- reading ------------------------------------------------------------------------
 #
-# Every file of a checkpoint is opened relative to a descriptor of the checkpoint
-# directory, refusing links and special files on the opened descriptor (see
-# storage.local.open_regular): nothing is followed out of the checkpoint, nothing blocks,
-# and no read is larger than the file really is (the manifest: MAX_MANIFEST_BYTES).
+# Every file of a checkpoint is read through a CheckpointDirectory (see .directory): a
+# local one opens each file relative to a descriptor of the directory, refusing links and
+# special files on the opened descriptor; a remote one reads objects by bounded byte
+# ranges.  Nothing is followed out of the checkpoint, nothing blocks, and no read is
+# larger than the file really is (the manifest: MAX_MANIFEST_BYTES).
 
 def _corrupt(path: str, what: str, key: str | None = None) -> CorruptCheckpointError:
     where = f"{path}: tensor {key!r}: " if key is not None else f"{path}: "
@@ -326,16 +326,6 @@ def _corrupt(path: str, what: str, key: str | None = None) -> CorruptCheckpointE
         f"{where}{what}; the checkpoint is damaged. Load an earlier checkpoint or restore it from a backup",
         path=path, key=key,
     )
-
-
-def moved_away(path: str, dir_fd: int) -> bool:
-    """True when the directory open as ``dir_fd`` is no longer the one at ``path`` (renamed or deleted)."""
-    try:
-        now = os.stat(path)
-    except OSError:
-        return True
-    here = os.fstat(dir_fd)
-    return (now.st_dev, now.st_ino) != (here.st_dev, here.st_ino)
 
 
 def removed_error(path: str) -> CheckpointRemovedError:
@@ -419,18 +409,6 @@ def parse_manifest(data: bytes, path: str) -> dict:
     return manifest
 
 
-def hash_fd(fd: int) -> tuple[int, str]:
-    """(size, xxh3) of the open file ``fd``, read in chunks from its start."""
-    h = xxhash.xxh3_64()
-    size = 0
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    while n := os.preadv(fd, [buf], size):
-        h.update(view[:n])
-        size += n
-    return size, h.hexdigest()
-
-
 def hash_file(path: str) -> tuple[int, str]:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -442,19 +420,21 @@ def hash_file(path: str) -> tuple[int, str]:
 class CheckpointSource:
     """A committed checkpoint directory as a Source: records span the shard files.
 
-    ``problems``: a list to collect every problem into (verify) instead of raising the
-    first one (load); a manifest that cannot be read is raised either way.  ``shards``:
-    False reads the manifest only.  A checkpoint that disappears while it is being
-    opened raises CheckpointRemovedError: removed by retention, not damaged.
+    ``directory``: a local path, or a :class:`~.directory.CheckpointDirectory` (a
+    :class:`~.directory.RemoteDirectory` for a checkpoint on an object store: its shards
+    are read by byte ranges, see :meth:`fetch`).  ``problems``: a list to collect every
+    problem into (verify) instead of raising the first one (load); a manifest that cannot
+    be read is raised either way.  ``shards``: False reads the manifest only.  A
+    checkpoint that disappears while it is being opened or read raises
+    CheckpointRemovedError: removed by retention, not damaged.
     """
 
-    def __init__(self, path: str | os.PathLike, *, problems: list | None = None, shards: bool = True) -> None:
-        self.path = os.fspath(path)
+    def __init__(self, directory: Any, *, problems: list | None = None, shards: bool = True) -> None:
         self._problems = problems
         self._shards: dict[str, FileSource] = {}
-        self._dir_fd = -1
+        self._directory = open_directory_of(directory)
+        self.path = self._directory.path
         try:
-            self._dir_fd = self._open_directory()
             self.manifest_bytes = self._read_manifest()
             self.manifest = parse_manifest(self.manifest_bytes, self._inside(MANIFEST))
             self.aliases: dict[str, str] = self.manifest.get("aliases") or {}
@@ -464,18 +444,12 @@ class CheckpointSource:
             raise
 
     # -- opening ---------------------------------------------------------------------
-    def _open_directory(self) -> int:
-        try:  # the path the caller gave may be a link; nothing inside the checkpoint may
-            return open_directory(self.path, shown=self.path, follow_symlinks=True)
-        except FileNotFoundError:
-            raise CheckpointNotFoundError(f"{self.path}: no such checkpoint directory; check the path", path=self.path) from None
-
     def _inside(self, *parts: str) -> str:
-        return os.path.join(self.path, *parts)
+        return self._directory.inside(*parts)
 
     def removed(self) -> bool:
-        """True when the directory opened is no longer at its path (retention renamed it away)."""
-        return moved_away(self.path, self._dir_fd)
+        """True when the checkpoint opened is no longer at its path (retention removed it)."""
+        return self._directory.removed()
 
     def _missing(self, error: ModelsafeError) -> ModelsafeError:
         """``error`` about a missing file, unless the whole checkpoint was removed meanwhile."""
@@ -483,8 +457,7 @@ class CheckpointSource:
 
     def _read_manifest(self) -> bytes:
         try:
-            return read_small_file(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest", dir_fd=self._dir_fd,
-                                   shown=self._inside(MANIFEST))
+            return self._directory.read_small(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest")
         except FileNotFoundError:
             raise self._missing(CheckpointNotFoundError(
                 f"{self.path}: no manifest.json, so this is not a committed checkpoint (an unfinished save is invisible)",
@@ -496,33 +469,34 @@ class CheckpointSource:
             raise error
         self._problems.append(error)
 
-    def _open_shard(self, name: str) -> FileSource | None:
+    def _open_shard(self, name: str, size: int) -> FileSource | None:
         shown = self._inside(name)
         try:
-            fd = open_regular(name, dir_fd=self._dir_fd, shown=shown)
+            source = self._directory.open_shard(name)
         except FileNotFoundError:
             self._report(self._missing(_corrupt(shown, "the shard is missing")))
             return None
         except ModelsafeError as exc:
-            self._report(exc)
+            self._report(self._missing(exc) if isinstance(exc, StorageError) else exc)
             return None
-        try:
-            return FileSource(shown, fd=fd)
-        except ModelsafeError as exc:
-            self._report(exc)
+        if source.file_size != size:  # a header that fits a file of another size still places its tensors
+            source.close()
+            self._report(_corrupt(shown, f"the shard is {source.file_size:,} bytes, manifest.json says {size:,}: it "
+                                         "was truncated or replaced"))
             return None
+        return source
 
     def _records(self) -> dict[str, TensorRecord]:
         tensors = self.manifest["tensors"]
         records: dict[str, TensorRecord] = {}
         for shard in self.manifest["shards"]:
             name = shard["file"]
-            source = self._open_shard(name)
+            source = self._open_shard(name, shard["size"])
             if source is None:
                 continue
             self._shards[name] = source
             for record in source.records.values():
-                for problem in _placement_problems(self.path, name, record, tensors.get(record.name)):
+                for problem in _placement_problems(self._inside(name), name, record, tensors.get(record.name)):
                     self._report(problem)
                 framework = tensors.get(record.name, {}).get("framework", self.manifest.get("framework"))
                 framework = framework if record.kind == "tensor" else None
@@ -536,6 +510,24 @@ class CheckpointSource:
     # -- bytes -----------------------------------------------------------------------
     def buffers(self, *, lazy: bool = False, mmap: bool = True) -> dict[str | None, np.ndarray]:
         return {name: s.buffers(lazy=lazy, mmap=mmap)[None] for name, s in self._shards.items()}
+
+    def sparse_buffers(self) -> dict[str | None, np.ndarray]:
+        """Shard -> data section that :meth:`fetch` fills (remote shards), or maps (local ones): ms.open's reader."""
+        return {name: (s.sparse_buffers() if hasattr(s, "sparse_buffers") else s.buffers(lazy=True))[None]
+                for name, s in self._shards.items()}
+
+    def fetch(self, records: Any) -> None:
+        """Read the bytes of ``records`` where the shards are read on demand (byte ranges of a remote object)."""
+        by_shard: dict[str, list] = {}
+        for record in records:
+            by_shard.setdefault(record.file, []).append(record)
+        for name, wanted in by_shard.items():
+            shard = self._shards[name]
+            if hasattr(shard, "fetch"):
+                try:
+                    shard.fetch(wanted)
+                except StorageError as exc:  # gone under the reader: retention, not damage
+                    raise self._missing(exc) from None
 
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)
@@ -552,7 +544,7 @@ class CheckpointSource:
         for rel, entry in self.manifest["files"].items():
             shown = self._inside(*rel.split("/"))
             try:
-                size, digest = self._hash_bound(rel.split("/"), shown)
+                size, digest = self._directory.hash_file(rel.split("/"))
             except FileNotFoundError:
                 yield shown, 0, self._missing(_corrupt(shown, "the bound file is missing"))
                 continue
@@ -571,71 +563,29 @@ class CheckpointSource:
             if problem is not None:
                 raise problem
 
-    def _hash_bound(self, parts: list[str], shown: str) -> tuple[int, str]:
-        """Hash ``files/...`` opening each component relative to the last, never following a link."""
-        fds = [self._dir_fd]
-        try:
-            for depth, part in enumerate(parts[:-1]):
-                fds.append(open_directory(part, dir_fd=fds[-1], shown=self._inside(*parts[:depth + 1])))
-            fd = open_regular(parts[-1], dir_fd=fds[-1], shown=shown)
-            try:
-                return hash_fd(fd)
-            finally:
-                os.close(fd)
-        finally:
-            for fd in fds[1:]:
-                os.close(fd)
-
     def bound_tree_problems(self) -> Iterator[ModelsafeError]:
         """Every link or special file in ``files/`` (a bound ``load`` would follow it out)."""
-        top = self._inside(FILES_DIR)
-        try:
-            root = open_directory(FILES_DIR, dir_fd=self._dir_fd, shown=top)
-        except FileNotFoundError:
-            return
-        except ModelsafeError as exc:
-            yield exc
-            return
-        pending = [(root, top)]
-        while pending:
-            fd, where = pending.pop()
-            try:
-                with os.scandir(fd) as entries:
-                    found = [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in entries]
-                for name, is_dir, is_file in found:
-                    shown = os.path.join(where, name)
-                    if is_dir:
-                        try:
-                            pending.append((open_directory(name, dir_fd=fd, shown=shown), shown))
-                        except (ModelsafeError, FileNotFoundError) as exc:
-                            if isinstance(exc, ModelsafeError):
-                                yield exc
-                    elif not is_file:
-                        what = "is a symbolic link" if os.path.islink(shown) else "is not a regular file"
-                        yield CorruptCheckpointError(
-                            f"{shown}: {what}; a checkpoint holds only regular files and directories, and modelsafe "
-                            "never follows a link out of it. Remove the entry or restore the checkpoint from a backup",
-                            path=shown,
-                        )
-            finally:
-                os.close(fd)
+        return self._directory.tree_problems(FILES_DIR)
 
     @property
     def checkpoint(self) -> dict:
         return self.manifest["checkpoint"]
 
     @property
+    def directory(self) -> Any:
+        """Where the checkpoint's files are read from (a local one's ``dir_fd`` keeps opens inside it)."""
+        return self._directory
+
+    @property
     def dir_fd(self) -> int:
-        """The open checkpoint directory (files opened relative to it stay inside it)."""
-        return self._dir_fd
+        """The open local checkpoint directory (files opened relative to it stay inside it)."""
+        return self._directory.dir_fd
 
     def close(self) -> None:
         for source in self._shards.values():
             source.close()
         self._shards = {}
-        fd, self._dir_fd = self._dir_fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self._directory.close()
 
     def __enter__(self) -> "CheckpointSource":
         return self
@@ -644,9 +594,8 @@ class CheckpointSource:
         self.close()
 
 
-def _placement_problems(path: str, shard: str, record: TensorRecord, spec: dict | None) -> Iterator[CorruptCheckpointError]:
+def _placement_problems(shown: str, shard: str, record: TensorRecord, spec: dict | None) -> Iterator[CorruptCheckpointError]:
     """A shard's tensor that manifest.json does not place there, or records with another checksum."""
-    shown = os.path.join(path, shard)
     if spec is None or spec["file"] != shard:
         yield _corrupt(shown, f"the shard holds tensor {record.name!r}, but manifest.json does not place it there", record.name)
     elif spec["xxh3"] != record.checksum:
@@ -662,4 +611,35 @@ def open_checkpoint(path: str, **_: Any) -> CheckpointSource:
     return CheckpointSource(path)
 
 
+# (predicate on a checkpoint's parsed manifest.json, Source class taking a CheckpointDirectory):
+# layouts refining the plain one (ms.distributed's) register here; tried newest first
+_LAYOUTS: list[tuple[Callable[[dict], bool], Callable[[Any], Any]]] = []
+
+
+def register_layout(matches: Callable[[dict], bool], source: Callable[[Any], Any]) -> None:
+    """Read checkpoints whose manifest ``matches`` with ``source(directory)`` (remote checkpoints are opened so)."""
+    _LAYOUTS.insert(0, (matches, source))
+
+
+def open_remote_checkpoint(url: str, storage_options: dict | None = None) -> Any:
+    """The checkpoint directory at ``url`` on an object store as a Source read by byte ranges.
+
+    Only the manifest and the shard headers are read here; tensors are read when asked
+    for (``ms.open``), or shard by shard in ranges (``ms.load``).  Nothing is downloaded.
+    """
+    directory = RemoteDirectory(url, storage_options)
+    try:
+        data = directory.read_small(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest")
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{url}: no manifest.json, so this is not a committed checkpoint (an unfinished "
+                                      "save is invisible)", path=url) from None
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError):
+        manifest = None  # the Source's parser says what is wrong with it
+    source = next((s for matches, s in _LAYOUTS if isinstance(manifest, dict) and matches(manifest)), CheckpointSource)
+    return source(directory)
+
+
 sources.register_directory_opener(is_checkpoint_dir, open_checkpoint)
+sources.register_remote_checkpoint_opener(open_remote_checkpoint)

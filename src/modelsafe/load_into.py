@@ -157,12 +157,16 @@ class _Session:
         if not names:
             return {}
         if self._buffers is None:
-            self._buffers = self.source.buffers(lazy=True)
+            sparse = getattr(self.source, "sparse_buffers", None)  # remote: only the records asked for are read
+            self._buffers = sparse() if sparse is not None else self.source.buffers(lazy=True)
         records = {}
         for name in names:
             rec = self.record(name)
             if rec is not None:
                 records[rec.name] = rec
+        fetch = getattr(self.source, "fetch", None)
+        if fetch is not None:
+            fetch(records.values())
         values = materialize(
             self.source, self._buffers, records.values(), framework=framework, verify=self.verify, copy=copy
         )

@@ -16,7 +16,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .addresses import SELECTORS, Address, parse_address
-from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, ModelsafeError
+from .errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
 from .foreign import open_file
 from .format.manifest import TensorRecord
 from .storage import is_url, local_path
@@ -46,8 +46,17 @@ def register_directory_opener(matches: Callable[[str], bool], opener: Callable[.
     _DIRECTORY_OPENERS.insert(0 if first else len(_DIRECTORY_OPENERS), (matches, opener))
 
 
+# opens a checkpoint directory on an object store: (url, storage_options) -> Source
+_REMOTE_CHECKPOINT_OPENERS: list[Callable[[str, dict | None], Source]] = []
+
+
 def register_run_opener(opener: Callable[[str, str], Source]) -> None:
     _RUN_OPENERS.append(opener)
+
+
+def register_remote_checkpoint_opener(opener: Callable[[str, dict | None], Source]) -> None:
+    _REMOTE_CHECKPOINT_OPENERS.append(opener)
+
 def directory_opener(path: str) -> Callable[..., Source] | None:
     """The opener registered for directory ``path`` (the first whose predicate matches), or None."""
     return next((opener for matches, opener in _DIRECTORY_OPENERS if matches(path)), None)
@@ -95,7 +104,8 @@ def _open_address(address: Address) -> Source:
 
 
 def _open_remote(url: str, storage_options: dict | None) -> Source:
-    """A URL: a file is read with range requests; a checkpoint is downloaded and opened; a run opens its checkpoint."""
+    """A URL, read with range requests: a file or a checkpoint directory (header/manifest first, then
+    only the tensors asked for); a run opens its checkpoint."""
     from .format.ranges import RangeFileSource
     from .storage.remote import kind_of, range_reader
 
@@ -112,35 +122,4 @@ def _open_remote(url: str, storage_options: dict | None) -> Source:
             f"{url}: no such file or committed checkpoint (no manifest.json: an unfinished save is invisible); "
             "check the URL", path=url,
         )
-    return _downloaded_checkpoint(url, storage_options)
-
-
-def _downloaded_checkpoint(url: str, storage_options: dict | None) -> Source:
-    """Checkpoint directory ``url`` copied into a temporary directory and opened from there.
-
-    The copy is removed once opened: the source holds its shards open (and mapped).
-    """
-    import shutil
-    import tempfile
-
-    from .storage.remote import download
-
-    local = download(url, tempfile.mkdtemp(prefix="modelsafe-download-"), storage_options)
-    try:
-        opener = directory_opener(local)
-        if opener is None:
-            raise CheckpointNotFoundError(f"{url}: no committed checkpoint here (it was removed while downloading)",
-                                          path=url)
-        try:
-            source = opener(local)
-        except ModelsafeError as exc:  # name the object, not the temporary copy
-            exc.message = exc.message.replace(local, url)
-            exc.args = (exc.message,)
-            exc.path = exc.path.replace(local, url) if isinstance(exc.path, str) else url
-            raise
-        source.path = url  # messages name the object, not the temporary copy
-        for name, shard in getattr(source, "_shards", {}).items():
-            shard.path = f"{url}/{name}"
-        return source
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
+    return _REMOTE_CHECKPOINT_OPENERS[-1](url, storage_options)

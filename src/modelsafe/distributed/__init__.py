@@ -63,18 +63,21 @@ def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, proce
     return None
 
 
-def load_into(state: Any, path: str | os.PathLike, *, process_group: Any = None) -> None:
+def load_into(state: Any, path: str | os.PathLike, *, process_group: Any = None,
+              storage_options: dict | None = None) -> None:
     """Load checkpoint ``path`` into sharded ``state`` in place (as ``dcp.load``), resharding as needed.
 
     Called on every rank, with the state laid out for this run's world size, which
     may differ from the one that saved.  Every chunk read is verified; a damaged one
-    raises CorruptCheckpointError naming the rank file and the tensor.
+    raises CorruptCheckpointError naming the rank file and the tensor.  ``path`` may be
+    a URL (``s3://bucket/ckpt``, with ``storage_options``): each rank then reads the
+    manifest, the rank files' headers and the byte ranges of the chunks it needs.
     """
     import torch.distributed.checkpoint as dcp
 
     from .storage import JsonLoadPlanner, ModelsafeReader
 
-    reader = ModelsafeReader(path)
+    reader = ModelsafeReader(path, storage_options=storage_options)
     try:
         reader.source()  # the manifest checked here, on every rank: DCP would flatten a failure into a string
         with _unwrapped():

@@ -19,14 +19,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import sources
-from ..checkpoint_dir import MANIFEST, moved_away, parse_manifest, removed_error
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError
+from ..checkpoint_dir import MANIFEST, parse_manifest, register_layout, removed_error
+from ..directory import open_directory_of
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError, StorageError
 from ..format.dtypes import BY_NAME
 from ..format.manifest import TensorRecord
 from ..format.reader import FileSource
 from ..loading import materialize
 from ..storage.commit import MAX_MANIFEST_BYTES
-from ..storage.local import open_directory, open_regular, read_small_file
+from ..storage.local import read_small_file
 from .layout import Chunk, Layout, parse_layout
 
 __all__ = ["DistributedSource", "is_distributed_dir"]
@@ -42,18 +43,15 @@ def _corrupt(path: str, fqn: str, what: str) -> CorruptCheckpointError:
 class DistributedSource:
     """A committed checkpoint of :func:`modelsafe.distributed.save`, read on one process."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
+    def __init__(self, directory: Any) -> None:
+        """``directory``: a local path, or a :class:`~modelsafe.directory.CheckpointDirectory` (remote: the
+        rank files are read by byte ranges, only the chunks asked for)."""
         self._files: dict[str, FileSource] = {}
-        self._dir_fd = -1
+        self._directory = open_directory_of(directory)
+        self.path = self._directory.path
         try:
-            try:
-                self._dir_fd = open_directory(self.path, shown=self.path, follow_symlinks=True)
-            except FileNotFoundError:
-                raise CheckpointNotFoundError(f"{self.path}: no such checkpoint directory; check the path",
-                                              path=self.path) from None
-            shown = os.path.join(self.path, MANIFEST)
-            self.manifest_bytes = self._read(MANIFEST, shown)
+            shown = self._directory.inside(MANIFEST)
+            self.manifest_bytes = self._read(MANIFEST)
             manifest = parse_manifest(self.manifest_bytes, shown)
             self.layout: Layout = parse_layout(manifest.get("distributed"), shown)
             for name in self.layout.files:
@@ -67,26 +65,27 @@ class DistributedSource:
             raise
 
     # -- opening -----------------------------------------------------------------------
-    def _read(self, name: str, shown: str) -> bytes:
+    def _read(self, name: str) -> bytes:
         try:
-            return read_small_file(name, MAX_MANIFEST_BYTES, "a checkpoint manifest", dir_fd=self._dir_fd, shown=shown)
+            return self._directory.read_small(name, MAX_MANIFEST_BYTES, "a checkpoint manifest")
         except FileNotFoundError:
+            if self.removed():
+                raise removed_error(self.path) from None
             raise CheckpointNotFoundError(f"{self.path}: no manifest.json, so this is not a committed checkpoint",
                                           path=self.path) from None
 
     def _open_rank_file(self, name: str) -> FileSource:
-        shown = os.path.join(self.path, name)
+        shown = self._directory.inside(name)
         try:
-            fd = open_regular(name, dir_fd=self._dir_fd, shown=shown)
+            return self._directory.open_shard(name)
         except FileNotFoundError:
             if self.removed():
                 raise removed_error(self.path) from None
             raise CorruptCheckpointError(f"{shown}: the rank file is missing; the checkpoint is damaged. Load an "
                                          "earlier checkpoint or restore it from a backup", path=shown) from None
-        return FileSource(shown, fd=fd)
 
     def removed(self) -> bool:
-        return moved_away(self.path, self._dir_fd)
+        return self._directory.removed()
 
     def _check_chunks(self) -> None:
         """Each chunk is a tensor of its rank file with the dtype, shape and checksum manifest.json says."""
@@ -137,20 +136,30 @@ class DistributedSource:
             raise _corrupt(self.path, fqn, f"no chunk at offsets {list(offsets)}")
         return chunk
 
-    def chunk_tensor(self, fqn: str, chunk: Chunk, *, framework: str | None = None) -> Any:
-        """The chunk as a tensor of ``framework``, verified against its checksum."""
+    def _base(self, chunk: Chunk) -> tuple[FileSource, TensorRecord, np.ndarray]:
+        """(rank file, record, data section) of ``chunk``: mapped, or (remote) its byte range fetched first."""
         source = self._files[chunk.file]
         record = source.records[chunk.key]
+        fetch = getattr(source, "fetch", None)
+        if fetch is None:
+            return source, record, source.buffers(lazy=True)[None]
         try:
-            return materialize(source, source.buffers(lazy=True), [record], framework=framework)[chunk.key]
+            fetch([record])
+        except StorageError as exc:  # gone under the reader: retention, not damage
+            raise (removed_error(self.path) if self.removed() else exc) from None
+        return source, record, source.sparse_buffers()[None]
+
+    def chunk_tensor(self, fqn: str, chunk: Chunk, *, framework: str | None = None) -> Any:
+        """The chunk as a tensor of ``framework``, verified against its checksum."""
+        source, record, base = self._base(chunk)
+        try:
+            return materialize(source, {None: base}, [record], framework=framework)[chunk.key]
         except CorruptCheckpointError as exc:
             raise _corrupt(source.path, fqn, f"its chunk at offsets {list(chunk.offsets)} is damaged ({exc.message})") from None
 
     def chunk_bytes(self, fqn: str, chunk: Chunk) -> np.ndarray:
         """The chunk's bytes (uint8), verified against its checksum."""
-        source = self._files[chunk.file]
-        record = source.records[chunk.key]
-        base = source.buffers(lazy=True)[None]
+        source, record, base = self._base(chunk)
         try:
             source.verify_record(record, base)
         except CorruptCheckpointError:
@@ -167,8 +176,7 @@ class DistributedSource:
         for chunk in entry.chunks:
             if math.prod(chunk.sizes) == 0:
                 continue
-            record = self._files[chunk.file].records[chunk.key]
-            base = self._files[chunk.file].buffers(lazy=True)[None]
+            _source, record, base = self._base(chunk)
             piece = base[record.begin:record.end].reshape(*chunk.sizes, itemsize)
             grid[tuple(slice(o, o + s) for o, s in zip(chunk.offsets, chunk.sizes))] = piece
         return out
@@ -185,9 +193,7 @@ class DistributedSource:
         for source in self._files.values():
             source.close()
         self._files = {}
-        fd, self._dir_fd = self._dir_fd, -1
-        if fd >= 0:
-            os.close(fd)
+        self._directory.close()
 
     def __enter__(self) -> "DistributedSource":
         return self
@@ -237,7 +243,7 @@ def is_distributed_dir(path: str) -> bool:
     """True for a directory whose manifest.json has a ``distributed`` block (anything unreadable: False)."""
     try:
         data = read_small_file(os.path.join(path, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
-        return isinstance(json.loads(data).get("distributed"), dict)
+        return _is_distributed(json.loads(data))
     except (OSError, ValueError, ModelsafeError, AttributeError, RecursionError):
         return False
 
@@ -246,4 +252,9 @@ def open_distributed(path: str, **_: Any) -> DistributedSource:
     return DistributedSource(path)
 
 
+def _is_distributed(manifest: dict) -> bool:
+    return isinstance(manifest.get("distributed"), dict)
+
+
 sources.register_directory_opener(is_distributed_dir, open_distributed, first=True)
+register_layout(_is_distributed, DistributedSource)

@@ -46,6 +46,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..checkpoint_dir import build_manifest, write_manifest
+from ..directory import open_directory_of
 from ..errors import CorruptCheckpointError, UnsupportedObjectError
 from ..format.dtypes import BY_NAME
 from ..format.writer import write_file
@@ -255,9 +256,12 @@ def metadata_layout(metadata: Metadata, results: list[list[WriteResult]]) -> Lay
 class ModelsafeReader(StorageReader):
     """Read a checkpoint of :class:`ModelsafeWriter`: metadata from manifest.json, chunks verified."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, storage_options: dict | None = None) -> None:
+        """``path``: a local directory or a URL (``s3://``, with ``storage_options``): then every rank
+        reads only the byte ranges of the chunks it loads."""
         super().__init__()
         self.path = os.fspath(path)
+        self.storage_options = storage_options
         self._source: DistributedSource | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
@@ -266,7 +270,7 @@ class ModelsafeReader(StorageReader):
 
     def source(self) -> DistributedSource:
         if self._source is None:
-            self._source = DistributedSource(self.path)
+            self._source = DistributedSource(open_directory_of(self.path, self.storage_options))
         return self._source
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
@@ -314,7 +318,7 @@ class ModelsafeReader(StorageReader):
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return "://" not in os.fspath(checkpoint_id)
+        return True  # a local path or any fsspec URL
 
 
 def layout_metadata(layout: Layout, path: str) -> Metadata:
