@@ -262,3 +262,74 @@ def test_missing_remote_checkpoint_names_the_url(store):
     with pytest.raises(ms.ModelsafeError) as caught:
         ms.distributed.load_into({"w": torch.zeros(1)}, url, storage_options=options)
     assert url in str(caught.value)
+
+
+# -- verify by ranges ----------------------------------------------------------------------------
+
+def test_verify_reads_one_record_at_a_time(store, monkeypatch):
+    from modelsafe.verification import Checked, check
+
+    _run, options, checkpoint, state = _saved_run(store)
+    counts = _fetched(monkeypatch, checkpoint, options)
+    events = list(check(checkpoint, storage_options=options))
+    assert sorted(e.tensor for e in events if isinstance(e, Checked)) == sorted(state)
+    assert sum(counts) >= N_TENSORS * MIB and max(counts) <= MIB + (64 << 10)  # one tensor per request, nothing more
+
+
+def test_verify_names_every_corrupt_tensor_by_url(store):
+    from modelsafe.verification import Checked, Problem, check
+
+    _run, options, checkpoint, _state_ = _saved_run(store)
+    shard = _shard_url(checkpoint, options)
+    with ms.open(checkpoint, storage_options=options) as reader:
+        spans = {k: reader.record(k) for k in ("t2", "t6")}
+    fs, key = filesystem(shard, options)
+    data = bytearray(fs.cat_file(key))
+    data_start = len(data) - N_TENSORS * MIB
+    for record in spans.values():
+        data[data_start + record.begin + 7] ^= 0x01
+    fs.pipe_file(key, bytes(data))
+    events = list(check(checkpoint, storage_options=options))
+    problems = [e for e in events if isinstance(e, Problem)]
+    assert sorted(p.tensor for p in problems) == ["t2", "t6"]
+    assert all(p.file == shard and shard in str(p.error) for p in problems)
+    assert len([e for e in events if isinstance(e, Checked)]) == N_TENSORS - 2
+
+
+def test_cli_verify_of_a_remote_run(monkeypatch):
+    from cli_support import invoke
+
+    run = f"memory://rread-{uuid.uuid4().hex[:12]}/run"
+    with ms.Checkpoints(run) as ck:
+        ck.save(_state(), step=1)
+        ck.save(_state(2), step=2)
+    document = invoke("verify", run, "--json").json()
+    assert document["ok"] and document["checked"]["tensors"] == 2 * N_TENSORS
+    shard = _shard_url(ck.latest().path, None)
+    _rewrite(shard, None, lambda data: data[:-5] + bytes(b ^ 1 for b in data[-5:]))
+    result = invoke("verify", f"{run}@latest")
+    assert result.code == 1 and shard in result.out and f"t{N_TENSORS - 1}" in result.out
+
+
+def test_bound_load_of_a_remote_checkpoint_copies_only_its_files(store, monkeypatch):
+    prefix, options = store
+    run = f"{prefix}/bound"
+    ck = ms.Checkpoints(run, storage_options=options)
+
+    def save(path: str) -> None:
+        with open(os.path.join(path, "model.txt"), "w") as f:
+            f.write("weights")
+
+    def load(path: str) -> str:
+        with open(os.path.join(path, "model.txt")) as f:
+            return f.read()
+
+    ck.bind(save=save, load=load)
+    ck.save(_state(), step=1)  # the state's shards and the bound file
+    counts = _fetched(monkeypatch, run, options)
+    assert ms.Checkpoints(run, storage_options=options).bind(load=load).load(1)["t0"].shape == (MIB // 4,)
+    counts.clear()
+    only_files = ms.Checkpoints(run, storage_options=options).bind(load=load)
+    assert only_files._call_bound_load(only_files.info(1), verify=True) == "weights"
+    assert sum(counts) < MIB  # the manifest and files/, never the shards
+    ck.close()

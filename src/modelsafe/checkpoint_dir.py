@@ -49,6 +49,9 @@ __all__ = [
     "removed_error",
     "CheckpointSource",
     "is_checkpoint_dir",
+    "open_remote_checkpoint",
+    "copy_bound_files",
+    "register_layout",
 ]
 
 MANIFEST = "manifest.json"
@@ -529,6 +532,12 @@ class CheckpointSource:
                 except StorageError as exc:  # gone under the reader: retention, not damage
                     raise self._missing(exc) from None
 
+    def release(self) -> None:
+        """Drop the bytes :meth:`fetch` read so far (see RangeFileSource.release)."""
+        for shard in self._shards.values():
+            if hasattr(shard, "release"):
+                shard.release()
+
     def verify_record(self, record: TensorRecord, base: np.ndarray) -> None:
         self._shards[record.file].verify_record(record, base)
 
@@ -621,11 +630,12 @@ def register_layout(matches: Callable[[dict], bool], source: Callable[[Any], Any
     _LAYOUTS.insert(0, (matches, source))
 
 
-def open_remote_checkpoint(url: str, storage_options: dict | None = None) -> Any:
+def open_remote_checkpoint(url: str, storage_options: dict | None = None, *, problems: list | None = None) -> Any:
     """The checkpoint directory at ``url`` on an object store as a Source read by byte ranges.
 
     Only the manifest and the shard headers are read here; tensors are read when asked
     for (``ms.open``), or shard by shard in ranges (``ms.load``).  Nothing is downloaded.
+    ``problems``: collect the problems of a plain checkpoint (verify), see CheckpointSource.
     """
     directory = RemoteDirectory(url, storage_options)
     try:
@@ -637,8 +647,33 @@ def open_remote_checkpoint(url: str, storage_options: dict | None = None) -> Any
         manifest = json.loads(data)
     except (ValueError, RecursionError):
         manifest = None  # the Source's parser says what is wrong with it
-    source = next((s for matches, s in _LAYOUTS if isinstance(manifest, dict) and matches(manifest)), CheckpointSource)
-    return source(directory)
+    source = next((s for matches, s in _LAYOUTS if isinstance(manifest, dict) and matches(manifest)), None)
+    return source(directory) if source is not None else CheckpointSource(directory, problems=problems)
+
+
+def copy_bound_files(url: str, target: str, storage_options: dict | None = None) -> str:
+    """Copy the manifest and the ``files/`` a bound save wrote of remote checkpoint ``url`` into new directory ``target``.
+
+    Only names the checked manifest lists are copied (inside ``files/``, no ``..``), each
+    bounded by its object's size; the copy is then read and verified as a local checkpoint.
+    """
+    directory = RemoteDirectory(url, storage_options)
+    try:
+        data = directory.read_small(MANIFEST, MAX_MANIFEST_BYTES, "a checkpoint manifest")
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{url}: no manifest.json, so this is not a committed checkpoint", path=url) from None
+    manifest = parse_manifest(data, directory.inside(MANIFEST))
+    os.makedirs(target)
+    with open(os.path.join(target, MANIFEST), "xb") as f:
+        f.write(data)
+    for rel in manifest["files"]:
+        parts = rel.split("/")
+        os.makedirs(os.path.join(target, *parts[:-1]), exist_ok=True)
+        try:
+            directory.download(parts, os.path.join(target, *parts))
+        except FileNotFoundError:
+            pass  # the local check reports it missing
+    return target
 
 
 sources.register_directory_opener(is_checkpoint_dir, open_checkpoint)

@@ -45,6 +45,7 @@ from .checkpoint_dir import (
     CheckpointSource,
     ShardIndex,
     build_manifest,
+    copy_bound_files,
     hash_files,
     parse_manifest,
     removed_error,
@@ -732,7 +733,7 @@ class Checkpoints:
         """Call the bound ``load`` with ``files/``, once it holds no link (and, with ``verify``, every checksum matches)."""
         if self._binding is None or self._binding.load is None:
             return None
-        with self._local(info) as path, CheckpointSource(path, shards=False) as source:
+        with self._local(info, shards=False) as path, CheckpointSource(path, shards=False) as source:
             if not source.manifest["files"] and not os.path.lexists(os.path.join(path, FILES_DIR)):
                 return None
             # without verify no file is hashed, but a link out of the checkpoint is still refused
@@ -743,8 +744,13 @@ class Checkpoints:
             return self._binding.load(os.path.join(path, FILES_DIR))
 
     @contextlib.contextmanager
-    def _local(self, info: CheckpointInfo) -> Any:
-        """A local directory holding checkpoint ``info``: its own, or a temporary download of a remote one."""
+    def _local(self, info: CheckpointInfo, *, shards: bool = True) -> Any:
+        """A local directory holding checkpoint ``info``: its own, or a temporary copy on disk of a remote one.
+
+        Fork and export write local files from a whole copy; a bound ``load`` (``shards=False``)
+        gets a copy of the manifest and ``files/`` only.  Loading tensors never copies: remote
+        checkpoints are read by byte ranges (:mod:`.directory`).
+        """
         if not is_url(info.path):
             yield info.path
             return
@@ -755,7 +761,11 @@ class Checkpoints:
 
         parent = tempfile.mkdtemp(prefix="modelsafe-download-")
         try:
-            yield download(info.path, os.path.join(parent, info.name), self.storage_options)
+            target = os.path.join(parent, info.name)
+            if shards:
+                yield download(info.path, target, self.storage_options)
+            else:
+                yield copy_bound_files(info.path, target, self.storage_options)
         finally:
             shutil.rmtree(parent, ignore_errors=True)
 

@@ -16,16 +16,16 @@ checkpoint directories, so the loader and ``modelsafe verify`` agree on what is 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from .checkpoint_dir import MANIFEST, CheckpointSource, open_checkpoint, removed_error
+from .checkpoint_dir import MANIFEST, CheckpointSource, open_checkpoint, open_remote_checkpoint, removed_error
 from .errors import CheckpointNotFoundError, CheckpointRemovedError, CorruptCheckpointError, ModelsafeError, StorageError
 from .format.reader import FileSource
 from .sources import directory_opener
+from .storage import is_url
 from .storage.local import open_regular
 
 __all__ = ["Checked", "Problem", "check", "check_listed", "run_targets"]
@@ -71,15 +71,20 @@ Event = Checked | Problem
 _READ_ERRORS = (ModelsafeError, OSError)
 
 
-def check(path: str | os.PathLike, shared: dict | None = None) -> Iterator[Event]:
+def check(path: str | os.PathLike, shared: dict | None = None, *, storage_options: dict | None = None) -> Iterator[Event]:
     """Every tensor and bound file of a single file or a checkpoint directory, checked.
 
     A directory of another registered layout is checked through its Source.  ``shared``:
     a dict kept across the checkpoints of one verify run, so a shard that several
     checkpoints share through hard links (deduplication) is hashed once, and its damage
-    is reported for every checkpoint that holds it.
+    is reported for every checkpoint that holds it.  A URL (``s3://``, with
+    ``storage_options``) is checked by byte ranges, one record at a time: nothing is
+    downloaded, and memory holds one tensor at most.
     """
     path = os.fspath(path)
+    if is_url(path):
+        yield from _check_remote(path, storage_options)
+        return
     if not os.path.isdir(path):
         yield from _check_file(path)
         return
@@ -112,11 +117,11 @@ def run_targets(run: str | os.PathLike) -> list[tuple[str, str, ModelsafeError |
     return targets
 
 
-def check_listed(path: str, shared: dict | None = None) -> Iterator[Event]:
+def check_listed(path: str, shared: dict | None = None, *, storage_options: dict | None = None) -> Iterator[Event]:
     """:func:`check` of a checkpoint a run listing named: if it vanishes meanwhile, it was removed."""
-    for event in check(path, shared):
+    for event in check(path, shared, storage_options=storage_options):
         if isinstance(event, Problem) and isinstance(event.error, CheckpointNotFoundError) and not event.removed \
-                and not os.path.lexists(path):
+                and (is_url(path) or not os.path.lexists(path)):
             event = Problem(path, None, removed_error(path))
         yield event
 
@@ -267,25 +272,46 @@ def _as_error(exc: BaseException, path: str) -> ModelsafeError:
     return CorruptCheckpointError(f"{path}: {exc}", path=path)
 
 
-@contextlib.contextmanager
-def local_copies(paths: list[str], storage_options: dict | None = None) -> Iterator[list[str]]:
-    """The ``paths`` with each URL replaced by a temporary local copy (removed on exit): the
-    verifier reads files, and a checkpoint on an object store is verified from its copy."""
-    import shutil
-    import tempfile
+# -- objects on a store (byte ranges) ----------------------------------------------------------
 
-    from .storage import is_url
-    from .storage.remote import download
+def _check_remote(url: str, storage_options: dict | None) -> Iterator[Event]:
+    """:func:`check` of a URL: a file or a checkpoint, each record read by its own range and then dropped."""
+    from .format.ranges import RangeFileSource
+    from .storage.remote import kind_of, range_reader
 
-    parent = tempfile.mkdtemp(prefix="modelsafe-verify-")
+    problems: list[ModelsafeError] = []
     try:
-        local = []
-        for i, path in enumerate(paths):
-            if is_url(path):
-                folder = os.path.join(parent, str(i))
-                os.mkdir(folder)
-                path = download(path, os.path.join(folder, path.rstrip("/").rpartition("/")[2] or "object"), storage_options)
-            local.append(path)
-        yield local
+        kind = kind_of(url, storage_options)
+        if kind == "file":
+            source: Any = RangeFileSource(url, *range_reader(url, storage_options))
+        elif kind == "checkpoint":
+            source = open_remote_checkpoint(url, storage_options, problems=problems)
+        else:
+            raise CheckpointNotFoundError(f"{url}: no such object or committed checkpoint (no manifest.json); "
+                                          "check the URL", path=url)
+    except _READ_ERRORS as exc:
+        yield Problem(_file_of(exc, url), None, _as_error(exc, url))
+        return
+    with source:
+        for error in problems:
+            yield Problem(_file_of(error, url), error.key, error)
+        shards = isinstance(source, CheckpointSource)  # a sharded checkpoint's errors name the rank file themselves
+        file_of = (lambda record: f"{url}/{record.file}") if shards else (lambda record: url)  # noqa: E731
+        for record in source.records.values():
+            yield _check_fetched(source, record, file_of(record))
+        for file, nbytes, error in getattr(source, "bound_file_checks", lambda: ())():
+            yield Checked(file, None, nbytes) if error is None else Problem(_file_of(error, file), None, error)
+
+
+def _check_fetched(source: Any, record: Any, file: str) -> Event:
+    """One record of a source read by ranges: its bytes fetched, checked, then released."""
+    try:
+        base = None
+        if record.checksum is not None and hasattr(source, "fetch"):
+            source.fetch([record])
+            base = source.sparse_buffers()[record.file]
+        return _check_record(source, record, base, file)  # a sharded source fetches its chunks itself
+    except _READ_ERRORS as exc:
+        return Problem(file, record.name, _as_error(exc, file))
     finally:
-        shutil.rmtree(parent, ignore_errors=True)
+        source.release()

@@ -17,7 +17,7 @@ import click
 
 from ..errors import ModelsafeError
 from ..storage.local import open_regular
-from ..verification import Checked, Problem, check, check_listed, local_copies, run_targets
+from ..verification import Checked, Problem, check, check_listed, run_targets
 from .address import is_run_dir, is_url, parse_address, remote_kind, resolve
 from .errors import ProblemFound
 from .output import emit_json, escape, human_bytes, json_option, progress, say
@@ -152,19 +152,6 @@ def verify_targets(targets: list[tuple[str, str | None, ModelsafeError | None]],
     return reports
 
 
-def verify_remote(targets: list[tuple[str, str | None, ModelsafeError | None]], *, listed: bool) -> list[TargetReport]:
-    """:func:`verify_targets` of URLs: each is verified from a temporary local copy and reported under its URL."""
-    urls = [path if error is None else "" for path, _, error in targets]
-    with local_copies(urls) as copies:
-        local = [(copy if error is None else path, name, error) for copy, (path, name, error) in zip(copies, targets)]
-        reports = verify_targets(local, listed=listed)
-    for report, (url, _, _), (copy, _, _) in zip(reports, targets, local):
-        report.path = url
-        for finding in report.findings:
-            finding.file, finding.problem = finding.file.replace(copy, url, 1), finding.problem.replace(copy, url)
-    return reports
-
-
 @click.command("verify")
 @click.argument("target")
 @json_option
@@ -185,10 +172,7 @@ def verify(target: str, as_json: bool) -> None:
         path = targets[0][0]
         kind = "checkpoint" if (remote_kind(path) == "checkpoint" if is_url(path) else os.path.isdir(path)) else "file"
     listed = kind == "run" or address.selector is not None
-    if any(is_url(p) for p, _, _ in targets):
-        reports = verify_remote(targets, listed=listed)
-    else:
-        reports = verify_targets(targets, listed=listed)
+    reports = verify_targets(targets, listed=listed)  # URLs are checked by byte ranges, nothing downloaded
     findings = [f for r in reports for f in r.findings]
     if as_json:
         emit_json({

@@ -189,6 +189,12 @@ class DistributedSource:
         for chunk in self.layout.tensors[record.name].chunks:
             self.chunk_bytes(record.name, chunk)
 
+    def release(self) -> None:
+        """Drop the chunk bytes fetched so far from remote rank files (a verifier's bounded memory)."""
+        for source in self._files.values():
+            if hasattr(source, "release"):
+                source.release()
+
     def close(self) -> None:
         for source in self._files.values():
             source.close()

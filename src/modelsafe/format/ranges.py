@@ -76,8 +76,14 @@ class RangeFileSource(FileSource):
             buf[record.begin : record.begin + len(data)] = np.frombuffer(data, dtype=np.uint8)
             self._fetched.add(span)
 
+    def release(self) -> None:
+        """Drop the bytes fetched so far (a verifier reading one record at a time keeps memory bounded);
+        buffers handed out before keep theirs, later fetches fill a fresh one."""
+        self._sparse = None
+        self._fetched = set()
+
     def file_id(self) -> tuple[int, int]:
         return (hash(self.path), 0)
 
     def close(self) -> None:
-        self._sparse = None
+        self.release()
