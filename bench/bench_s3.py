@@ -15,7 +15,10 @@ and read back by:
 * **ms.load**: the file read in 16 MiB ranges, every checksum verified;
 * **Checkpoints.load**: the checkpoint downloaded, opened, verified;
 * **ms.open + one tensor** (baseline: **s3fs range read** of that tensor's bytes): open
-  (the size and two small ranges for the header) and read one tensor (one range request).
+  (the size and two small ranges for the header) and read one tensor (one range request);
+* a **checkpoint directory** (``checkpoint_open`` in the JSON): ``ms.open(dir)[one]`` by byte
+  ranges vs. downloading the directory and opening the copy (what ``ms.open`` did before),
+  with the bytes each fetched from the store.
 
 The median of ``--repeat`` runs is reported with its ratio to the baseline (speed: > 1 is
 faster).  A loopback server measures modelsafe's overhead over s3fs, not a network.
@@ -118,6 +121,7 @@ def run(mib: float, repeat: int) -> dict:
             ("ms.open + one tensor", "open", timed(open_one, repeat)),
         ]
         ck.close()
+        opened = checkpoint_open(bucket, options, mib, repeat)
     finally:
         server.terminate()
         server.wait()
@@ -130,7 +134,64 @@ def run(mib: float, repeat: int) -> dict:
         if name != baseline[kind]:
             row["speed_vs_s3fs"] = medians[baseline[kind]] / medians[name]
         out.append(row)
-    return {"MiB": len(blob) / MIB, "tensors": len(state), "repeat": repeat, "rows": out}
+    return {"MiB": len(blob) / MIB, "tensors": len(state), "repeat": repeat, "rows": out, "checkpoint_open": opened}
+
+
+OPEN_TENSORS = 8
+
+
+def checkpoint_open(bucket: str, options: dict, mib: float, repeat: int) -> list[dict]:
+    """ms.open of one tensor of a checkpoint directory (``mib`` MiB in 8 tensors) by ranges vs.
+    downloading the directory first."""
+    import shutil
+    import tempfile
+
+    from modelsafe.storage.remote import filesystem
+
+    rng = np.random.default_rng(1)
+    state = {f"c{i}": rng.standard_normal(max(1, int(mib * MIB) // 4 // OPEN_TENSORS), dtype=np.float32)
+             for i in range(OPEN_TENSORS)}
+    run_url = f"s3://{bucket}/open-run"
+    with ms.Checkpoints(run_url, storage_options=options) as ck:
+        url = ck.save(state, step=0).path
+    one = next(iter(state))
+    fs, key = filesystem(url, options)  # the instance modelsafe reads through (fsspec caches it)
+    fetched: list[int] = []
+    real = fs.cat_file
+
+    def counting(path, start=None, end=None, **kwargs):  # bytes of every whole or range read
+        data = real(path, start=start, end=end, **kwargs)
+        fetched.append(len(data))
+        return data
+
+    def by_ranges() -> None:
+        with ms.open(url, storage_options=options) as reader:
+            reader[one]
+
+    def downloaded() -> None:
+        local = tempfile.mkdtemp(prefix="bench-s3-open-")
+        try:
+            for item in fs.find(key):
+                fetched.append(fs.size(item))
+                fs.get_file(item, f"{local}/{item.rpartition('/')[2]}")
+            with ms.open(local) as reader:
+                reader[one]
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
+    rows = []
+    fs.cat_file = counting
+    try:
+        for name, fn in (("download dir + ms.open one tensor", downloaded), ("ms.open dir + one tensor (ranges)", by_ranges)):
+            runs = timed(fn, repeat)
+            fetched.clear()
+            fn()
+            rows.append({"op": name, "median_s": statistics.median(runs), "runs": runs, "bytes_fetched": sum(fetched)})
+    finally:
+        fs.cat_file = real
+    rows[1]["speed_vs_download"] = rows[0]["median_s"] / rows[1]["median_s"]
+    rows[1]["bytes_vs_download"] = rows[1]["bytes_fetched"] / rows[0]["bytes_fetched"]
+    return rows
 
 
 def main() -> None:
@@ -150,6 +211,11 @@ def main() -> None:
         speed = f"{row['MiB_per_s']:8.1f} MiB/s" if row["MiB_per_s"] else " " * 14
         ratio = f"{row['speed_vs_s3fs']:.2f}x s3fs" if "speed_vs_s3fs" in row else ""
         print(f"{row['op']:22s} {row['median_s'] * 1000:9.1f} ms {speed}  {ratio}")
+    print(f"checkpoint directory of {result['MiB']:.0f} MiB in {OPEN_TENSORS} tensors, reading one:")
+    for row in result["checkpoint_open"]:
+        ratio = f"{row['speed_vs_download']:.2f}x the speed, {row['bytes_vs_download']:.3f} of the bytes" \
+            if "speed_vs_download" in row else ""
+        print(f"  {row['op']:36s} {row['median_s'] * 1000:9.1f} ms {row['bytes_fetched'] / MIB:9.2f} MiB  {ratio}")
 
 
 if __name__ == "__main__":

@@ -22,3 +22,7 @@ def test_tiny_run_reports_every_operation_with_ratios():
     assert all(rows[op]["speed_vs_s3fs"] > 0 for op in ("ms.save", "Checkpoints.save", "ms.load", "Checkpoints.load",
                                                           "ms.open + one tensor"))
     assert result["MiB"] == 2
+    opened = {row["op"]: row for row in result["checkpoint_open"]}
+    assert set(opened) == {"download dir + ms.open one tensor", "ms.open dir + one tensor (ranges)"}
+    by_ranges = opened["ms.open dir + one tensor (ranges)"]
+    assert by_ranges["speed_vs_download"] > 0 and 0 < by_ranges["bytes_vs_download"] < 1

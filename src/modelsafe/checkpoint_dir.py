@@ -529,7 +529,7 @@ class CheckpointSource:
             if hasattr(shard, "fetch"):
                 try:
                     shard.fetch(wanted)
-                except StorageError as exc:  # gone under the reader: retention, not damage
+                except ModelsafeError as exc:  # gone or replaced under the reader: retention, not damage
                     raise self._missing(exc) from None
 
     def release(self) -> None:

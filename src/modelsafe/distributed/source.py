@@ -21,7 +21,7 @@ import numpy as np
 from .. import sources
 from ..checkpoint_dir import MANIFEST, parse_manifest, register_layout, removed_error
 from ..directory import open_directory_of
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError, StorageError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError
 from ..format.dtypes import BY_NAME
 from ..format.manifest import TensorRecord
 from ..format.reader import FileSource
@@ -145,7 +145,7 @@ class DistributedSource:
             return source, record, source.buffers(lazy=True)[None]
         try:
             fetch([record])
-        except StorageError as exc:  # gone under the reader: retention, not damage
+        except ModelsafeError as exc:  # gone or replaced under the reader: retention, not damage
             raise (removed_error(self.path) if self.removed() else exc) from None
         return source, record, source.sparse_buffers()[None]
 
