@@ -1,7 +1,9 @@
 """Open whatever a path names — a single file, a checkpoint directory, a run or ``RUN@selector`` — as a Source.
 
 A Source exposes ``path``, ``manifest``, ``records`` (name -> TensorRecord),
-``aliases``, ``buffers(lazy=..., mmap=...)``, ``verify_record(record, base)`` and ``close()``.
+``aliases``, ``buffers(lazy=..., mmap=...)``, ``verify_record(record, base)`` and ``close()``;
+one that reads on demand (objects on a store, by byte ranges) also has ``sparse_buffers()``
+(buffers shaped as ``buffers`` that hold only what was fetched) and ``fetch(records)``.
 Directory layouts register an opener with :func:`register_directory_opener`; the
 checkpoint manager registers the opener of ``RUN@selector`` addresses with
 :func:`register_run_opener` (parsing: :mod:`modelsafe.addresses`).
