@@ -333,3 +333,17 @@ def test_bound_load_of_a_remote_checkpoint_copies_only_its_files(store, monkeypa
     assert only_files._call_bound_load(only_files.info(1), verify=True) == "weights"
     assert sum(counts) < MIB  # the manifest and files/, never the shards
     ck.close()
+
+
+def test_a_local_manifest_lying_about_the_shard_size_is_refused_too(tmp_path):
+    """The same check, made through the local directory: one CheckpointSource for both."""
+    with ms.Checkpoints(str(tmp_path / "run")) as ck:
+        checkpoint = ck.save({"w": np.arange(10.0)}, step=1).path
+    path = os.path.join(checkpoint, "manifest.json")
+    manifest = json.load(open(path))
+    manifest["shards"][0]["size"] -= 1
+    with open(path, "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(ms.CorruptCheckpointError, match="manifest.json says") as caught:
+        ms.load(checkpoint)
+    assert caught.value.path == os.path.join(checkpoint, manifest["shards"][0]["file"])
