@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import modelsafe as ms
-from modelsafe import checkpoint_dir
+from modelsafe import directory
 
 from cli_support import invoke
 
@@ -42,14 +42,14 @@ def test_a_listed_checkpoint_deleted_before_it_is_opened_is_removed_not_missing(
 
 def test_a_checkpoint_renamed_away_while_its_shards_are_opened_is_removed_not_damaged(tmp_path, monkeypatch):
     run, writer, (oldest, _) = saved_run(tmp_path)
-    real_open = checkpoint_dir.open_regular
+    real_open = directory.open_regular  # every file of a local checkpoint is opened through modelsafe.directory
 
     def prune_then_open(name, **kwargs):
         if name.endswith(".safetensors"):  # retention strikes between manifest and shard
             writer.delete(oldest.name)
         return real_open(name, **kwargs)
 
-    monkeypatch.setattr(checkpoint_dir, "open_regular", prune_then_open)
+    monkeypatch.setattr(directory, "open_regular", prune_then_open)
     with pytest.raises(ms.CheckpointRemovedError) as excinfo:
         ms.load(oldest.path)
     assert not isinstance(excinfo.value, ms.CorruptCheckpointError)
