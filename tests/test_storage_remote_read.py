@@ -347,3 +347,21 @@ def test_a_local_manifest_lying_about_the_shard_size_is_refused_too(tmp_path):
     with pytest.raises(ms.CorruptCheckpointError, match="manifest.json says") as caught:
         ms.load(checkpoint)
     assert caught.value.path == os.path.join(checkpoint, manifest["shards"][0]["file"])
+
+
+def test_many_small_tensors_load_in_few_requests(monkeypatch):
+    """Neighbouring records are fetched together: a load of 2,000 small tensors is not 2,000 requests."""
+    url = f"memory://rread-{uuid.uuid4().hex[:12]}/run"
+    state = {f"p{i}": np.full(16, i, np.float32) for i in range(2000)}
+    with ms.Checkpoints(url) as ck:
+        checkpoint = ck.save(state, step=1).path
+    counts = _fetched(monkeypatch, url, None)
+    target = {k: np.zeros_like(v) for k, v in state.items()}
+    ms.load_into(target, checkpoint)
+    assert all(np.array_equal(target[k], v) for k, v in state.items())
+    assert len(counts) < 10
+    counts.clear()
+    with ms.open(checkpoint) as reader:
+        loaded = reader.load()
+        assert np.array_equal(reader["p1999"], state["p1999"])
+    assert all(np.array_equal(loaded[k], v) for k, v in state.items()) and len(counts) < 10

@@ -12,6 +12,8 @@ from .reader import FileSource
 HEAD_BYTES = 64 << 10
 # Range size of whole reads (ms.load): one request per 16 MiB
 READ_CHUNK = 16 << 20
+# Records this close together are fetched in one request (the gap's bytes cost less than a round trip)
+MERGE_GAP = 64 << 10
 
 
 class RangeFileSource(FileSource):
@@ -66,15 +68,17 @@ class RangeFileSource(FileSource):
         return {None: self._sparse}
 
     def fetch(self, records: Any) -> None:
-        """Read the bytes of ``records`` (those not read yet) into the sparse buffer."""
+        """Read the bytes of ``records`` (those not read yet) into the sparse buffer.
+
+        Neighbouring records are read together (gaps of at most MERGE_GAP bytes, requests of
+        at most READ_CHUNK): loading 20,000 small optimizer tensors takes a few requests, not 20,000.
+        """
         buf = self.sparse_buffers()[None]
-        for record in records:
-            span = (record.begin, record.end)
-            if span in self._fetched or record.end <= record.begin:
-                continue
-            data = self._fetch_range(self.data_start + record.begin, record.end - record.begin)
-            buf[record.begin : record.begin + len(data)] = np.frombuffer(data, dtype=np.uint8)
-            self._fetched.add(span)
+        spans = sorted({(r.begin, r.end) for r in records if r.end > r.begin} - self._fetched)
+        for begin, end, members in _coalesced(spans):
+            data = self._fetch_range(self.data_start + begin, end - begin)
+            buf[begin : begin + len(data)] = np.frombuffer(data, dtype=np.uint8)
+            self._fetched.update(members)
 
     def release(self) -> None:
         """Drop the bytes fetched so far (a verifier reading one record at a time keeps memory bounded);
@@ -87,3 +91,16 @@ class RangeFileSource(FileSource):
 
     def close(self) -> None:
         self.release()
+
+
+def _coalesced(spans: list[tuple[int, int]]) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Sorted byte ``spans`` grouped into requests: (begin, end, the spans it covers)."""
+    groups: list[tuple[int, int, list[tuple[int, int]]]] = []
+    for begin, end in spans:
+        if groups:
+            first, last, members = groups[-1]
+            if begin - last <= MERGE_GAP and max(end, last) - first <= READ_CHUNK:
+                groups[-1] = (first, max(end, last), members + [(begin, end)])
+                continue
+        groups.append((begin, end, [(begin, end)]))
+    return groups
