@@ -365,3 +365,16 @@ def test_many_small_tensors_load_in_few_requests(monkeypatch):
         loaded = reader.load()
         assert np.array_equal(reader["p1999"], state["p1999"])
     assert all(np.array_equal(loaded[k], v) for k, v in state.items()) and len(counts) < 10
+
+
+def test_verify_of_a_remote_sharded_checkpoint_names_the_rank_file(store, tmp_path):
+    from modelsafe.verification import Checked, Problem, check
+
+    prefix, options = store
+    url = f"{prefix}/sharded"
+    _sharded(tmp_path, url, options)
+    assert all(isinstance(e, Checked) for e in check(url, storage_options=options))
+    rank = f"{url}/rank-00000.safetensors"
+    _rewrite(rank, options, lambda data: data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    problems = [e for e in check(url, storage_options=options) if isinstance(e, Problem)]
+    assert len(problems) == 1 and rank in str(problems[0].error) and problems[0].tensor.startswith("model.")
