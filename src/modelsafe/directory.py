@@ -27,9 +27,10 @@ import xxhash
 from .errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeError
 from .format.ranges import RangeFileSource
 from .format.reader import FileSource
+from .storage import is_url
 from .storage.local import open_directory, open_regular, read_small_file
 
-__all__ = ["CheckpointDirectory", "LocalDirectory", "RemoteDirectory", "open_directory_of", "HASH_CHUNK"]
+__all__ = ["CheckpointDirectory", "LocalDirectory", "RemoteDirectory", "open_directory_of", "hash_fd", "HASH_CHUNK"]
 
 HASH_CHUNK = 4 << 20
 _MARKER = "manifest.json"  # the commit of a checkpoint: its disappearance or change means "removed"
@@ -51,8 +52,6 @@ class CheckpointDirectory(Protocol):
 
 def open_directory_of(path: Any, storage_options: dict | None = None) -> CheckpointDirectory:
     """The directory ``path`` names: a :class:`CheckpointDirectory` as is, a URL remote, anything else local."""
-    from .storage import is_url
-
     if not isinstance(path, (str, os.PathLike)):
         return path
     if is_url(path):
