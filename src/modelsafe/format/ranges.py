@@ -10,8 +10,9 @@ from .reader import FileSource
 
 # The first request: the 8-byte length and, for most files, the whole header
 HEAD_BYTES = 64 << 10
-# Range size of whole reads (ms.load): one request per 16 MiB
-READ_CHUNK = 16 << 20
+# Range size of whole reads (ms.load): one request per 64 MiB.  Measured on loopback S3 (128 MiB):
+# 16 MiB ranges loaded at 0.64x the speed of one s3fs download, 64 MiB ranges at 1.11x
+READ_CHUNK = 64 << 20
 # Records this close together are fetched in one request (the gap's bytes cost less than a round trip)
 MERGE_GAP = 64 << 10
 
