@@ -131,16 +131,22 @@ class _unwrapped:
 
     Also silences DCP's warning that it "assumes the intent" of a single process: one
     process without a process group is a supported way to call save and load_into.
+    ``quiet=False`` leaves the warning filters alone (``catch_warnings`` is not
+    thread-safe: a background thread must not use it).
     """
 
+    def __init__(self, *, quiet: bool = True) -> None:
+        self._warnings = warnings.catch_warnings() if quiet else None
+
     def __enter__(self) -> None:
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        if self._warnings is not None:
+            self._warnings.__enter__()
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        self._warnings.__exit__(kind, exc, tb)
+        if self._warnings is not None:
+            self._warnings.__exit__(kind, exc, tb)
         failures = getattr(exc, "failures", None)
         if isinstance(failures, dict):
             for wrapped in failures.values():
