@@ -14,11 +14,14 @@ With ``Checkpoints(..., async_save=True)`` a save first waits for the previous o
 run's :class:`~modelsafe.async_save.BackgroundWriter`; it returns a
 :class:`~modelsafe.async_save.PendingSave`.  The background DCP save talks over the
 gloo group made for background saves, so its collectives never interleave with
-training's.
+training's (the agreement runs in the caller's thread, on the default group, in
+training's order); background saves of several runs take that group in the order
+they were started, the same on every rank.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -51,7 +54,7 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None,
         except Exception as exc:  # told to every rank below, then raised here
             failure = exc
     try:
-        name, step = _agree(ck, failure, name, step, group)
+        name, step = _agree(ck, failure, name, step)
     except BaseException:
         if writer is not None:
             writer.close()
@@ -61,7 +64,8 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None,
         return job()
     if _single():
         _quiet_single_process()
-    return ck._writer.submit(name, step, job)
+    ticket = _TURNS.draw()
+    return ck._writer.submit(name, step, lambda: _TURNS.run(ticket, job))
 
 
 def _check_arguments(ck: Any, state: Any, metadata: dict | None) -> None:
@@ -115,8 +119,12 @@ def _staged(state: dict) -> dict:
         stager.close()
 
 
-def _agree(ck: Any, failure: BaseException | None, name: str | None, step: int | None, group: Any) -> tuple[str, int]:
-    """Every rank's verdict to every rank: raise if any refused, else rank 0's checkpoint name and step."""
+def _agree(ck: Any, failure: BaseException | None, name: str | None, step: int | None) -> tuple[str, int]:
+    """Every rank's verdict to every rank: raise if any refused, else rank 0's checkpoint name and step.
+
+    On the default group, in the caller's thread: the background group may be busy
+    with another run's save.
+    """
     from . import _single
 
     if _single():
@@ -126,8 +134,8 @@ def _agree(ck: Any, failure: BaseException | None, name: str | None, step: int |
     import torch.distributed as dist
 
     mine = (None if failure is None else f"{type(failure).__name__}: {failure}", name, step)
-    verdicts: list = [None] * dist.get_world_size(group)
-    dist.all_gather_object(verdicts, mine, group=group)
+    verdicts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(verdicts, mine)
     if failure is not None:
         raise failure
     for rank, (refusal, _, _) in enumerate(verdicts):
@@ -161,6 +169,39 @@ def _job(ck: Any, state: Any, writer: Any, name: str, group: Any, *, quiet: bool
         return info
 
     return job
+
+
+class _Turns:
+    """Background sharded saves take the background group one at a time, in the order they were started.
+
+    Each run has its own writer thread; two runs' saves in flight at once would put
+    their collectives on the one group in whatever order the threads get there, which
+    may differ between ranks (a hang).  Tickets are drawn in the caller's thread, where
+    every rank starts the saves in the same order.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._drawn = 0
+        self._serving = 0
+
+    def draw(self) -> int:
+        with self._changed:
+            self._drawn += 1
+            return self._drawn - 1
+
+    def run(self, ticket: int, job: Callable[[], Any]) -> Any:
+        with self._changed:
+            self._changed.wait_for(lambda: self._serving == ticket)
+        try:
+            return job()
+        finally:
+            with self._changed:
+                self._serving += 1
+                self._changed.notify_all()
+
+
+_TURNS = _Turns()
 
 
 def _quiet_single_process() -> None:
