@@ -113,6 +113,11 @@ def test_checkpoints_run_of_background_sharded_saves(runs):
     latest = ms.load(os.path.join(runs["dir"], "arun") + "@latest")
     assert latest["extra"]["epoch"] == 3 and latest["extra"]["table"].shape == (7, 5)
     assert not [n for n in os.listdir(os.path.join(runs["dir"], "arun")) if "tmp" in n]
+    staged, direct = (parse_layout(json.load(open(os.path.join(p, "manifest.json")))["distributed"], p)
+                      for p in (run.latest().path, os.path.join(runs["dir"], "c2")))
+    assert staged.files == direct.files and staged.paths == direct.paths  # the CPU copy is laid out as the state
+    assert {k: (t.dtype, t.shape, t.requires_grad) for k, t in staged.tensors.items()} == \
+        {k: (t.dtype, t.shape, t.requires_grad) for k, t in direct.tensors.items()}
     fixed = ms.Checkpoints(os.path.join(runs["dir"], "arun-fixed"))
     assert [(info.name, info.step) for info in fixed.list()] == [("last", 0)]
 

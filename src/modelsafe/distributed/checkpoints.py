@@ -21,6 +21,8 @@ they were started, the same on every rank.
 
 from __future__ import annotations
 
+import collections
+import copy as copy_module
 import threading
 import warnings
 from datetime import datetime, timezone
@@ -106,17 +108,35 @@ def _waited_and_staged(ck: Any, state: dict) -> tuple[BaseException | None, Any]
 
 
 def _staged(state: dict) -> dict:
-    """A CPU copy of ``state`` made by DCP's stager (as ``dcp.async_save``): new containers, new tensor storages."""
-    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+    """A CPU copy of ``state`` (as ``dcp.async_save`` stages it): new containers, every tensor copied to CPU.
+
+    Stateful entries give their ``state_dict()`` first, as in ``dcp.save``.  Tensors
+    (DTensors too: the copy keeps their mesh and placements) are copied with
+    ``.to("cpu", copy=True)``: on the bench's FSDP2 state (2 ranks, 384 MiB) that took
+    0.11-0.15 s, about a plain ``clone()``, where DCP's ``DefaultStager`` took 0.35-0.47 s.
+    Other leaves are deep-copied (numbers and strings are shared: they cannot change).
+    """
     from torch.distributed.checkpoint.stateful import Stateful
 
-    plain = {k: v.state_dict() if isinstance(v, Stateful) else v for k, v in state.items()}
-    stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False,
-                                          use_async_staging=False, use_non_blocking_copy=False))
-    try:
-        return stager.stage(plain)
-    finally:
-        stager.close()
+    return {k: _copied(v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
+
+
+def _copied(node: Any) -> Any:
+    import torch
+
+    if isinstance(node, dict):
+        out: dict = collections.OrderedDict() if isinstance(node, collections.OrderedDict) else {}
+        for key, value in node.items():
+            out[key] = _copied(value)
+        return out
+    if type(node) in (list, tuple):
+        return type(node)(_copied(value) for value in node)
+    if isinstance(node, torch.Tensor):
+        copy = node.detach().to("cpu", copy=True)
+        return copy.requires_grad_() if node.requires_grad else copy  # DCP records requires_grad
+    if type(node) in (type(None), bool, int, float, str, bytes):
+        return node
+    return copy_module.deepcopy(node)
 
 
 def _agree(ck: Any, failure: BaseException | None, name: str | None, step: int | None) -> tuple[str, int]:
