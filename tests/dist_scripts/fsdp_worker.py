@@ -14,6 +14,7 @@ ms.distributed.load_into and checks every full tensor against REF.  Prints "OK r
 
 import os
 import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -135,7 +136,9 @@ def run_async_checkpoints(directory):
         dist.all_reduce(torch.ones(1))  # training's own collective, beside the background save's
     info = ck.wait()
     assert (info is None) == (dist.get_rank() != 0) and (info is None or info.name == "step3"), info
-    assert [i.name for i in ck.list()] == ["step2", "step3"]
+    assert ms.Checkpoints(directory).latest().name == "step3"  # committed once wait() returns, on every rank
+    if dist.get_rank() == 0:  # retention is rank 0's, after the commit: the others may still see step1
+        assert [i.name for i in ck.list()] == ["step2", "step3"]
     fixed = ms.Checkpoints(directory + "-fixed", async_save=True, name="last")
     fixed.save(state, step=0, distributed=True)
     try:
@@ -209,6 +212,12 @@ def main():
     try:
         run(sys.argv[1:])
         print(f"OK rank {dist.get_rank()}", flush=True)
+    except BaseException:
+        # the other ranks may be waiting in a collective this rank will never join: exit now,
+        # and torchrun ends them (a barrier here would hang until the launch is killed)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         dist.barrier()  # without it gloo aborts now and then at exit
         dist.destroy_process_group()
