@@ -9,8 +9,8 @@ the arguments, a name already taken say; any rank's failed earlier save or copy)
 gathered, so a refused save raises on every rank instead of leaving them waiting.
 
 With ``Checkpoints(..., async_save=True)`` a save first waits for the previous one
-(one in flight per run), copies the state to CPU memory (DCP's own stager, as
-``dcp.async_save`` does), agrees, and hands the write, the commit and retention to the
+(one in flight per run), copies the state to CPU memory (as ``dcp.async_save``
+stages it), agrees, and hands the write, the commit and retention to the
 run's :class:`~modelsafe.async_save.BackgroundWriter`; it returns a
 :class:`~modelsafe.async_save.PendingSave`.  The background DCP save talks over the
 gloo group made for background saves, so its collectives never interleave with
