@@ -177,3 +177,17 @@ print("returned", flush=True)
     assert "returned" in proc.stdout
     ck = ms.Checkpoints(str(tmp_path))
     assert ck.latest().step == 7 and ms.load(ck.latest().path)["w"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_background_saves_of_two_runs_interleaved(tmp_path):
+    # they take the background group in the order they were started: none waits for one that comes later
+    a = ms.Checkpoints(str(tmp_path / "a"), async_save=True, keep_last=1)
+    b = ms.Checkpoints(str(tmp_path / "b"), async_save=True)
+    for step in range(3):
+        a.save(_state(step), step=step, distributed=True)
+        b.save(_state(10 + step), step=step, distributed=True)
+    assert b.wait().step == 2 and a.wait().step == 2
+    assert [i.step for i in a.list()] == [2] and [i.step for i in b.list()] == [0, 1, 2]
+    assert torch.equal(ms.load(b.info(1).path)["model"]["w"], _state(11)["model"]["w"])
+    a.close()
+    b.close()
