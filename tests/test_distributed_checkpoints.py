@@ -191,3 +191,19 @@ def test_background_saves_of_two_runs_interleaved(tmp_path):
     assert torch.equal(ms.load(b.info(1).path)["model"]["w"], _state(11)["model"]["w"])
     a.close()
     b.close()
+
+
+def test_ms_distributed_save_in_the_background_copies_first_and_raises_on_wait(tmp_path, monkeypatch):
+    # the same copy and writer thread as a run's background saves
+    gate = _hold_writes(monkeypatch)
+    state = _state()
+    handle = ms.distributed.save(state, str(tmp_path / "ckpt"), async_save=True)
+    state["model"]["w"].zero_()
+    assert not handle.done()
+    gate.set()
+    handle.wait()
+    assert torch.equal(ms.load(str(tmp_path / "ckpt"))["model"]["w"], _state()["model"]["w"])
+    bad = ms.distributed.save({**_state(), "bad": {1, object()}}, str(tmp_path / "bad"), async_save=True)
+    with pytest.raises(ms.UnsupportedObjectError):
+        bad.wait()
+    assert sorted(os.listdir(tmp_path)) in (["ckpt"], [".modelsafe.lock", "ckpt"])

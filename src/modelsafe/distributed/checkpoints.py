@@ -9,27 +9,22 @@ the arguments, a name already taken say; any rank's failed earlier save or copy)
 gathered, so a refused save raises on every rank instead of leaving them waiting.
 
 With ``Checkpoints(..., async_save=True)`` a save first waits for the previous one
-(one in flight per run), copies the state to CPU memory (as ``dcp.async_save``
-stages it), agrees, and hands the write, the commit and retention to the
-run's :class:`~modelsafe.async_save.BackgroundWriter`; it returns a
-:class:`~modelsafe.async_save.PendingSave`.  The background DCP save talks over the
-gloo group made for background saves, so its collectives never interleave with
-training's (the agreement runs in the caller's thread, on the default group, in
-training's order); background saves of several runs take that group in the order
-they were started, the same on every rank.
+(one in flight per run), copies the state to CPU memory, agrees, and hands the
+write, the commit and retention to the run's
+:class:`~modelsafe.async_save.BackgroundWriter` (through :mod:`.background`); it
+returns a :class:`~modelsafe.async_save.PendingSave`.  The agreement runs in the
+caller's thread, on the default group, in training's order; the background DCP save
+on the gloo group for background saves.
 """
 
 from __future__ import annotations
 
-import collections
-import copy as copy_module
-import threading
-import warnings
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from ..checkpoints import _checked_step, _metrics_to_json
 from ..errors import InvalidArgumentError, ModelsafeError
+from .background import staged, submit
 
 __all__ = ["save_sharded"]
 
@@ -43,11 +38,11 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None,
     _check_arguments(ck, state, metadata)
     metrics = ck._checked_metrics(metrics)  # the same check on every rank
     step = _checked_step(step)
-    from . import _async_group, _single
+    from . import _async_group
 
     background = ck._writer is not None
     group = _async_group() if background else None  # made here, by every rank in training's order
-    failure, staged = (_waited_and_staged(ck, state) if background else (None, state))
+    failure, copy = _waited_and_staged(ck, state) if background else (None, state)
     rank = _rank()
     writer, name = None, None
     if rank == 0 and failure is None:
@@ -61,13 +56,10 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None,
         if writer is not None:
             writer.close()
         raise
-    job = _job(ck, staged, writer, name, group, quiet=not background)
+    job = _job(ck, copy, writer, name, group, quiet=not background)
     if not background:
         return job()
-    if _single():
-        _quiet_single_process()
-    ticket = _TURNS.draw()
-    return ck._writer.submit(name, step, lambda: _TURNS.run(ticket, job))
+    return submit(ck._writer, name, step, job)
 
 
 def _check_arguments(ck: Any, state: Any, metadata: dict | None) -> None:
@@ -102,41 +94,9 @@ def _waited_and_staged(ck: Any, state: dict) -> tuple[BaseException | None, Any]
     """
     try:
         ck._writer.wait()  # one save in flight at a time; re-raises a failed one
-        return None, _staged(state)
+        return None, staged(state)
     except Exception as exc:  # noqa: BLE001 - raised on every rank by _agree
         return exc, None
-
-
-def _staged(state: dict) -> dict:
-    """A CPU copy of ``state`` (as ``dcp.async_save`` stages it): new containers, every tensor copied to CPU.
-
-    Stateful entries give their ``state_dict()`` first, as in ``dcp.save``.  Tensors
-    (DTensors too: the copy keeps their mesh and placements) are copied with
-    ``.to("cpu", copy=True)``: on the bench's FSDP2 state (2 ranks, 384 MiB) that took
-    0.11-0.15 s, about a plain ``clone()``, where DCP's ``DefaultStager`` took 0.35-0.47 s.
-    Other leaves are deep-copied (numbers and strings are shared: they cannot change).
-    """
-    from torch.distributed.checkpoint.stateful import Stateful
-
-    return {k: _copied(v.state_dict() if isinstance(v, Stateful) else v) for k, v in state.items()}
-
-
-def _copied(node: Any) -> Any:
-    import torch
-
-    if isinstance(node, dict):
-        out: dict = collections.OrderedDict() if isinstance(node, collections.OrderedDict) else {}
-        for key, value in node.items():
-            out[key] = _copied(value)
-        return out
-    if type(node) in (list, tuple):
-        return type(node)(_copied(value) for value in node)
-    if isinstance(node, torch.Tensor):
-        copy = node.detach().to("cpu", copy=True)
-        return copy.requires_grad_() if node.requires_grad else copy  # DCP records requires_grad
-    if type(node) in (type(None), bool, int, float, str, bytes):
-        return node
-    return copy_module.deepcopy(node)
 
 
 def _agree(ck: Any, failure: BaseException | None, name: str | None, step: int | None) -> tuple[str, int]:
@@ -189,51 +149,6 @@ def _job(ck: Any, state: Any, writer: Any, name: str, group: Any, *, quiet: bool
         return info
 
     return job
-
-
-class _Turns:
-    """Background sharded saves take the background group one at a time, in the order they were started.
-
-    Each run has its own writer thread; two runs' saves in flight at once would put
-    their collectives on the one group in whatever order the threads get there, which
-    may differ between ranks (a hang).  Tickets are drawn in the caller's thread, where
-    every rank starts the saves in the same order.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._drawn = 0
-        self._serving = 0
-
-    def draw(self) -> int:
-        with self._changed:
-            self._drawn += 1
-            return self._drawn - 1
-
-    def run(self, ticket: int, job: Callable[[], Any]) -> Any:
-        with self._changed:
-            self._changed.wait_for(lambda: self._serving == ticket)
-        try:
-            return job()
-        finally:
-            with self._changed:
-                self._serving += 1
-                self._changed.notify_all()
-
-
-_TURNS = _Turns()
-
-
-def _quiet_single_process() -> None:
-    """Silence DCP's "assuming the intent is to save in a single process" for background saves without a group.
-
-    One process without a process group is a supported way to save.  In the foreground
-    ``_unwrapped`` silences it for the call; ``warnings.catch_warnings`` is not
-    thread-safe, so a background save relies on this narrow filter (added again on each
-    save: test runners reset filters; adding it again replaces it, never duplicates it).
-    """
-    warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning,
-                            module=r"torch\.distributed\.checkpoint")
 
 
 def _prepare(ck: Any, step: int | None, metrics: dict) -> tuple[Any, str, int]:
