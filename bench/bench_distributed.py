@@ -10,6 +10,12 @@ metadata), then ``ms.distributed.load_into`` (every chunk verified) and ``dcp.lo
 with ``FileSystemReader``.  Times are from a barrier to a barrier (the slowest rank);
 the table gives the median of the rounds and the ratio to DCP (below 1: faster).
 
+A second table: how long ``ms.Checkpoints(...).save(state, distributed=True)`` blocks
+the training loop, synchronous against ``async_save=True`` (returns once the state is
+copied to CPU; the write, commit and retention go on in the background, waited for
+outside the timing), beside an in-memory copy of the state's local tensors (DESIGN.md's
+yardstick for async saves).  Each time is the slowest rank's, median of the rounds.
+
     python bench/bench_distributed.py                 # 2 ranks, 128 MiB of parameters (+ 2x Adam)
     python bench/bench_distributed.py --mib 512 --repeat 5
     python bench/bench_distributed.py --tiny --json   # smoke run
@@ -130,8 +136,9 @@ def worker(args) -> None:
                 fn(path)
                 dist.barrier()
                 times[op].append(time.perf_counter() - start)
+        blocked = checkpoint_blocking(args, state, root)
         if rank == 0:
-            report(args, times, total, what, dist.get_world_size())
+            report(args, times, total, what, dist.get_world_size(), blocked)
     finally:
         dist.barrier()
         if rank == 0 and root is not None:
@@ -139,20 +146,60 @@ def worker(args) -> None:
         dist.destroy_process_group()
 
 
-def report(args, times: dict, total: int, what: str, ranks: int) -> None:
+def checkpoint_blocking(args, state, root: str) -> dict[str, list[float]]:
+    """Per round, the slowest rank's time in: a copy of the local tensors, a sync and an async sharded run save."""
+    import torch.distributed as dist
+
+    import modelsafe as ms
+
+    runs = {"sync": ms.Checkpoints(os.path.join(root, "run-sync"), keep_last=1),
+            "async": ms.Checkpoints(os.path.join(root, "run-async"), keep_last=1, async_save=True)}
+    runs["async"].save(state, distributed=True)  # warm-up: the first one also makes the background gloo group
+    runs["async"].wait()
+    ops = {
+        "in-memory copy of the state": lambda: [t.to_local().clone() for t in _tensors(state)],
+        "Checkpoints.save, sync": lambda: runs["sync"].save(state, distributed=True),
+        "Checkpoints.save, async (blocked)": lambda: runs["async"].save(state, distributed=True),
+    }
+    times: dict[str, list[float]] = {op: [] for op in ops}
+    for _ in range(args.repeat):
+        for op, fn in ops.items():
+            dist.barrier()
+            start = time.perf_counter()
+            fn()
+            mine = time.perf_counter() - start
+            runs["async"].wait()  # the background write is not training's time; the next op starts after it
+            slowest = [None] * dist.get_world_size()
+            dist.all_gather_object(slowest, mine)
+            times[op].append(max(slowest))
+    for run in runs.values():
+        run.close()
+    return times
+
+
+def report(args, times: dict, total: int, what: str, ranks: int, blocked: dict) -> None:
     medians = {op: statistics.median(ts) for op, ts in times.items()}
     rows = []
     for op, median in medians.items():
         base = medians["dcp.save (FileSystemWriter)" if "save" in op else "dcp.load (FileSystemReader)"]
         rows.append({"op": op, "median_s": median, "MiB_per_s": total / MIB / median if median else None,
                      "ratio_to_dcp": median / base if base else None, "runs_s": times[op]})
+    medians = {op: statistics.median(ts) for op, ts in blocked.items()}
+    sync, copy = medians["Checkpoints.save, sync"], medians["in-memory copy of the state"]
+    blocking = [{"op": op, "median_s": m, "ratio_to_sync": m / sync if sync else None,
+                 "ratio_to_copy": m / copy if copy else None, "runs_s": blocked[op]} for op, m in medians.items()]
     if args.json:
-        print(json.dumps({"ranks": ranks, "state_bytes": total, "state": what, "rows": rows}, indent=1))
+        print(json.dumps({"ranks": ranks, "state_bytes": total, "state": what, "rows": rows, "blocking": blocking},
+                         indent=1))
         return
     print(f"{ranks} ranks (gloo, CPU), state: {what}, {total / MIB:.1f} MiB in all; median of {args.repeat} round(s)")
     print(f"{'operation':32} {'median':>9} {'MiB/s':>9} {'x DCP':>7}")
     for row in rows:
         print(f"{row['op']:32} {row['median_s']:8.3f}s {row['MiB_per_s']:9.1f} {row['ratio_to_dcp']:7.2f}")
+    print("\ntime the training loop is blocked by a sharded Checkpoints save (slowest rank)")
+    print(f"{'operation':36} {'median':>9} {'x sync':>7} {'x copy':>7}")
+    for row in blocking:
+        print(f"{row['op']:36} {row['median_s']:8.3f}s {row['ratio_to_sync']:7.2f} {row['ratio_to_copy']:7.2f}")
 
 
 if __name__ == "__main__":

@@ -27,4 +27,8 @@ def test_tiny_run_reports_each_operation_against_dcp(tmp_path):
                         "dcp.load (FileSystemReader)"}
     assert ops["dcp.save (FileSystemWriter)"]["ratio_to_dcp"] == 1.0
     assert all(row["ratio_to_dcp"] > 0 and len(row["runs_s"]) == 1 for row in ops.values())
+    blocking = {row["op"]: row for row in result["blocking"]}
+    assert set(blocking) == {"in-memory copy of the state", "Checkpoints.save, sync", "Checkpoints.save, async (blocked)"}
+    assert blocking["Checkpoints.save, sync"]["ratio_to_sync"] == 1.0
+    assert all(row["ratio_to_copy"] > 0 and len(row["runs_s"]) == 1 for row in blocking.values())
     assert os.listdir(tmp_path) == [], "the bench left files behind"

@@ -67,7 +67,8 @@ def runs(tmp_path_factory):
     """Run the three launches once; each test checks the part it is about."""
     d = str(tmp_path_factory.mktemp("dist"))
     out = {"dir": d}
-    out["save2"] = _launch(["save", "c2", "ref2.safetensors", "--async", "a2", "ckrun", "run"], ranks=2, cwd=d)
+    out["save2"] = _launch(["save", "c2", "ref2.safetensors", "--async", "a2", "ckrun", "run",
+                           "ackrun", "arun"], ranks=2, cwd=d)
     if out["save2"].returncode == 0:
         out["single"] = _launch(["load", "c2", "ref2.safetensors", "a2", "ref2.safetensors",
                                  "+", "save", "c1", "ref1.safetensors"], ranks=None, cwd=d)
@@ -102,6 +103,23 @@ def test_checkpoints_run_of_sharded_saves(runs):
     assert ms.load(os.path.join(runs["dir"], "run") + "@best")["extra"]["epoch"] == 2  # addresses reach it too
     ref = ms.load(os.path.join(runs["dir"], "ref2.safetensors"))
     assert torch.equal(latest["model"]["0.weight"], ref["model.0.weight"])
+
+
+def test_checkpoints_run_of_background_sharded_saves(runs):
+    # the worker checked on both ranks: handles, in-place changes kept out, failures and refusals raised, resume
+    _ok(runs["save2"], ["OK async run rank 0", "OK async run rank 1"])
+    run = ms.Checkpoints(os.path.join(runs["dir"], "arun"))
+    assert [(info.name, info.step) for info in run.list()] == [("step2", 2), ("step3", 3)]
+    latest = ms.load(os.path.join(runs["dir"], "arun") + "@latest")
+    assert latest["extra"]["epoch"] == 3 and latest["extra"]["table"].shape == (7, 5)
+    assert not [n for n in os.listdir(os.path.join(runs["dir"], "arun")) if "tmp" in n]
+    staged, direct = (parse_layout(json.load(open(os.path.join(p, "manifest.json")))["distributed"], p)
+                      for p in (run.latest().path, os.path.join(runs["dir"], "c2")))
+    assert staged.files == direct.files and staged.paths == direct.paths  # the CPU copy is laid out as the state
+    assert {k: (t.dtype, t.shape, t.requires_grad) for k, t in staged.tensors.items()} == \
+        {k: (t.dtype, t.shape, t.requires_grad) for k, t in direct.tensors.items()}
+    fixed = ms.Checkpoints(os.path.join(runs["dir"], "arun-fixed"))
+    assert [(info.name, info.step) for info in fixed.list()] == [("last", 0)]
 
 
 def test_two_to_one_and_one_rank_save(runs):

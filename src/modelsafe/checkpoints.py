@@ -461,7 +461,8 @@ class Checkpoints:
         ``step`` defaults to one past the latest; ``metrics`` fill the name template and
         rank checkpoints.  With a bound ``save`` function, it writes into ``files/``.
         ``distributed=True``: sharded state (DTensor / FSDP2) saved by every rank through
-        ``ms.distributed`` (see docs/distributed.md); rank 0 commits and prunes.
+        ``ms.distributed`` (see docs/distributed.md); rank 0 commits and prunes (with
+        ``async_save``, in the background: every rank gets a PendingSave).
         ``progress=True`` shows a progress bar (bytes, rate) on stderr while the tensors are written.
         """
         if distributed:

@@ -14,6 +14,7 @@ ms.distributed.load_into and checks every full tensor against REF.  Prints "OK r
 
 import os
 import sys
+import traceback
 
 import torch
 import torch.distributed as dist
@@ -102,6 +103,60 @@ def run_checkpoints(directory):
     assert torch.equal(full(fresh["extra"]["table"]), full(state["extra"]["table"]))
 
 
+def run_async_checkpoints(directory):
+    """Background sharded saves into a run keeping the last 2 (ck.save returns once the state is copied).
+
+    Training goes on between the saves (in-place changes, collectives on the default
+    group); a failing background save raises on every rank at wait(); a save rank 0
+    refuses raises on every rank; then resume from the latest on both ranks.
+    """
+    from modelsafe.async_save import PendingSave
+
+    _, _, state = setup(0)
+    ck = ms.Checkpoints(directory, async_save=True, keep_last=2, monitor="loss")
+    saved = {}
+    for step in range(4):
+        if step == 3:  # fails in the background (a set of objects is no JSON), on every rank
+            pending = ck.save({**state, "bad": {1, object()}}, metrics={"loss": 1.0}, distributed=True)
+            try:
+                ck.wait()
+            except ms.ModelsafeError as exc:
+                assert "not storable" in str(exc), exc
+            else:
+                raise AssertionError("a failed background save was not raised")
+            assert pending.done() and pending.exception() is not None
+        state["extra"]["epoch"] = step
+        saved[step] = full(state["extra"]["table"]).clone()
+        pending = ck.save(state, metrics={"loss": 1.0 / (step + 1)}, distributed=True)  # step: one past the latest
+        assert isinstance(pending, PendingSave) and (pending.name, pending.step) == (f"step{step}", step), pending
+        with torch.no_grad():  # training goes on while the save is written: none of this may leak in
+            state["extra"]["table"].add_(100.0)
+            for value in state["model"].values():
+                value.add_(1.0)
+        dist.all_reduce(torch.ones(1))  # training's own collective, beside the background save's
+    info = ck.wait()
+    assert (info is None) == (dist.get_rank() != 0) and (info is None or info.name == "step3"), info
+    assert ms.Checkpoints(directory).latest().name == "step3"  # committed once wait() returns, on every rank
+    if dist.get_rank() == 0:  # retention is rank 0's, after the commit: the others may still see step1
+        assert [i.name for i in ck.list()] == ["step2", "step3"]
+    fixed = ms.Checkpoints(directory + "-fixed", async_save=True, name="last")
+    fixed.save(state, step=0, distributed=True)
+    try:
+        fixed.save(state, step=1, distributed=True)  # the name is taken by step 0
+    except ms.ModelsafeError as exc:
+        assert dist.get_rank() != 0 or isinstance(exc, ms.RunConflictError), exc
+    else:
+        raise AssertionError("a refused save did not raise")
+    fixed.close()
+    ck.close()
+    for step in (2, 3):
+        _, _, fresh = setup(1)
+        ms.distributed.load_into(fresh, ms.Checkpoints(directory).info(step).path)
+        assert fresh["extra"]["epoch"] == step
+        assert torch.equal(full(fresh["extra"]["table"]), saved[step]), step
+    print(f"OK async run rank {dist.get_rank()}", flush=True)
+
+
 def load(ckpt, ref):
     model, opt, state = setup(1)
     ms.distributed.load_into(state, ckpt)
@@ -135,6 +190,8 @@ def run(args):
         save(args[1], args[2], args[args.index("--async") + 1] if "--async" in args else None)
         if "ckrun" in args:
             run_checkpoints(args[args.index("ckrun") + 1])
+        if "ackrun" in args:
+            run_async_checkpoints(args[args.index("ackrun") + 1])
     elif mode == "load":
         for ckpt, ref in zip(args[1::2], args[2::2]):
             if ref == "damaged":
@@ -155,6 +212,12 @@ def main():
     try:
         run(sys.argv[1:])
         print(f"OK rank {dist.get_rank()}", flush=True)
+    except BaseException:
+        # the other ranks may be waiting in a collective this rank will never join: exit now,
+        # and torchrun ends them (a barrier here would hang until the launch is killed)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         dist.barrier()  # without it gloo aborts now and then at exit
         dist.destroy_process_group()

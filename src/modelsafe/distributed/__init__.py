@@ -16,7 +16,6 @@ Importing this imports no framework; torch is imported by the first save or load
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from typing import Any
 
@@ -46,14 +45,7 @@ def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, proce
 
     writer = ModelsafeWriter(path)
     if async_save:
-        try:
-            future = dcp.async_save(state, storage_writer=writer, planner=JsonSavePlanner(),
-                                    process_group=process_group or _async_group())
-        except BaseException:
-            writer.close()
-            raise
-        future.add_done_callback(lambda _: writer.close())  # the run lock is released even if nobody waits
-        return PendingDistributedSave(future, writer, os.fspath(path))
+        return _save_in_background(state, writer, os.fspath(path), process_group or _async_group())
     try:
         with _unwrapped():
             dcp.save(state, storage_writer=writer, planner=JsonSavePlanner(), process_group=process_group,
@@ -90,25 +82,47 @@ def load_into(state: Any, path: str | os.PathLike, *, process_group: Any = None,
 class PendingDistributedSave:
     """A background ``ms.distributed.save``: ``wait()`` blocks until it is committed, re-raising its error."""
 
-    def __init__(self, future: Any, writer: Any, path: str) -> None:
-        self._future = future
-        self._writer = writer
+    def __init__(self, pending: Any, path: str) -> None:
+        self._pending = pending  # the PendingSave of its background writer
         self.path = path
-        self._lock = threading.Lock()
 
     def done(self) -> bool:
-        return self._future.done()
+        return self._pending.done()
 
     def wait(self, timeout: float | None = None) -> None:
-        with self._lock:
-            try:
-                with _unwrapped():
-                    self._future.result(timeout)
-            finally:
-                self._writer.close()
+        self._pending.result(timeout)
 
     def __repr__(self) -> str:
         return f"<PendingDistributedSave {self.path!r} {'done' if self.done() else 'running'}>"
+
+
+_BACKGROUND: list = []  # the writer thread of ms.distributed.save(async_save=True), made on first use
+
+
+def _save_in_background(state: Any, writer: Any, path: str, group: Any) -> PendingDistributedSave:
+    """Copy ``state`` to CPU now; write it with DCP on the background writer thread (see :mod:`.background`)."""
+    import torch.distributed.checkpoint as dcp
+
+    from ..async_save import BackgroundWriter
+    from .background import staged, submit
+    from .storage import JsonSavePlanner
+
+    try:
+        copy = staged(state)
+    except BaseException:
+        writer.close()
+        raise
+
+    def job() -> None:
+        try:
+            with _unwrapped(quiet=False):
+                dcp.save(copy, storage_writer=writer, planner=JsonSavePlanner(), process_group=group, no_dist=_single())
+        finally:
+            writer.close()  # the run lock is released even if nobody waits
+
+    if not _BACKGROUND:
+        _BACKGROUND.append(BackgroundWriter("distributed"))
+    return PendingDistributedSave(submit(_BACKGROUND[0], os.path.basename(path), 0, job), path)
 
 
 def _single() -> bool:
@@ -134,16 +148,22 @@ class _unwrapped:
 
     Also silences DCP's warning that it "assumes the intent" of a single process: one
     process without a process group is a supported way to call save and load_into.
+    ``quiet=False`` leaves the warning filters alone (``catch_warnings`` is not
+    thread-safe: a background thread must not use it).
     """
 
+    def __init__(self, *, quiet: bool = True) -> None:
+        self._warnings = warnings.catch_warnings() if quiet else None
+
     def __enter__(self) -> None:
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        if self._warnings is not None:
+            self._warnings.__enter__()
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         return None
 
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        self._warnings.__exit__(kind, exc, tb)
+        if self._warnings is not None:
+            self._warnings.__exit__(kind, exc, tb)
         failures = getattr(exc, "failures", None)
         if isinstance(failures, dict):
             for wrapped in failures.values():
