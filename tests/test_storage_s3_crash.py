@@ -135,6 +135,7 @@ def test_a_killed_upload_leaves_no_listed_checkpoint(s3_bucket, monkeypatch, whe
     monkeypatch.setattr(RemoteRunStorage, "_upload", upload)
     with pytest.raises(KeyboardInterrupt):
         ck.save({"step": 1, "w": np.ones(8)}, step=1)
+    ck.close()  # a killed writer's lease is gone (a dead process on this host, or expired)
     monkeypatch.setattr(RemoteRunStorage, "_upload", real)
     assert [i.step for i in ms.Checkpoints(f"{base}/run", storage_options=options).list()] == [0]
     check_clean_after_next_writer(f"{base}/run", options)

@@ -6,28 +6,48 @@ committed when ``RUN/NAME/manifest.json`` exists — readers list only prefixes 
 
 * ``stage(name)`` gives a local temporary directory: the checkpoint is written there by
   the same code as a local one (shards, bound ``files/``, manifest);
-* ``commit(staging, name)`` first writes a staging marker ``RUN/.NAME.modelsafe-tmp-TOKEN``,
-  uploads every payload (streamed, multipart: never a whole file in memory), then
-  ``manifest.json`` — the commit — and removes the marker;
+* ``commit(staging, name)`` uploads it (streamed, multipart: never a whole file in memory):
+  - a new name: a staging marker ``RUN/.NAME.modelsafe-tmp-TOKEN`` first, then every
+    payload into ``RUN/NAME/``, then ``manifest.json`` — the commit — then the marker goes;
+  - a replace (``NAME`` is committed): the whole new checkpoint, manifest last, under the
+    staging prefix ``RUN/.NAME.modelsafe-tmp-TOKEN/``; once that is complete it is swapped
+    in (:meth:`RemoteRunStorage._swap_in`): the old manifest goes, the staged objects are
+    copied into place server-side (CopyObject on S3), the manifest last, then the staged
+    prefix goes, its manifest first;
 * ``delete(name)`` writes a deleting marker, removes the manifest first (the checkpoint
   vanishes in one request), then the payloads, then the marker;
-* ``clean_leftovers()`` (the next writer) finishes what a killed writer's markers name:
-  the prefix of an uncommitted checkpoint or of one being deleted is removed.
+* ``clean_leftovers()`` (the next writer) finishes what a killed writer left: the prefix
+  of an uncommitted checkpoint or of one being deleted is removed, an incomplete staged
+  replacement is removed, and a complete one is rolled forward (the swap is finished).
 
-A save killed at any point therefore leaves the previous checkpoints listed and
-loadable, and the new one either committed or invisible.  Object stores have no lock:
-one writer per run is the caller's job (``lock()`` records the writer, it cannot refuse a
-second one), and deduplication by hard links does not apply (payloads are uploaded).
+So at every instant a name being replaced holds the old checkpoint, or the new one is
+complete under its staging prefix — and readers take that one while the name has no
+manifest (as the local backend's readers take a checkpoint set aside mid-replace).  A
+save killed at any point leaves the previous checkpoints listed and loadable, and the
+new one either committed or invisible.
+
+One writer per run (:meth:`RemoteRunStorage.lock`): a lease object ``RUN/.modelsafe.lock``
+created with a conditional write (``If-None-Match: *`` on S3), renewed by a heartbeat and
+checked before every commit and delete; see :class:`Lease`.  Deduplication by hard links
+does not apply (payloads are uploaded).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
+import secrets
 import shutil
 import socket
 import tempfile
+import threading
+import time
+import weakref
+from typing import Any
 
-from ..errors import CorruptCheckpointError, ModelsafeError
+from ..errors import CorruptCheckpointError, ModelsafeError, RunLockedError
 from .commit import (
     DELETING_MARK,
     LOCK_NAME,
@@ -39,38 +59,64 @@ from .commit import (
     _hidden,
     _split_hidden,
 )
-from .remote import filesystem, remote_error
+from .remote import UPLOAD_CHUNK, UPLOAD_PARALLEL, filesystem, remote_error, upload_file
 
-# Uploads from the staging directory: parts of UPLOAD_CHUNK, UPLOAD_PARALLEL at a time.  A save
-# then holds ~33 MiB of file data in memory whatever the checkpoint's size (measured with
-# tracemalloc on a 64 MiB checkpoint; s3fs's default, 10 parallel parts, took 130 MiB).
-UPLOAD_CHUNK = 8 << 20
-UPLOAD_PARALLEL = 2
+__all__ = ["RemoteRunStorage", "Upload", "Lease", "UPLOAD_CHUNK", "UPLOAD_PARALLEL"]
+
+# A lease not renewed for this long belongs to a dead (or hung) writer and may be taken over.
+# The holder renews it every LEASE_SECONDS / 4 from a heartbeat thread and checks it before
+# every commit, so a writer that lost it (suspended longer than this) never commits again.
+# Writers' clocks must agree to well within it.
+LEASE_SECONDS = 120.0
+MAX_LEASE_BYTES = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """A checkpoint being uploaded: its objects go under key ``prefix``.
+
+    ``marker``: the staging marker of a new name (the objects go straight into ``RUN/NAME/``);
+    None for a replace (``prefix`` is the staging prefix, swapped in once complete).
+    """
+
+    name: str
+    prefix: str
+    marker: str | None
 
 
 class RemoteRunStorage:
     """A run directory at an fsspec URL (``s3://bucket/runs/exp1``)."""
 
     links = False  # payloads cannot be hard-linked between checkpoints: no deduplication
+    lease_seconds = LEASE_SECONDS
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.location = url.rstrip("/")
         self.fs, self.root = filesystem(self.location, storage_options)
         self.root = self.root.rstrip("/")
         self.storage_options = storage_options
-        self.locked = False
+        self._lease: Lease | None = None
 
     def path(self, name: str) -> str:
         return f"{self.location}/{name}"
 
-    checkpoint_path = path
+    def checkpoint_path(self, name: str) -> str:
+        """Where committed checkpoint ``name`` is: ``RUN/NAME``, or while a replace is being
+        swapped in (or a writer died doing it), the complete new copy under its staging prefix."""
+        if self.fs.exists(self._key(name, MANIFEST)):
+            return self.path(name)
+        staged = self._staged_replacement(name)
+        return self.path(staged) if staged is not None else self.path(name)
 
     def _key(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
+    def _shown(self, key: str) -> str:
+        return f"{self.location}/{key[len(self.root) + 1:]}"
+
     # -- reading -------------------------------------------------------------------
-    def entries(self) -> list[str]:
-        """Names of the visible prefixes of the run (each may be a checkpoint)."""
+    def _listing(self) -> list[tuple[str, bool]]:
+        """(entry name, is a prefix) of everything directly under the run."""
         self.fs.invalidate_cache()  # another writer may have committed since the last listing
         try:
             found = self.fs.ls(self.root, detail=True)
@@ -78,11 +124,28 @@ class RemoteRunStorage:
             return []
         except OSError as exc:
             raise remote_error(self.location, "listing the run", exc) from exc
-        names = [item["name"].rstrip("/").rpartition("/")[2] for item in found if item.get("type") == "directory"]
-        return [n for n in names if n and not n.startswith(".")]
+        return [(item["name"].rstrip("/").rpartition("/")[2], item.get("type") == "directory") for item in found]
+
+    def entries(self) -> list[str]:
+        """Names of the visible prefixes of the run (each may be a checkpoint), and of names
+        whose only copy is a complete staged replacement (a replace being swapped in)."""
+        listing = self._listing()
+        names = [n for n, prefix in listing if prefix and n and not n.startswith(".")]
+        for entry, prefix in listing:
+            name = _split_hidden(entry, STAGING_MARK) if prefix else None
+            if name is not None and name not in names and self.fs.exists(self._key(entry, MANIFEST)):
+                names.append(name)
+        return names
+
+    def _staged_replacement(self, name: str) -> str | None:
+        """The entry of a complete staged replacement of ``name`` (manifest uploaded), or None."""
+        for entry, prefix in sorted(self._listing()):
+            if prefix and _split_hidden(entry, STAGING_MARK) == name and self.fs.exists(self._key(entry, MANIFEST)):
+                return entry
+        return None
 
     def exists(self, name: str) -> bool:
-        return bool(self.fs.exists(self._key(name)))
+        return bool(self.fs.exists(self._key(name))) or self._staged_replacement(name) is not None
 
     def _read_small(self, key: str, limit: int, what: str) -> bytes | None:
         """Object ``key`` (None when missing), refused when over ``limit`` bytes; at most limit+1 are fetched."""
@@ -91,9 +154,9 @@ class RemoteRunStorage:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise remote_error(f"{self.location}/{key[len(self.root) + 1:]}", "reading", exc) from exc
+            raise remote_error(self._shown(key), "reading", exc) from exc
         if len(data) > limit:
-            shown = f"{self.location}/{key[len(self.root) + 1:]}"
+            shown = self._shown(key)
             raise CorruptCheckpointError(
                 f"{shown}: is over the {limit:,}-byte limit for {what} (a real one is far smaller); it is damaged or "
                 "not modelsafe's. Remove it or restore it from a backup", path=shown,
@@ -101,18 +164,32 @@ class RemoteRunStorage:
         return data
 
     def read_manifest(self, name: str) -> bytes | None:
-        return self._read_small(self._key(name, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        data = self._read_small(self._key(name, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        if data is None:  # a replace being swapped in: the new copy is complete under its staging prefix
+            staged = self._staged_replacement(name)
+            if staged is not None:
+                data = self._read_small(self._key(staged, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+            if data is None:  # the swap finished meanwhile
+                data = self._read_small(self._key(name, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        return data
 
     def manifest_signature(self, name: str) -> tuple | None:
         """Changes whenever the manifest does (ETag on S3, creation time in memory://); None without one."""
-        try:
-            info = self.fs.info(self._key(name, MANIFEST))
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise remote_error(self.path(name), "reading the manifest", exc) from exc
-        stamp = info.get("ETag") or info.get("created") or info.get("LastModified") or info.get("mtime")
-        return (self._key(name, MANIFEST), str(stamp), info.get("size"))
+        for key in (self._key(name, MANIFEST), None):
+            if key is None:
+                staged = self._staged_replacement(name)
+                if staged is None:
+                    return None
+                key = self._key(staged, MANIFEST)
+            try:
+                info = self.fs.info(key)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise remote_error(self.path(name), "reading the manifest", exc) from exc
+            stamp = info.get("ETag") or info.get("created") or info.get("LastModified") or info.get("mtime")
+            return (key, str(stamp), info.get("size"))
+        return None
 
     def read_run_file(self) -> bytes | None:
         return self._read_small(self._key(RUN_FILE), MAX_RUN_FILE, "a run file")
@@ -121,38 +198,61 @@ class RemoteRunStorage:
         self._require_lock("writing the run file")
         self._put_bytes(self._key(RUN_FILE), data)
 
-    # -- the single writer (by convention: object stores have no lock) ------------------
+    # -- the single writer: a lease ---------------------------------------------------------
+    @property
+    def locked(self) -> bool:
+        return self._lease is not None
+
     def lock(self) -> None:
-        if not self.locked:
-            self._put_bytes(self._key(LOCK_NAME), f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-            self.locked = True
+        """Become the run's only writer (take its lease), or raise RunLockedError naming the holder."""
+        if self._lease is None:
+            self._lease = Lease.take(self.fs, self._key(LOCK_NAME), self.location, self.lease_seconds)
+            weakref.finalize(self, self._lease.release)  # an abandoned writer frees the run
 
     def unlock(self) -> None:
-        self.locked = False
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
-    def _require_lock(self, action: str) -> None:
-        if not self.locked:
+    def _require_lock(self, action: str, *, check: bool = False) -> None:
+        """Refuse ``action`` unless this writer holds the lease; ``check``: ask the store (before a commit point)."""
+        if self._lease is None:
             raise ModelsafeError(f"{self.location}: internal error: {action} without being the run's writer")
+        self._lease.ensure(action, check=check)
 
     def clean_leftovers(self) -> list[str]:
-        """Finish what killed writers left: uncommitted and half-deleted checkpoints go, then their markers."""
+        """Finish what killed writers left: uncommitted and half-deleted checkpoints go, staged
+        replacements are swapped in when complete and removed when not, then the markers go."""
         self._require_lock("cleaning leftovers")
-        self.fs.invalidate_cache()
-        try:
-            found = self.fs.ls(self.root, detail=False)
-        except FileNotFoundError:
-            return []
         removed = []
-        for entry in sorted(item.rstrip("/").rpartition("/")[2] for item in found):
-            staged, deleting = _split_hidden(entry, STAGING_MARK), _split_hidden(entry, DELETING_MARK)
-            name = staged or deleting
-            if name is None:
-                continue
-            if deleting is not None or not self.fs.exists(self._key(name, MANIFEST)):
-                self._remove_prefix(name)
-            self._remove(self._key(entry))
-            removed.append(entry)
+        for entry, prefix in sorted(self._listing()):
+            if self._settle_entry(entry, prefix):
+                removed.append(entry)
         return removed
+
+    def _settle(self, name: str) -> None:
+        """Finish whatever a failed or killed writer left for ``name`` (before writing it again)."""
+        for entry, prefix in sorted(self._listing()):
+            if name in (_split_hidden(entry, STAGING_MARK), _split_hidden(entry, DELETING_MARK)):
+                self._settle_entry(entry, prefix)
+
+    def _settle_entry(self, entry: str, prefix: bool) -> bool:
+        staged, deleting = _split_hidden(entry, STAGING_MARK), _split_hidden(entry, DELETING_MARK)
+        if deleting is not None:
+            self._remove_prefix(deleting)
+            self._remove(self._key(entry))
+        elif staged is not None and prefix:
+            if self.fs.exists(self._key(entry, MANIFEST)):
+                self._swap_in(staged, self._key(entry))  # complete: roll the replace forward
+            else:
+                self._remove_prefix(entry)
+        elif staged is not None:
+            if not self.fs.exists(self._key(staged, MANIFEST)):
+                self._remove_prefix(staged)
+            self._remove(self._key(entry))
+        else:
+            return False
+        return True
 
     # -- writing ---------------------------------------------------------------------
     def stage(self, name: str) -> str:
@@ -163,19 +263,42 @@ class RemoteRunStorage:
     def discard(self, staging: str) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
-    def commit(self, staging: str, name: str, durable: frozenset[str] = frozenset()) -> str:
-        """Upload ``staging`` as checkpoint ``name``: payloads first, the manifest last (the commit)."""
+    def begin(self, name: str) -> Upload:
+        """Start uploading checkpoint ``name``: where its objects go (see :class:`Upload`)."""
         self._require_lock("committing a checkpoint")
-        marker = self._key(_hidden(name, STAGING_MARK))
         try:
-            self._put_bytes(marker, b"")
-            if self.fs.exists(self._key(name, MANIFEST)):  # a replace: the old one goes first
-                self._delete_now(name)
+            self._settle(name)  # a replace a failed writer of this process left half-swapped
+            hidden = _hidden(name, STAGING_MARK)
+            if self.fs.exists(self._key(name, MANIFEST)):  # a replace: stage the whole new one first
+                return Upload(name, self._key(hidden), None)
+            self._put_bytes(self._key(hidden), b"")
+            return Upload(name, self._key(name), self._key(hidden))
+        except OSError as exc:
+            if isinstance(exc, ModelsafeError):
+                raise
+            raise remote_error(self.path(name), "starting the upload", exc) from exc
+
+    def upload_url(self, upload: Upload) -> str:
+        """The URL prefix the objects of ``upload`` go under."""
+        return self._shown(upload.prefix)
+
+    def commit(self, staging: str, name: str, durable: frozenset[str] = frozenset(), *,
+               upload: Upload | None = None) -> str:
+        """Upload ``staging`` as checkpoint ``name``: payloads first, the manifest last (the commit).
+
+        ``upload``: from :meth:`begin`, when other processes uploaded payloads under it already.
+        """
+        upload = upload or self.begin(name)
+        try:
             for rel in _files(staging):
                 if rel != MANIFEST:
-                    self._upload(os.path.join(staging, rel), self._key(name, *rel.split(os.sep)))
-            self._upload(os.path.join(staging, MANIFEST), self._key(name, MANIFEST))
-            self._remove(marker)
+                    self._upload(os.path.join(staging, rel), "/".join((upload.prefix, *rel.split(os.sep))))
+            self._require_lock("committing a checkpoint", check=True)  # never commit on a lease lost meanwhile
+            self._upload(os.path.join(staging, MANIFEST), f"{upload.prefix}/{MANIFEST}")
+            if upload.marker is None:
+                self._swap_in(name, upload.prefix)
+            else:
+                self._remove(upload.marker)
         except OSError as exc:
             if isinstance(exc, ModelsafeError):
                 raise
@@ -183,11 +306,32 @@ class RemoteRunStorage:
         shutil.rmtree(staging, ignore_errors=True)
         return self.path(name)
 
+    def _swap_in(self, name: str, staged: str) -> None:
+        """Replace ``RUN/NAME`` by the complete checkpoint under key ``staged``; safe to repeat after a kill.
+
+        Until the new manifest is in place, ``staged`` (manifest included) stays whole: a
+        writer killed at any step leaves it for the next one to roll forward, and readers
+        take it while the name has no manifest.
+        """
+        final = self._key(name)
+        new = self._relative(staged)
+        done = self._read_small(f"{final}/{MANIFEST}", MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        if done is None or done != self._read_small(f"{staged}/{MANIFEST}", MAX_MANIFEST_BYTES, "a manifest"):
+            self._remove(f"{final}/{MANIFEST}")  # the old one vanishes in one request
+            for rel in sorted(self._relative(final) - new):
+                self._remove(f"{final}/{rel}")
+            for rel in sorted(new - {MANIFEST}):
+                self.fs.cp_file(f"{staged}/{rel}", f"{final}/{rel}")  # server-side copy
+            self.fs.cp_file(f"{staged}/{MANIFEST}", f"{final}/{MANIFEST}")  # the commit
+        self._remove(f"{staged}/{MANIFEST}")  # first: a staged prefix without a manifest is garbage
+        self._remove_key_prefix(staged)
+
     def delete(self, name: str) -> None:
         """Remove checkpoint ``name``: its manifest first (it vanishes), then its payloads."""
-        self._require_lock("deleting a checkpoint")
+        self._require_lock("deleting a checkpoint", check=True)
         marker = self._key(_hidden(name, DELETING_MARK))
         try:
+            self._settle(name)  # a staged replacement must not bring it back
             self._put_bytes(marker, b"")
             self._delete_now(name)
             self._remove(marker)
@@ -205,13 +349,18 @@ class RemoteRunStorage:
         try:
             self.fs.pipe_file(key, data)
         except OSError as exc:
-            raise remote_error(f"{self.location}/{key[len(self.root) + 1:]}", "writing", exc) from exc
+            raise remote_error(self._shown(key), "writing", exc) from exc
 
     def _upload(self, local: str, key: str) -> None:
-        # s3fs uploads a file of more than one chunk as a multipart upload, reading one chunk at a time
-        accepted = _put_file_arguments(self.fs)
-        wanted = {"chunksize": UPLOAD_CHUNK, "max_concurrency": UPLOAD_PARALLEL}
-        self.fs.put_file(local, key, **{k: v for k, v in wanted.items() if k in accepted})
+        upload_file(self.fs, local, key)
+
+    def _relative(self, prefix: str) -> set[str]:
+        """Keys of the objects under ``prefix``, relative to it."""
+        self.fs.invalidate_cache()
+        try:
+            return {item[len(prefix) + 1:] for item in self.fs.find(prefix)}
+        except FileNotFoundError:
+            return set()
 
     def _remove(self, key: str) -> None:
         try:
@@ -220,7 +369,9 @@ class RemoteRunStorage:
             pass
 
     def _remove_prefix(self, name: str) -> None:
-        key = self._key(name)
+        self._remove_key_prefix(self._key(name))
+
+    def _remove_key_prefix(self, key: str) -> None:
         try:
             if self.fs.exists(key):
                 self.fs.rm(key, recursive=True)
@@ -229,19 +380,190 @@ class RemoteRunStorage:
         self.fs.invalidate_cache()
 
 
+class Lease:
+    """One writer per run on an object store: the lease object ``RUN/.modelsafe.lock``.
+
+    * taking it is a conditional create (``If-None-Match: *`` on S3, ``mode="create"`` in
+      fsspec): of two writers racing, exactly one succeeds; the other gets RunLockedError
+      naming the holder (owner token, host, pid, age);
+    * the holder renews it every ``seconds / 4`` from a daemon thread (a compare-and-swap
+      on the ETag on S3) and checks it before every commit and delete: a writer whose lease
+      was taken over raises RunLockedError instead of committing;
+    * a lease not renewed for ``seconds`` (the writer died or hangs), or held by a dead
+      process on this host, is taken over — on S3 with ``If-Match`` on the ETag read, so of
+      two writers taking over at once one wins;
+    * release deletes it when it is still ours.
+
+    Backends without conditional writes (``memory://``): creation is still exclusive
+    (fsspec's ``mode="create"``), but renewal, takeover and release are a read followed by
+    a write, not atomic; memory:// lives in one process, where this only matters between threads.
+    """
+
+    def __init__(self, fs: Any, key: str, location: str, seconds: float, body: dict, etag: str | None) -> None:
+        self.fs, self.key, self.location, self.seconds = fs, key, location, seconds
+        self.body, self.etag = body, etag
+        self.lost: str | None = None
+        self.renewed = time.time()
+        self._stop = threading.Event()
+        self._io = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name=f"modelsafe-lease {location}", daemon=True)
+        self._thread.start()
+
+    # -- taking ---------------------------------------------------------------------
+    @classmethod
+    def take(cls, fs: Any, key: str, location: str, seconds: float) -> Lease:
+        body = {"owner": secrets.token_hex(8), "host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        data = json.dumps(body).encode()
+        for _ in range(3):  # the holder may release between our create and our read
+            try:
+                _create(fs, key, data)
+                return cls(fs, key, location, seconds, body, _etag(fs, key))
+            except FileExistsError:
+                pass
+            holder, etag = _read_lease(fs, key)
+            if holder is None:
+                continue
+            if not _stale(holder, seconds):
+                raise _locked(location, holder, seconds)
+            try:
+                _overwrite(fs, key, data, etag)  # If-Match: of two writers taking over, one wins
+            except (FileExistsError, OSError):
+                raise _locked(location, holder, seconds) from None
+            mine, etag = _read_lease(fs, key)
+            if mine is None or mine.get("owner") != body["owner"]:
+                raise _locked(location, mine or holder, seconds)
+            return cls(fs, key, location, seconds, body, etag)
+        raise RunLockedError(f"{location}: could not take the run's lease {LOCK_NAME}: it keeps changing hands; "
+                             "another writer is starting. Try again", path=location)
+
+    # -- holding ---------------------------------------------------------------------
+    def ensure(self, action: str, *, check: bool = False) -> None:
+        """Raise RunLockedError when the lease was lost; ``check``: read it from the store first."""
+        if check and self.lost is None:
+            self._renew()
+        if self.lost is not None:
+            raise RunLockedError(
+                f"{self.location}: {action} refused: this writer lost the run's lease ({self.lost}); another writer "
+                "may be using the run. Nothing more is written; start again to become the writer", path=self.location,
+            )
+
+    def _renew(self) -> None:
+        with self._io:
+            if self.lost is not None or self._stop.is_set():
+                return
+            try:
+                holder, etag = _read_lease(self.fs, self.key)
+                if holder is None or holder.get("owner") != self.body["owner"]:
+                    self.lost = "taken over by " + (_describe(holder) if holder else "nobody: it was removed")
+                    return
+                body = {**self.body, "time": time.time()}
+                _overwrite(self.fs, self.key, json.dumps(body).encode(), etag)
+                self.body, self.etag, self.renewed = body, _etag(self.fs, self.key), body["time"]
+            except Exception as exc:  # noqa: BLE001 - botocore's connection errors are not OSErrors; retried next beat
+                if time.time() - self.renewed > self.seconds:
+                    self.lost = f"not renewed for {self.seconds:.0f} s: {type(exc).__name__}: {exc}"
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds / 4):
+            self._renew()
+            if self.lost is not None:
+                return
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease when it is still ours (best effort)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with self._io:
+            try:
+                holder, _ = _read_lease(self.fs, self.key)
+                if holder is not None and holder.get("owner") == self.body["owner"]:
+                    self.fs.rm_file(self.key)
+            except Exception:  # noqa: BLE001 - best effort: the lease expires anyway (the store may be gone at exit)
+                pass
+
+
+def _conditional(fs: Any) -> bool:
+    """True where writes take S3's If-Match / If-None-Match (s3fs)."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return any(p in ("s3", "s3a") for p in protocols)
+
+
+def _create(fs: Any, key: str, data: bytes) -> None:
+    """Create object ``key``; FileExistsError when it exists (one request on S3: If-None-Match: *)."""
+    fs.pipe_file(key, data, mode="create")
+    fs.invalidate_cache(key)
+
+
+def _overwrite(fs: Any, key: str, data: bytes, etag: str | None) -> None:
+    """Replace ``key``, on S3 only while its ETag is still ``etag`` (else an OSError: precondition failed)."""
+    fs.pipe_file(key, data, **({"IfMatch": etag} if etag and _conditional(fs) else {}))
+    fs.invalidate_cache(key)
+
+
+def _etag(fs: Any, key: str) -> str | None:
+    try:
+        info = fs.info(key)
+    except FileNotFoundError:
+        return None
+    return info.get("ETag")
+
+
+def _read_lease(fs: Any, key: str) -> tuple[dict | None, str | None]:
+    """(the lease's fields, its ETag); (None, None) when there is none.
+
+    Every field is checked: a damaged lease counts as held by "unknown" since the
+    object's own modification time, so it too goes stale and is taken over.
+    """
+    fs.invalidate_cache(key)
+    try:
+        info = fs.info(key)
+        data = fs.cat_file(key, start=0, end=MAX_LEASE_BYTES)
+    except FileNotFoundError:
+        return None, None
+    try:
+        body = json.loads(data)
+        if not (isinstance(body, dict) and isinstance(body.get("owner"), str) and isinstance(body.get("host"), str)
+                and type(body.get("pid")) is int and isinstance(body.get("time"), (int, float))
+                and math.isfinite(body["time"])):
+            raise ValueError("fields")
+    except (ValueError, RecursionError):
+        modified = info.get("LastModified") or info.get("created")
+        stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified or time.time())
+        body = {"owner": "unknown", "host": "?", "pid": -1, "time": stamp}
+    return {k: body[k] for k in ("owner", "host", "pid", "time")}, info.get("ETag")
+
+
+def _stale(holder: dict, seconds: float) -> bool:
+    if time.time() - holder["time"] > seconds:
+        return True
+    if holder["host"] == socket.gethostname() and holder["pid"] > 0:  # a dead process on this host
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+    return False
+
+
+def _describe(holder: dict) -> str:
+    age = max(0.0, time.time() - holder["time"])
+    return f"pid {holder['pid']} on {holder['host']}, owner {holder['owner']}, renewed {age:.0f} s ago"
+
+
+def _locked(location: str, holder: dict, seconds: float) -> RunLockedError:
+    return RunLockedError(
+        f"{location}: another writer holds this run (lease {LOCK_NAME}: {_describe(holder)}); two writers would "
+        f"interleave checkpoints. Stop the other process or call close() on its Checkpoints; a writer that died "
+        f"releases the run {seconds:.0f} s after its last renewal (or remove {location}/{LOCK_NAME} if you are sure "
+        "it is gone)", path=location,
+    )
+
+
 def _files(root: str) -> list[str]:
     """Paths of the regular files under ``root``, relative to it."""
     out = []
     for directory, _dirs, files in os.walk(root):
         out.extend(os.path.relpath(os.path.join(directory, f), root) for f in files)
     return sorted(out)
-
-
-def _put_file_arguments(fs: object) -> tuple[str, ...]:
-    import inspect
-
-    target = getattr(fs, "_put_file", None) or fs.put_file
-    try:
-        return tuple(inspect.signature(target).parameters)
-    except (TypeError, ValueError):
-        return ()
