@@ -48,6 +48,11 @@ class Where:
         key = key.rstrip("/")
         return sorted(item[len(key) + 1:] for item in fs.find(key))
 
+    def files_bytes(self, *parts: str) -> bytes:
+        fs, key = filesystem(self.url(*parts), self.options)
+        fs.invalidate_cache()
+        return fs.cat_file(key)
+
     def storage(self, *parts: str):
         if self.kind == "local":
             return LocalRunStorage(self.url(*parts))
@@ -362,3 +367,106 @@ def test_an_object_with_at_in_its_name_is_taken_literally(remote):
     url = remote.url("model@v2.safetensors")
     ms.save({"w": np.arange(2)}, url, storage_options=remote.options)
     assert np.array_equal(ms.load(url, storage_options=remote.options)["w"], np.arange(2))
+
+
+# -- one writer per run ------------------------------------------------------------------------------------
+
+def test_a_second_writer_is_refused_until_the_first_closes(where):
+    first = where.checkpoints("solo")
+    first.save(state(0), step=0)
+    second = where.checkpoints("solo")
+    with pytest.raises(ms.RunLockedError, match=f"pid {os.getpid()}"):
+        second.save(state(1), step=1)
+    assert [c.step for c in second.list()] == [0]  # reading needs no lock
+    first.close()
+    second.save(state(1), step=1)
+    assert [c.step for c in second.list()] == [0, 1]
+    second.close()
+
+
+def _lease(remote: Where, run: str, **fields) -> None:
+    body = {"owner": "other", "host": "another-host", "pid": 4242, "time": __import__("time").time(), **fields}
+    fs, key = filesystem(remote.url(run, ".modelsafe.lock"), remote.options)
+    fs.pipe_file(key, json.dumps(body).encode())
+
+
+def test_a_live_lease_of_another_host_refuses_and_a_stale_one_is_taken_over(remote):
+    _lease(remote, "run")
+    with pytest.raises(ms.RunLockedError, match="pid 4242 on another-host"):
+        remote.storage("run").lock()
+    _lease(remote, "run", time=0.0)  # not renewed for ages: its writer is gone
+    storage = remote.storage("run")
+    storage.lock()
+    storage.commit(_staged(storage, b"{}"), "a")
+    assert storage.entries() == ["a"]
+    storage.unlock()
+    assert ".modelsafe.lock" not in remote.files("run")  # released
+
+
+def test_a_damaged_lease_goes_stale_like_any_other(remote):
+    fs, key = filesystem(remote.url("run", ".modelsafe.lock"), remote.options)
+    fs.pipe_file(key, b"\x00not json")
+    with pytest.raises(ms.RunLockedError, match="unknown"):
+        remote.storage("run").lock()
+    storage = remote.storage("run")
+    storage.lease_seconds = 0.0  # as if its age were past the timeout
+    storage.lock()
+    storage.unlock()
+
+
+def test_a_writer_whose_lease_was_taken_over_commits_nothing(remote):
+    storage = remote.storage("run")
+    storage.lock()
+    staging = _staged(storage, b"{}")
+    _lease(remote, "run")  # another writer took the run over (this one hung past the timeout)
+    with pytest.raises(ms.RunLockedError, match="lost the run's lease.*another-host"):
+        storage.commit(staging, "a")
+    assert storage.entries() == [] and storage.read_manifest("a") is None
+    storage.unlock()
+    assert json.loads(remote.files_bytes("run", ".modelsafe.lock"))["owner"] == "other"  # not ours to remove
+
+
+def test_the_lease_is_renewed_while_held(remote):
+    import time
+
+    storage = remote.storage("run")
+    storage.lease_seconds = 0.4  # renewed every 0.1 s
+    storage.lock()
+    first = json.loads(remote.files_bytes("run", ".modelsafe.lock"))["time"]
+    deadline = time.monotonic() + 30
+    while json.loads(remote.files_bytes("run", ".modelsafe.lock"))["time"] == first and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert json.loads(remote.files_bytes("run", ".modelsafe.lock"))["time"] > first
+    storage.unlock()
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_of_writers_racing_for_the_lease_exactly_one_wins_on_s3(s3_bucket, stale):
+    """S3's conditional writes (If-None-Match to create, If-Match to take over) decide the race."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, options = s3_bucket
+    where = Where("s3", base, options, {})
+    if stale:
+        _lease(where, "run", time=0.0)
+    storages = [where.storage("run") for _ in range(6)]
+
+    def take(storage):
+        try:
+            storage.lock()
+            return True
+        except ms.RunLockedError:
+            return False
+
+    with ThreadPoolExecutor(len(storages)) as pool:
+        won = list(pool.map(take, storages))
+    assert won.count(True) == 1
+    for storage in storages:
+        storage.unlock()
+
+
+def _staged(storage, manifest: bytes) -> str:
+    staging = storage.stage("a")
+    with open(os.path.join(staging, MANIFEST), "wb") as f:
+        f.write(manifest)
+    return staging
