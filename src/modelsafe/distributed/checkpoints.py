@@ -49,7 +49,8 @@ def save_sharded(ck: Any, state: Any, *, step: int | None, metrics: dict | None,
     if verdict is not None:
         raise verdict
     if writer is None:
-        writer = ModelsafeWriter(ck.directory)  # not the coordinator: the plan names the staging directory
+        # not the coordinator: the plan names the staging directory (or the upload prefix)
+        writer = ModelsafeWriter(ck.directory, storage_options=ck.storage_options)
     try:
         with _unwrapped():
             dcp.save(state, storage_writer=writer, planner=JsonSavePlanner(), no_dist=_single())
@@ -71,4 +72,6 @@ def _prepare(ck: Any, step: int | None, metrics: dict) -> tuple[Any, str]:
         "name": name, "step": step, "time": datetime.now(timezone.utc).isoformat(),
         "metrics": _metrics_to_json(metrics), "run_id": run["run_id"], "lineage": run.get("lineage", []),
     }
-    return ModelsafeWriter(ck._storage.path(name), storage=ck._storage, checkpoint=checkpoint), name
+    writer = ModelsafeWriter(ck._storage.path(name), storage=ck._storage, checkpoint=checkpoint,
+                             storage_options=ck.storage_options)
+    return writer, name

@@ -306,6 +306,12 @@ class RemoteRunStorage:
         shutil.rmtree(staging, ignore_errors=True)
         return self.path(name)
 
+    def abandon(self, upload: Upload) -> None:
+        """After a failed save: settle what ``upload`` left now rather than at the next writer
+        (an uncommitted new name is removed; a replace is rolled forward when staged whole)."""
+        entry = (upload.marker or upload.prefix)[len(self.root) + 1:]
+        self._settle_entry(entry, upload.marker is None)
+
     def _swap_in(self, name: str, staged: str) -> None:
         """Replace ``RUN/NAME`` by the complete checkpoint under key ``staged``; safe to repeat after a kill.
 
