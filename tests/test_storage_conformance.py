@@ -479,3 +479,50 @@ def _staged(storage, manifest: bytes) -> str:
     with open(os.path.join(staging, MANIFEST), "wb") as f:
         f.write(manifest)
     return staging
+
+
+# -- deduplication on object stores: unchanged shards are copied server-side -----------------------------------
+
+def test_an_unchanged_shard_is_copied_not_uploaded(remote, monkeypatch):
+    from modelsafe.storage.remote_run import RemoteRunStorage
+
+    frozen = np.arange(1 << 20, dtype=np.float32)  # 4 MiB: a shard of its own
+    ck = remote.checkpoints("dedup", keep_last=1)
+    ck.save({"base": frozen, "head": np.zeros(8)}, step=0)
+    uploaded = []
+    real = RemoteRunStorage._upload
+
+    def upload(self, local, key):
+        uploaded.append(key.rpartition("/")[2])
+        real(self, local, key)
+
+    monkeypatch.setattr(RemoteRunStorage, "_upload", upload)
+    ck.save({"base": frozen, "head": np.ones(8)}, step=1)  # base unchanged, head changed
+    assert len(uploaded) == 2 and MANIFEST in uploaded  # the head's shard and the manifest; base was copied
+    uploaded.clear()
+    ck.save({"base": frozen + 1, "head": np.full(8, 2.0)}, step=2)  # both changed: both uploaded
+    assert len(uploaded) == 3
+    monkeypatch.undo()
+    assert [c.step for c in ck.list()] == [2]  # step0 and step1 pruned: each checkpoint stands alone
+    fresh = remote.checkpoints("dedup")
+    ck.close()
+    assert np.array_equal(fresh.load(2)["base"], frozen + 1)
+    for step, base in ((3, frozen + 1), (4, frozen + 1)):  # a new writer reads the identities from the manifests
+        fresh.save({"base": base, "head": np.full(8, step)}, step=step)
+    assert np.array_equal(fresh.load(4)["base"], frozen + 1) and np.array_equal(fresh.load(4)["head"], np.full(8, 4))
+    fresh.close()
+
+
+def test_a_shard_whose_stored_copy_differs_is_uploaded(remote):
+    """A stored shard that no longer matches its manifest's identity (tampered, replaced) is never copied."""
+    frozen = np.arange(1 << 20, dtype=np.float32)
+    ck = remote.checkpoints("tamper")
+    ck.save({"base": frozen, "head": np.zeros(8)}, step=0)
+    shard = next(f for f in remote.files("tamper") if f.startswith("step0/state-") and "00001-" in f)
+    fs, key = filesystem(remote.url("tamper", shard), remote.options)
+    data = bytearray(fs.cat_file(key))
+    data[20] ^= 1  # inside the header
+    fs.pipe_file(key, bytes(data))
+    ck.save({"base": frozen, "head": np.ones(8)}, step=1)
+    assert np.array_equal(ck.load(1)["base"], frozen)  # verified: uploaded, not copied
+    ck.close()

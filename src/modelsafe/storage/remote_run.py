@@ -87,7 +87,8 @@ class Upload:
 class RemoteRunStorage:
     """A run directory at an fsspec URL (``s3://bucket/runs/exp1``)."""
 
-    links = False  # payloads cannot be hard-linked between checkpoints: no deduplication
+    links = False  # payloads cannot be hard-linked between checkpoints ...
+    copies = True  # ... but a shard equal to one already stored is copied server-side (see commit)
     lease_seconds = LEASE_SECONDS
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
@@ -96,6 +97,7 @@ class RemoteRunStorage:
         self.root = self.root.rstrip("/")
         self.storage_options = storage_options
         self._lease: Lease | None = None
+        self._shards: dict[str, tuple[str, str, int]] | None = None  # identity -> (checkpoint, file, size)
 
     def path(self, name: str) -> str:
         return f"{self.location}/{name}"
@@ -290,9 +292,12 @@ class RemoteRunStorage:
         """
         upload = upload or self.begin(name)
         try:
+            identities = _staged_identities(os.path.join(staging, MANIFEST))
             for rel in _files(staging):
                 if rel != MANIFEST:
-                    self._upload(os.path.join(staging, rel), "/".join((upload.prefix, *rel.split(os.sep))))
+                    target = "/".join((upload.prefix, *rel.split(os.sep)))
+                    if not self._copy_equal(os.path.join(staging, rel), target, identities.get(rel)):
+                        self._upload(os.path.join(staging, rel), target)
             self._require_lock("committing a checkpoint", check=True)  # never commit on a lease lost meanwhile
             self._upload(os.path.join(staging, MANIFEST), f"{upload.prefix}/{MANIFEST}")
             if upload.marker is None:
@@ -303,8 +308,56 @@ class RemoteRunStorage:
             if isinstance(exc, ModelsafeError):
                 raise
             raise remote_error(self.path(name), "uploading the checkpoint", exc) from exc
+        if self._shards is not None:
+            self._forget(name)
+            self._shards.update((i, (name, f, size)) for f, (i, size) in identities.items())
         shutil.rmtree(staging, ignore_errors=True)
         return self.path(name)
+
+    # -- deduplication: server-side copies of unchanged shards --------------------------------
+    def _copy_equal(self, local: str, target: str, identity: tuple[str, int] | None) -> bool:
+        """Copy a committed shard equal to ``local`` to ``target`` server-side; False when there is none.
+
+        Shards are matched by identity (the xxh3 of their header, which holds every name,
+        dtype, shape and payload checksum; the writer records it when deduplicating), and
+        the stored one is checked before the copy: same size, same header bytes.  A stale
+        entry or a tampered manifest costs an upload, never a wrong shard.
+        """
+        if identity is None:
+            return False
+        found = self._known_shards().get(identity[0])
+        if found is None or found[2] != identity[1]:
+            return False
+        source = self._key(found[0], found[1])
+        try:
+            with open(local, "rb") as f:
+                head = f.read(8)
+                header = head + f.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
+            if not header or self.fs.info(source).get("size") != identity[1]:
+                return False
+            if self.fs.cat_file(source, start=0, end=len(header)) != header:
+                return False
+            self.fs.cp_file(source, target)
+        except (OSError, ValueError):  # pruned meanwhile, unreadable: upload it
+            return False
+        return True
+
+    def _known_shards(self) -> dict[str, tuple[str, str, int]]:
+        """identity -> (checkpoint, file, size) of the run's committed shards (read from their manifests once)."""
+        if self._shards is None:
+            self._shards = {}
+            for name in self.entries():
+                try:
+                    data = self.read_manifest(name)
+                except ModelsafeError:
+                    continue
+                for file, (identity, size) in _manifest_identities(data).items():
+                    self._shards[identity] = (name, file, size)
+        return self._shards
+
+    def _forget(self, name: str) -> None:
+        if self._shards is not None:
+            self._shards = {k: v for k, v in self._shards.items() if v[0] != name}
 
     def abandon(self, upload: Upload) -> None:
         """After a failed save: settle what ``upload`` left now rather than at the next writer
@@ -338,6 +391,7 @@ class RemoteRunStorage:
         marker = self._key(_hidden(name, DELETING_MARK))
         try:
             self._settle(name)  # a staged replacement must not bring it back
+            self._forget(name)
             self._put_bytes(marker, b"")
             self._delete_now(name)
             self._remove(marker)
@@ -565,6 +619,33 @@ def _locked(location: str, holder: dict, seconds: float) -> RunLockedError:
         f"releases the run {seconds:.0f} s after its last renewal (or remove {location}/{LOCK_NAME} if you are sure "
         "it is gone)", path=location,
     )
+
+
+def _manifest_identities(data: bytes | None) -> dict[str, tuple[str, int]]:
+    """shard file -> (identity, size) from a manifest's ``shards``; anything malformed is left out
+    (it only decides what to compare before a copy; the copy itself is checked)."""
+    try:
+        shards = json.loads(data).get("shards") if data else None
+    except (ValueError, RecursionError, AttributeError):
+        return {}
+    out = {}
+    for shard in shards if isinstance(shards, list) else ():
+        if not isinstance(shard, dict):
+            continue
+        file, size, identity = shard.get("file"), shard.get("size"), shard.get("identity")
+        if (isinstance(file, str) and isinstance(identity, str) and type(size) is int and size >= 0
+                and file and "/" not in file and "\\" not in file and not file.startswith(".") and len(identity) <= 128):
+            out[file] = (identity, size)
+    return out
+
+
+def _staged_identities(manifest: str) -> dict[str, tuple[str, int]]:
+    """Our own staged manifest's shard identities (read whole: read(limit) would allocate the limit)."""
+    try:
+        with open(manifest, "rb") as f:
+            return _manifest_identities(f.read())
+    except OSError:
+        return {}
 
 
 def _files(root: str) -> list[str]:
