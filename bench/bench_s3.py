@@ -11,6 +11,10 @@ moto server this script starts on 127.0.0.1, by:
 * **Checkpoints.save replace**: the same step saved again under its name (a crash-safe
   replace: the new checkpoint uploaded under a staging prefix, then copied into place
   server-side); also reported against Checkpoints.save (``vs_new_name``);
+* **Checkpoints.save unchanged**: the same state saved as the next step with deduplication
+  on (the default): its shards equal the previous checkpoint's and are copied server-side.
+
+The first three checkpoint rows pass ``dedup=False``, so every save uploads its bytes.
 
 and read back by:
 
@@ -96,8 +100,10 @@ def run(mib: float, repeat: int) -> dict:
         state = make_state(mib)
         blob = b"".join(t.tobytes() for t in state.values())
         file_url, run_url = f"s3://{bucket}/m.safetensors", f"s3://{bucket}/run"
-        ck = ms.Checkpoints(run_url, keep_last=1, storage_options=options)
-        again = ms.Checkpoints(f"s3://{bucket}/replaced", storage_options=options)
+        # dedup=False: every save uploads its bytes (the state does not change between saves)
+        ck = ms.Checkpoints(run_url, keep_last=1, storage_options=options, dedup=False)
+        again = ms.Checkpoints(f"s3://{bucket}/replaced", storage_options=options, dedup=False)
+        unchanged = ms.Checkpoints(f"s3://{bucket}/dedup", keep_last=1, storage_options=options)
         steps = iter(range(10**6))
         one = next(iter(state))
 
@@ -116,6 +122,7 @@ def run(mib: float, repeat: int) -> dict:
             ("ms.save", "save", timed(lambda: ms.save(state, file_url, storage_options=options), repeat)),
             ("Checkpoints.save", "save", timed(lambda: ck.save(state, step=next(steps)), repeat)),
             ("Checkpoints.save replace", "save", timed(lambda: again.save(state, step=0), repeat)),
+            ("Checkpoints.save unchanged", "save", timed(lambda: unchanged.save(state, step=next(steps)), repeat)),
             ("s3fs download", "load", timed(lambda: fs.cat_file(f"{bucket}/raw.bin"), repeat)),
             ("ms.load", "load", timed(lambda: ms.load(file_url, storage_options=options), repeat)),
             ("Checkpoints.load", "load", timed(lambda: ck.load(), repeat)),
@@ -124,6 +131,7 @@ def run(mib: float, repeat: int) -> dict:
         ]
         ck.close()
         again.close()
+        unchanged.close()
     finally:
         server.terminate()
         server.wait()

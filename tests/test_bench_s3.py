@@ -16,7 +16,8 @@ def test_tiny_run_reports_every_operation_with_ratios():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     rows = {row["op"]: row for row in result["rows"]}
-    assert set(rows) == {"s3fs upload", "ms.save", "Checkpoints.save", "Checkpoints.save replace", "s3fs download",
+    assert set(rows) == {"s3fs upload", "ms.save", "Checkpoints.save", "Checkpoints.save replace",
+                         "Checkpoints.save unchanged", "s3fs download",
                          "ms.load",
                          "Checkpoints.load", "s3fs range read", "ms.open + one tensor"}
     assert all(len(row["runs"]) == 2 and row["median_s"] > 0 for row in rows.values())
