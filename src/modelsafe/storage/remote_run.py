@@ -28,8 +28,9 @@ new one either committed or invisible.
 
 One writer per run (:meth:`RemoteRunStorage.lock`): a lease object ``RUN/.modelsafe.lock``
 created with a conditional write (``If-None-Match: *`` on S3), renewed by a heartbeat and
-checked before every commit and delete; see :class:`Lease`.  Deduplication by hard links
-does not apply (payloads are uploaded).
+checked before every commit and delete; see :class:`Lease`.  Deduplication: a shard
+equal to one of a committed checkpoint (same identity, header and size) is copied
+server-side instead of uploaded (:meth:`RemoteRunStorage._copy_equal`).
 """
 
 from __future__ import annotations
@@ -531,7 +532,7 @@ class Lease:
 
     def release(self) -> None:
         """Stop renewing and delete the lease when it is still ours (best effort)."""
-        if self._stop.is_set():
+        if self._stop.is_set() or os.getpid() != self.body["pid"]:  # a forked child never releases its parent's
             return
         self._stop.set()
         with self._io:
