@@ -99,6 +99,7 @@ class RemoteRunStorage:
         self.storage_options = storage_options
         self._lease: Lease | None = None
         self._shards: dict[str, tuple[str, str, int]] | None = None  # identity -> (checkpoint, file, size)
+        self._read_from: dict[str, str] = {}  # name -> the entry its manifest was last read from
 
     def path(self, name: str) -> str:
         return f"{self.location}/{name}"
@@ -106,6 +107,9 @@ class RemoteRunStorage:
     def checkpoint_path(self, name: str) -> str:
         """Where committed checkpoint ``name`` is: ``RUN/NAME``, or while a replace is being
         swapped in (or a writer died doing it), the complete new copy under its staging prefix."""
+        where = self._read_from.pop(name, None)  # where read_manifest just found it: no request
+        if where is not None:
+            return self.path(where)
         if self.fs.exists(self._key(name, MANIFEST)):
             return self.path(name)
         staged = self._staged_replacement(name)
@@ -167,13 +171,20 @@ class RemoteRunStorage:
         return data
 
     def read_manifest(self, name: str) -> bytes | None:
-        data = self._read_small(self._key(name, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        self._read_from.pop(name, None)
+        data = self._manifest_at(name, name)
         if data is None:  # a replace being swapped in: the new copy is complete under its staging prefix
             staged = self._staged_replacement(name)
-            if staged is not None:
-                data = self._read_small(self._key(staged, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
-            if data is None:  # the swap finished meanwhile
-                data = self._read_small(self._key(name, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+            data = self._manifest_at(staged, name) if staged is not None else None
+        if data is None:  # the swap finished meanwhile
+            data = self._manifest_at(name, name)
+        return data
+
+    def _manifest_at(self, entry: str, name: str) -> bytes | None:
+        """The manifest under ``entry`` (remembered as where ``name``'s was found), or None."""
+        data = self._read_small(self._key(entry, MANIFEST), MAX_MANIFEST_BYTES, "a checkpoint manifest")
+        if data is not None:
+            self._read_from[name] = entry
         return data
 
     def manifest_signature(self, name: str) -> tuple | None:
