@@ -416,3 +416,11 @@ def test_a_corrupt_rank_file_on_s3_names_its_url_and_the_tensor(s3_bucket):
     # the remote read path (sources.py, distributed/source.py) names the object's rank file; the URL
     # prefix in the message is that path's job (ms.load downloads today)
     assert "rank-00000.safetensors" in str(info.value) and "tensor 'w'" in str(info.value)
+
+
+def test_async_save_to_s3_commits_on_wait(s3_bucket):
+    base, options = s3_bucket
+    handle = ms.distributed.save(_small_state(), f"{base}/ckpt", async_save=True, storage_options=options)
+    handle.wait()
+    assert torch.equal(ms.load(f"{base}/ckpt", storage_options=options)["model"]["w"], _small_state()["model"]["w"])
+    assert not [f for f in _s3_files(base, options) if ".modelsafe" in f]  # no marker left, the lease released
