@@ -107,9 +107,8 @@ class RemoteRunStorage:
     def checkpoint_path(self, name: str) -> str:
         """Where committed checkpoint ``name`` is: ``RUN/NAME``, or while a replace is being
         swapped in (or a writer died doing it), the complete new copy under its staging prefix."""
-        where = self._read_from.pop(name, None)  # where read_manifest just found it: no request
-        if where is not None:
-            return self.path(where)
+        if self._read_from.pop(name, None) == name:  # read_manifest just found it in place: no request
+            return self.path(name)
         if self.fs.exists(self._key(name, MANIFEST)):
             return self.path(name)
         staged = self._staged_replacement(name)
