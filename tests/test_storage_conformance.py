@@ -445,16 +445,16 @@ def test_a_takeover_racing_another_loses_on_the_etag_on_s3(s3_bucket, monkeypatc
     on the ETag it read (If-Match), is refused by the store, so it does not take the run too.
     (Stepped by hand: moto checks conditions without a lock, so a threaded race against it
     tests moto; S3 itself applies them atomically.)"""
-    from modelsafe.storage import remote_run
+    from modelsafe.storage import lease as remote_lease
 
     base, options = s3_bucket
     where = Where("s3", base, options, {})
     _lease(where, "run", time=0.0)
     fs, key = filesystem(where.url("run", ".modelsafe.lock"), options)
-    seen = remote_run._read_lease(fs, key)  # what the second writer read, before the first took over
+    seen = remote_lease._read_lease(fs, key)  # what the second writer read, before the first took over
     first = where.storage("run")
     first.lock()
-    monkeypatch.setattr(remote_run, "_read_lease", lambda fs, key: seen)
+    monkeypatch.setattr(remote_lease, "_read_lease", lambda fs, key: seen)
     with pytest.raises(ms.RunLockedError):
         where.storage("run").lock()
     monkeypatch.undo()
@@ -464,13 +464,13 @@ def test_a_takeover_racing_another_loses_on_the_etag_on_s3(s3_bucket, monkeypatc
 
 def test_a_lease_is_created_once_on_s3(s3_bucket):
     """The create is conditional (If-None-Match: *): an existing lease is never overwritten by it."""
-    from modelsafe.storage import remote_run
+    from modelsafe.storage import lease as remote_lease
 
     base, options = s3_bucket
     fs, key = filesystem(f"{base}/run/.modelsafe.lock", options)
-    remote_run._create(fs, key, b'{"owner": "a"}')
+    remote_lease._create(fs, key, b'{"owner": "a"}')
     with pytest.raises(FileExistsError):
-        remote_run._create(fs, key, b'{"owner": "b"}')
+        remote_lease._create(fs, key, b'{"owner": "b"}')
     assert fs.cat_file(key) == b'{"owner": "a"}'
 
 
