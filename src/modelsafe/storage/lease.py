@@ -114,7 +114,7 @@ class Lease:
                     self.lost = f"not renewed for {self.seconds:.0f} s: {type(exc).__name__}: {exc}"
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.seconds / 4):
+        while not self._stop.wait(max(self.seconds / 4, 0.05)):  # a zero timeout (tests) must not spin
             self._renew()
             if self.lost is not None:
                 return
