@@ -19,6 +19,12 @@ yardstick for async saves).  Each time is the slowest rank's, median of the roun
     python bench/bench_distributed.py                 # 2 ranks, 128 MiB of parameters (+ 2x Adam)
     python bench/bench_distributed.py --mib 512 --repeat 5
     python bench/bench_distributed.py --tiny --json   # smoke run
+    python bench/bench_distributed.py --s3            # also ms.distributed.save to S3 (moto on loopback)
+
+With ``--s3`` a moto server is started on 127.0.0.1 and the ranks also save to it
+(``ms.distributed.save(state, "s3://...")``: rank files through local temporary files,
+uploaded multipart; a new checkpoint name each round).  A loopback server measures the
+upload path's overhead, not a network.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="a few KiB, one round: the smoke test's size")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=None, help="where checkpoints go (default: the system temp directory)")
+    parser.add_argument("--s3", action="store_true", help="also save to S3 on a loopback moto server")
+    parser.add_argument("--s3-url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiny:
@@ -59,11 +67,39 @@ def main() -> None:
                "--master-port", str(port), os.path.abspath(__file__), "--worker", "--mib", str(args.mib),
                "--repeat", str(args.repeat)] + (["--json"] if args.json else []) + (["--dir", args.dir] if args.dir else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    server = None
+    if args.s3:
+        server, url, s3_env = _s3_server()
+        command += ["--s3-url", url]
+        env.update(s3_env)
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
     sys.stdout.write(done.stdout)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-6000:])
         raise SystemExit(done.returncode)
+
+
+def _s3_server():
+    """(moto server process, s3://fresh-bucket, the AWS_* environment pointing at it)."""
+    import uuid
+
+    import boto3
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_s3 import start_server
+
+    server, endpoint = start_server()
+    bucket = f"bench-dist-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="x", aws_secret_access_key="x",
+                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    return server, f"s3://{bucket}", env
 
 
 def build_state(mib: float):
@@ -118,8 +154,11 @@ def worker(args) -> None:
         holder = [tempfile.mkdtemp(prefix="bench-dist-", dir=args.dir) if rank == 0 else None]
         dist.broadcast_object_list(holder)
         root = holder[0]
+        rounds = iter(range(10**6))
         ops = {
             "ms.distributed.save": lambda p: ms.distributed.save(state, p),
+            **({"ms.distributed.save (s3)": lambda p: ms.distributed.save(state, f"{args.s3_url}/ms-{next(rounds)}")}
+               if args.s3_url else {}),
             "dcp.save (FileSystemWriter)": lambda p: dcp.save(state, storage_writer=dcp.FileSystemWriter(p)),
             "ms.distributed.load_into": lambda p: ms.distributed.load_into(state, p),
             "dcp.load (FileSystemReader)": lambda p: dcp.load(state, storage_reader=dcp.FileSystemReader(p)),
@@ -129,7 +168,7 @@ def worker(args) -> None:
         for _ in range(args.repeat):
             for op, fn in ops.items():
                 path = paths["ms" if op.startswith("ms") else "dcp"]
-                if "save" in op and rank == 0:
+                if "save" in op and "(s3)" not in op and rank == 0:
                     shutil.rmtree(path, ignore_errors=True)  # each save writes a new checkpoint
                 dist.barrier()
                 start = time.perf_counter()

@@ -8,6 +8,13 @@ moto server this script starts on 127.0.0.1, by:
 * **ms.save**: one safetensors file streamed in 8 MiB parts (hash, header, payloads);
 * **Checkpoints.save**: a checkpoint (shards written to a local staging directory, uploaded,
   manifest last, retention listing);
+* **Checkpoints.save replace**: the same step saved again under its name (a crash-safe
+  replace: the new checkpoint uploaded under a staging prefix, then copied into place
+  server-side); also reported against Checkpoints.save (``vs_new_name``);
+* **Checkpoints.save unchanged**: the same state saved as the next step with deduplication
+  on (the default): its shards equal the previous checkpoint's and are copied server-side.
+
+The first three checkpoint rows pass ``dedup=False``, so every save uploads its bytes.
 
 and read back by:
 
@@ -96,7 +103,10 @@ def run(mib: float, repeat: int) -> dict:
         state = make_state(mib)
         blob = b"".join(t.tobytes() for t in state.values())
         file_url, run_url = f"s3://{bucket}/m.safetensors", f"s3://{bucket}/run"
-        ck = ms.Checkpoints(run_url, keep_last=1, storage_options=options)
+        # dedup=False: every save uploads its bytes (the state does not change between saves)
+        ck = ms.Checkpoints(run_url, keep_last=1, storage_options=options, dedup=False)
+        again = ms.Checkpoints(f"s3://{bucket}/replaced", storage_options=options, dedup=False)
+        unchanged = ms.Checkpoints(f"s3://{bucket}/dedup", keep_last=1, storage_options=options)
         steps = iter(range(10**6))
         one = next(iter(state))
 
@@ -114,6 +124,8 @@ def run(mib: float, repeat: int) -> dict:
             ("s3fs upload", "save", timed(lambda: fs.pipe_file(f"{bucket}/raw.bin", blob), repeat)),
             ("ms.save", "save", timed(lambda: ms.save(state, file_url, storage_options=options), repeat)),
             ("Checkpoints.save", "save", timed(lambda: ck.save(state, step=next(steps)), repeat)),
+            ("Checkpoints.save replace", "save", timed(lambda: again.save(state, step=0), repeat)),
+            ("Checkpoints.save unchanged", "save", timed(lambda: unchanged.save(state, step=next(steps)), repeat)),
             ("s3fs download", "load", timed(lambda: fs.cat_file(f"{bucket}/raw.bin"), repeat)),
             ("ms.load", "load", timed(lambda: ms.load(file_url, storage_options=options), repeat)),
             ("Checkpoints.load", "load", timed(lambda: ck.load(), repeat)),
@@ -121,6 +133,8 @@ def run(mib: float, repeat: int) -> dict:
             ("ms.open + one tensor", "open", timed(open_one, repeat)),
         ]
         ck.close()
+        again.close()
+        unchanged.close()
         opened = checkpoint_open(bucket, options, mib, repeat)
     finally:
         server.terminate()
@@ -134,6 +148,8 @@ def run(mib: float, repeat: int) -> dict:
         if name != baseline[kind]:
             row["speed_vs_s3fs"] = medians[baseline[kind]] / medians[name]
         out.append(row)
+    out[[r["op"] for r in out].index("Checkpoints.save replace")]["vs_new_name"] = (
+        medians["Checkpoints.save"] / medians["Checkpoints.save replace"])
     return {"MiB": len(blob) / MIB, "tensors": len(state), "repeat": repeat, "rows": out, "checkpoint_open": opened}
 
 
@@ -210,7 +226,8 @@ def main() -> None:
     for row in result["rows"]:
         speed = f"{row['MiB_per_s']:8.1f} MiB/s" if row["MiB_per_s"] else " " * 14
         ratio = f"{row['speed_vs_s3fs']:.2f}x s3fs" if "speed_vs_s3fs" in row else ""
-        print(f"{row['op']:22s} {row['median_s'] * 1000:9.1f} ms {speed}  {ratio}")
+        ratio += f", {row['vs_new_name']:.2f}x a new name" if "vs_new_name" in row else ""
+        print(f"{row['op']:24s} {row['median_s'] * 1000:9.1f} ms {speed}  {ratio}")
     print(f"checkpoint directory of {result['MiB']:.0f} MiB in {OPEN_TENSORS} tensors, reading one:")
     for row in result["checkpoint_open"]:
         ratio = f"{row['speed_vs_download']:.2f}x the speed, {row['bytes_vs_download']:.3f} of the bytes" \

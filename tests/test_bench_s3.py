@@ -16,11 +16,14 @@ def test_tiny_run_reports_every_operation_with_ratios():
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     rows = {row["op"]: row for row in result["rows"]}
-    assert set(rows) == {"s3fs upload", "ms.save", "Checkpoints.save", "s3fs download", "ms.load",
+    assert set(rows) == {"s3fs upload", "ms.save", "Checkpoints.save", "Checkpoints.save replace",
+                         "Checkpoints.save unchanged", "s3fs download",
+                         "ms.load",
                          "Checkpoints.load", "s3fs range read", "ms.open + one tensor"}
     assert all(len(row["runs"]) == 2 and row["median_s"] > 0 for row in rows.values())
     assert all(rows[op]["speed_vs_s3fs"] > 0 for op in ("ms.save", "Checkpoints.save", "ms.load", "Checkpoints.load",
                                                           "ms.open + one tensor"))
+    assert rows["Checkpoints.save replace"]["vs_new_name"] > 0
     assert result["MiB"] == 2
     opened = {row["op"]: row for row in result["checkpoint_open"]}
     assert set(opened) == {"download dir + ms.open one tensor", "ms.open dir + one tensor (ranges)"}

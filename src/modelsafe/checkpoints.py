@@ -225,7 +225,8 @@ class Checkpoints:
         self.storage_options = storage_options
         if not isinstance(dedup, bool):
             raise InvalidArgumentError(f"dedup must be True or False, not {dedup!r}", key="dedup")
-        self.dedup = dedup and getattr(self._storage, "links", True)  # object stores cannot link payloads
+        self.dedup = dedup and getattr(self._storage, "links", True)  # object stores cannot link payloads ...
+        self._copies = dedup and getattr(self._storage, "copies", False)  # ... they copy equal shards server-side
         self._shard_index: ShardIndex | None = None  # built from the run's manifests at the first save
         self._policy = retention.policy_for(self.keep_last, self.keep_best, self.monitor, self.mode)
         self._prunes = self.keep_last is not None or self.keep_best is not None
@@ -558,6 +559,8 @@ class Checkpoints:
         name = checkpoint["name"]
         try:
             index = self._index() if self.dedup else None
+            if index is None and self._copies:  # an object store: shards get identities, the storage copies equal ones
+                index = ShardIndex()
             checksums, placement, shards = write_shards(staging, fl, index=index, on_bytes=on_bytes)
             self._warn_refused(index)
             files = hash_files(staging)

@@ -1,6 +1,6 @@
 """A worker for tests/test_distributed.py: FSDP2 model + Adam (and a DTensor) on gloo, CPU.
 
-    torchrun --nproc-per-node N fsdp_worker.py save CKPT REF [--async ASYNC_CKPT]
+    torchrun --nproc-per-node N fsdp_worker.py save CKPT REF [--async ASYNC_CKPT] [ckrun RUN] [s3 URL]
     torchrun --nproc-per-node N fsdp_worker.py load CKPT REF [CKPT REF ...]
 
 Run with plain ``python`` (no torchrun) it is one process with a plain model and
@@ -157,6 +157,18 @@ def run_async_checkpoints(directory):
     print(f"OK async run rank {dist.get_rank()}", flush=True)
 
 
+def save_s3(url):
+    """The same sharded state to an object store (AWS_* environment: the moto server), by
+    ms.distributed.save and by a Checkpoints run; the test process reads both back."""
+    _, _, state = setup(0)
+    ms.distributed.save(state, f"{url}/c2")
+    ck = ms.Checkpoints(f"{url}/run", keep_last=1)
+    for step in range(2):
+        info = ck.save(state, step=step, distributed=True)
+        assert (info is None) == (SHARDED and dist.get_rank() != 0), info
+    ck.close()
+
+
 def load(ckpt, ref):
     model, opt, state = setup(1)
     ms.distributed.load_into(state, ckpt)
@@ -192,6 +204,8 @@ def run(args):
             run_checkpoints(args[args.index("ckrun") + 1])
         if "ackrun" in args:
             run_async_checkpoints(args[args.index("ackrun") + 1])
+        if "s3" in args:
+            save_s3(args[args.index("s3") + 1])
     elif mode == "load":
         for ckpt, ref in zip(args[1::2], args[2::2]):
             if ref == "damaged":

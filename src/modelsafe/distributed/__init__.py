@@ -27,10 +27,13 @@ __all__ = ["save", "load_into", "PendingDistributedSave"]
 _ASYNC_GROUP: list = []  # one gloo group for background saves, made on first use by every rank
 
 
-def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, process_group: Any = None) -> Any:
+def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, process_group: Any = None,
+         storage_options: dict | None = None) -> Any:
     """Save sharded ``state`` (a dict of state dicts or Stateful objects, as for ``dcp.save``) to directory ``path``.
 
-    Called on every rank.  Returns None, or with ``async_save=True`` a
+    Called on every rank.  ``path`` may be an fsspec URL (``s3://bucket/run/ckpt``, with
+    ``storage_options`` or the AWS_* environment): every rank uploads its own rank file,
+    and the manifest, uploaded last, commits the checkpoint.  Returns None, or with ``async_save=True`` a
     :class:`PendingDistributedSave` once the state is copied to CPU; its ``wait()``
     returns when the checkpoint is committed and re-raises a failed save.
 
@@ -43,7 +46,7 @@ def save(state: Any, path: str | os.PathLike, *, async_save: bool = False, proce
 
     from .storage import JsonSavePlanner, ModelsafeWriter
 
-    writer = ModelsafeWriter(path)
+    writer = ModelsafeWriter(path, storage_options=storage_options)
     if async_save:
         return _save_in_background(state, writer, os.fspath(path), process_group or _async_group())
     try:

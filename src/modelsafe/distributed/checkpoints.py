@@ -133,7 +133,8 @@ def _job(ck: Any, state: Any, writer: Any, name: str, group: Any, *, quiet: bool
 
     coordinator = writer is not None
     if writer is None:
-        writer = ModelsafeWriter(ck.directory)  # not the coordinator: the plan names the staging directory
+        # not the coordinator: the plan names the staging directory (or the upload prefix)
+        writer = ModelsafeWriter(ck.directory, storage_options=ck.storage_options)
 
     def job() -> Any:
         try:
@@ -160,4 +161,6 @@ def _prepare(ck: Any, step: int | None, metrics: dict) -> tuple[Any, str, int]:
         "name": name, "step": step, "time": datetime.now(timezone.utc).isoformat(),
         "metrics": _metrics_to_json(metrics), "run_id": run["run_id"], "lineage": run.get("lineage", []),
     }
-    return ModelsafeWriter(ck._storage.path(name), storage=ck._storage, checkpoint=checkpoint), name, step
+    writer = ModelsafeWriter(ck._storage.path(name), storage=ck._storage, checkpoint=checkpoint,
+                             storage_options=ck.storage_options)
+    return writer, name, step

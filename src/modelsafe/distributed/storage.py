@@ -4,7 +4,8 @@
 resharding); these classes decide how it is stored, with no pickle anywhere:
 
 * every rank writes its chunks into ``rank-NNNNN.safetensors`` through modelsafe's one
-  writer (a checksum per payload), inside a staging directory the coordinator made;
+  writer (a checksum per payload), inside a staging directory the coordinator made — or,
+  for a URL, into a local temporary file it uploads under the prefix the coordinator began;
 * non-tensor entries (a learning rate, betas) are encoded by modelsafe's tree encoder
   as JSON (the planners replace DCP's ``torch.save``/``torch.load`` of them);
 * the coordinator writes DCP's ``Metadata`` as the checked JSON block of
@@ -24,6 +25,7 @@ import dataclasses
 import io
 import json
 import os
+import tempfile
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -47,11 +49,13 @@ from torch.futures import Future
 
 from ..checkpoint_dir import build_manifest, write_manifest
 from ..directory import open_directory_of
-from ..errors import CorruptCheckpointError, UnsupportedObjectError
+from ..errors import CorruptCheckpointError, ModelsafeError, UnsupportedObjectError
 from ..format.dtypes import BY_NAME
 from ..format.writer import write_file
 from ..gc_pause import gc_paused
+from ..storage import is_url
 from ..storage.commit import LocalRunStorage
+from ..storage.remote import filesystem, remote_error, upload_file
 from ..tree import Unflattener, flatten
 from .layout import Chunk, Layout, TensorEntry, layout_json, rank_file
 from .source import DistributedSource
@@ -125,25 +129,32 @@ class JsonLoadPlanner(DefaultLoadPlanner):
 class ModelsafeWriter(StorageWriter):
     """Write a DCP checkpoint as a modelsafe checkpoint directory ``path`` (committed once, by the coordinator).
 
+    ``path`` may be an fsspec URL (``s3://bucket/run/ckpt``, with ``storage_options``):
+    each rank then writes its rank file to a local temporary file and uploads it
+    (multipart, streamed) where the coordinator's plan says, and the coordinator uploads
+    ``manifest.json`` last (see :class:`modelsafe.storage.remote_run.RemoteRunStorage`).
     ``storage``/``checkpoint``: the run storage to commit through (locked by its owner)
     and the manifest's checkpoint block, when a :class:`modelsafe.Checkpoints` run
     drives the save; by default ``path``'s parent is the run and is locked for the save.
     """
 
-    def __init__(self, path: str | os.PathLike, *, storage: Any = None, checkpoint: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, storage: Any = None, checkpoint: dict | None = None,
+                 storage_options: dict | None = None) -> None:
         super().__init__()
-        self.path = os.path.abspath(os.fspath(path))
+        self.path = _checkpoint_id(path)
         self._storage = storage
         self._own_storage = storage is None
         self._checkpoint = checkpoint
+        self._storage_options = storage_options
         self._staging: str | None = None
+        self._upload: Any = None  # the remote upload the coordinator began (object stores)
         self.committed: str | None = None
         self.is_coordinator = False
         self._closing = threading.Lock()
 
     def reset(self, checkpoint_id: str | os.PathLike | None = None) -> None:
         if checkpoint_id is not None:
-            self.path = os.path.abspath(os.fspath(checkpoint_id))
+            self.path = _checkpoint_id(checkpoint_id)
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.is_coordinator = is_coordinator
@@ -153,16 +164,21 @@ class ModelsafeWriter(StorageWriter):
 
     def prepare_global_plan(self, plans: list) -> list:
         """Coordinator: take the run lock, make the staging directory, give each rank its file."""
+        parent, name = _split(self.path)
         if self._storage is None:
-            self._storage = LocalRunStorage(os.path.dirname(self.path))
+            self._storage = _run_storage(parent, self._storage_options)
             self._storage.lock()
             self._storage.clean_leftovers()
-        self._staging = self._storage.stage(os.path.basename(self.path))
-        return [dataclasses.replace(p, storage_data={"staging": self._staging, "file": rank_file(i)})
-                for i, p in enumerate(plans)]
+        self._staging = self._storage.stage(name)
+        if not is_url(self.path):
+            where = {"staging": self._staging}
+        else:  # ranks upload into the prefix begun here: the marker first, so a killed save is cleaned up
+            self._upload = self._storage.begin(name)
+            where = {"upload": self._storage.upload_url(self._upload)}
+        return [dataclasses.replace(p, storage_data={**where, "file": rank_file(i)}) for i, p in enumerate(plans)]
 
     def write_data(self, plan: Any, planner: Any) -> Future:
-        staging, name = plan.storage_data["staging"], plan.storage_data["file"]
+        name = plan.storage_data["file"]
         chunks: dict[str, Any] = {}
         results: list[WriteResult] = []
         objects: list[tuple[Any, Any]] = []
@@ -177,8 +193,11 @@ class ModelsafeWriter(StorageWriter):
         checksums: dict[str, str] = {}
         with gc_paused():
             fl = flatten(chunks)
-        with open(os.path.join(staging, name), "xb", buffering=4 << 20) as f:
-            write_file(f, fl, checksums_out=checksums)
+        if "upload" in plan.storage_data:
+            self._write_remote(fl, f"{plan.storage_data['upload']}/{name}", checksums)
+        else:
+            with open(os.path.join(plan.storage_data["staging"], name), "xb", buffering=4 << 20) as f:
+                write_file(f, fl, checksums_out=checksums)
         for result in results:
             result.storage_data["xxh3"] = checksums[result.storage_data["key"]]
         for item, data in objects:
@@ -188,35 +207,81 @@ class ModelsafeWriter(StorageWriter):
         future.set_result(results)
         return future
 
+    def _write_remote(self, fl: Any, url: str, checksums: dict) -> None:
+        """This rank's file: written to a local temporary file (its header is patched in place), then uploaded."""
+        fs, key = filesystem(url, self._storage_options)
+        fd, local = tempfile.mkstemp(prefix="modelsafe-rank-", suffix=".safetensors")
+        try:
+            with os.fdopen(fd, "wb", buffering=4 << 20) as f:
+                write_file(f, fl, checksums_out=checksums)
+            upload_file(fs, local, key)
+        except OSError as exc:
+            if isinstance(exc, ModelsafeError):
+                raise
+            raise remote_error(url, "uploading the rank file", exc) from exc
+        finally:
+            os.unlink(local)
+
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         """Coordinator, after every rank wrote: manifest.json into the staging directory, then commit."""
         layout = metadata_layout(metadata, results)
-        name = os.path.basename(self.path)
+        name = _split(self.path)[1]
         checkpoint = self._checkpoint or {"name": name, "step": 0, "time": datetime.now(timezone.utc).isoformat(),
                                           "metrics": {}, "run_id": None}
         manifest = build_manifest(None, None, {}, {}, [], {}, checkpoint)
         manifest["framework"] = "torch"
         manifest["distributed"] = layout_json(layout)
         write_manifest(self._staging, manifest)
-        self.committed = self._storage.commit(self._staging, name)
+        if self._upload is None:
+            self.committed = self._storage.commit(self._staging, name)
+        else:
+            self.committed = self._storage.commit(self._staging, name, upload=self._upload)
+            self._upload = None
         self._staging = None
 
     def close(self) -> None:
-        """Drop an uncommitted staging directory and the run lock this writer took (after success or failure)."""
+        """Drop an uncommitted staging directory (and uploads) and the run lock this writer took."""
         with self._closing:  # a background save's callback and wait() may both close
             if self._staging is not None and self._storage is not None:
                 self._storage.discard(self._staging)
                 self._staging = None
+            if self._upload is not None and self._storage is not None:
+                upload, self._upload = self._upload, None
+                try:
+                    self._storage.abandon(upload)
+                except Exception:  # noqa: BLE001 - the next writer cleans up what is left (the marker says what)
+                    pass
             if self._own_storage and self._storage is not None:
                 self._storage.unlock()
                 self._storage = None
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike) -> bool:
-        return "://" not in os.fspath(checkpoint_id)
+        return True  # a local path or an fsspec URL
 
     def storage_meta(self) -> StorageMeta | None:
         return StorageMeta(checkpoint_id=self.path)
+
+
+def _checkpoint_id(path: str | os.PathLike) -> str:
+    text = os.fspath(path)
+    return text.rstrip("/") if is_url(text) else os.path.abspath(text)
+
+
+def _split(path: str) -> tuple[str, str]:
+    """(run, checkpoint name) of a checkpoint path or URL."""
+    if is_url(path):
+        parent, _, name = path.rpartition("/")
+        return parent, name
+    return os.path.dirname(path), os.path.basename(path)
+
+
+def _run_storage(parent: str, storage_options: dict | None) -> Any:
+    if not is_url(parent):
+        return LocalRunStorage(parent)
+    from ..storage.remote_run import RemoteRunStorage
+
+    return RemoteRunStorage(parent, storage_options)
 
 
 def _json_object(fqn: str, data: Any) -> Any:

@@ -1,12 +1,13 @@
 """Object stores through fsspec (s3fs for ``s3://``; ``memory://`` for tests).
 
-fsspec and s3fs are imported on first use, never by ``import modelsafe``.  Three jobs:
+fsspec and s3fs are imported on first use, never by ``import modelsafe``.  The jobs:
 
 * :func:`filesystem`: the fsspec file system of a URL, with ``storage_options`` and, for
   S3, the standard AWS environment (``AWS_ENDPOINT_URL`` included);
 * :func:`write_object`: one file streamed into an object in parts of :data:`BLOCK_SIZE`
   (multipart on S3: the object appears only when the upload completes, so a save
   killed midway leaves nothing; a failed one aborts the upload);
+* :func:`upload_file`: one local file uploaded streamed (multipart on S3);
 * :func:`range_reader`: an object's size and a function reading one byte range of it
   (:class:`modelsafe.format.ranges.RangeFileSource` reads a file through it).
 
@@ -118,6 +119,34 @@ def _abort(f: Any, fs: Any, key: str) -> None:
             fs.rm_file(key)
         except Exception:  # noqa: BLE001
             pass
+
+
+# Uploads of whole files: parts of UPLOAD_CHUNK, UPLOAD_PARALLEL at a time.  A save then holds
+# ~33 MiB of file data in memory whatever the checkpoint's size (measured with tracemalloc on a
+# 64 MiB checkpoint; s3fs's default, 10 parallel parts, took 130 MiB).
+UPLOAD_CHUNK = 8 << 20
+UPLOAD_PARALLEL = 2
+
+
+def upload_file(fs: Any, local: str, key: str) -> None:
+    """Upload local file ``local`` to object ``key`` of ``fs``, streamed.
+
+    s3fs uploads a file of more than one chunk as a multipart upload, reading one chunk at
+    a time: the object appears only once complete, and never the whole file is in memory.
+    """
+    accepted = _put_file_arguments(fs)
+    wanted = {"chunksize": UPLOAD_CHUNK, "max_concurrency": UPLOAD_PARALLEL}
+    fs.put_file(local, key, **{k: v for k, v in wanted.items() if k in accepted})
+
+
+def _put_file_arguments(fs: Any) -> tuple[str, ...]:
+    import inspect
+
+    target = getattr(fs, "_put_file", None) or fs.put_file
+    try:
+        return tuple(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return ()
 
 
 def range_reader(url: str, storage_options: dict | None = None) -> tuple[int, Callable[[int, int], bytes]]:
