@@ -430,9 +430,7 @@ def test_a_corrupt_rank_file_on_s3_names_its_url_and_the_tensor(s3_bucket):
     fs.pipe_file(key, bytes(data))
     with pytest.raises(ms.CorruptCheckpointError) as info:
         ms.load(url, storage_options=options)
-    # the remote read path (sources.py, distributed/source.py) names the object's rank file; the URL
-    # prefix in the message is that path's job (ms.load downloads today)
-    assert "rank-00000.safetensors" in str(info.value) and "tensor 'w'" in str(info.value)
+    assert f"{url}/rank-00000.safetensors" in str(info.value) and "tensor 'w'" in str(info.value)
 
 
 def test_async_save_to_s3_commits_on_wait(s3_bucket):
