@@ -102,7 +102,7 @@ def _from_modelsafe(exc: BaseException) -> CommandError:
 
 
 def _from_invalid_argument(exc: BaseException) -> CommandError:
-    # the library refused a value the command line passed on (--keep-last -1, --key of no entry): a usage error,
+    # the library refused a value the command line passed on (export --key of no entry, fork onto its source): usage,
     # exit 2 as click's own; still shown as "error: ..." (or JSON) with the library's message
     error = _from_modelsafe(exc)
     error.exit_code = EXIT_USAGE
