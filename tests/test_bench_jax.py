@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from script_support import run_script
 
 pytest.importorskip("flax")

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from script_support import run_script
 
 pytest.importorskip("tensorflow")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from lanes import lanes, selected
 
 pytest.importorskip("torch")

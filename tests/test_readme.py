@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from lanes import lanes, selected
 
 README = Path(__file__).resolve().parents[1] / "README.md"
