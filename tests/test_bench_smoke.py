@@ -1,12 +1,15 @@
-"""bench/bench_io.py keeps running: a tiny run prints its table and its JSON (no timing is asserted)."""
+"""bench/bench_io.py keeps running: a tiny run prints its table and its JSON (no timing is asserted).
+
+It runs in this process (tests/script_support.py), where torch is imported already.
+"""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from script_support import run_script
 
 pytest.importorskip("torch")
 pytest.importorskip("safetensors")
@@ -21,13 +24,7 @@ OPERATIONS = [
 
 
 def _run(tmp_path, *extra):
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--dir", str(tmp_path), *extra],
-        capture_output=True, text=True, timeout=120, env=env,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return run_script(SCRIPT, "--tiny", "--dir", tmp_path, *extra)  # in this process; its memory child is fresh
 
 
 def test_tiny_run_prints_every_workload_operation_and_target(tmp_path):

@@ -31,6 +31,35 @@ def test_translate_modelsafe_errors_keep_kind_path_and_key():
     assert translate(ms.CheckpointNotFoundError("gone", path="p")).kind == "CheckpointNotFoundError"
 
 
+def test_invalid_arguments_are_usage_errors_and_broken_files_problems():
+    err = translate(ms.InvalidArgumentError("keep_last must be >= 0, not -1", key="keep_last"))
+    assert err.exit_code == EXIT_USAGE == 2
+    assert err.as_dict() == {"error": "InvalidArgumentError", "message": "keep_last must be >= 0, not -1", "path": None,
+                             "key": "keep_last", "exit_code": 2}
+    # a subclass of another error keeps the most specific mapping; errors about files stay 1
+    assert translate(ms.CorruptCheckpointError("f: bad", path="f")).exit_code == EXIT_PROBLEM
+    assert translate(ms.CheckpointNotFoundError("gone", path="p")).exit_code == EXIT_PROBLEM
+    assert translate(ms.ModelsafeError("other")).exit_code == EXIT_PROBLEM
+
+
+def test_a_refused_command_line_value_exits_2_and_a_broken_file_1(tmp_path):
+    from cli_support import make_run, run_process
+
+    make_run(tmp_path / "run", [0.5, 0.4])
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    # the library refuses a fork onto its own source (InvalidArgumentError): exit 2 in both output modes
+    result = invoke("fork", tmp_path / "run", tmp_path / "run")
+    assert result.code == 2 and "different destination" in result.err, result.err
+    result = run_process("fork", tmp_path / "run", tmp_path / "run", "--json")
+    assert result.code == 2 and result.out == ""
+    assert json.loads(result.err)["error"] == "InvalidArgumentError" and json.loads(result.err)["exit_code"] == 2
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}")
+    assert invoke("show", broken).code == 1
+    assert invoke("show", tmp_path / "absent.safetensors").code == 1
+
+
 def test_translate_os_errors_and_unknown_exceptions():
     err = translate(PermissionError(13, "Permission denied", "/x/y"))
     assert err.message == "/x/y: Permission denied" and err.exit_code == 1
@@ -233,7 +262,7 @@ def test_export_of_a_key_the_state_lacks_is_an_error_naming_the_entries(tmp_path
 
     make_run(tmp_path / "run", [0.5, 0.4])
     result = invoke("export", tmp_path / "run", tmp_path / "out.safetensors", "--key", "modle")
-    assert result.code == 1 and "no entry 'modle'" in result.err and "'model'" in result.err, result.err
+    assert result.code == 2 and "no entry 'modle'" in result.err and "'model'" in result.err, result.err
     assert not (tmp_path / "out.safetensors").exists()
     assert invoke("export", tmp_path / "run", tmp_path / "out.safetensors", "--key", "model").code == 0
     assert set(ms.load(tmp_path / "out.safetensors")) == {"w", "b"}

@@ -10,7 +10,7 @@ import pytest
 
 import modelsafe as ms
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 
 def run_demo(directory, *, without_safetensors=False):
@@ -24,10 +24,23 @@ def run_demo(directory, *, without_safetensors=False):
     return proc.stdout
 
 
+def _a_previous_demo(directory) -> None:
+    """What an earlier demo leaves in ``directory``: its marker, a run that has reached the last epoch
+    (a new demo that resumed from it would train nothing and never be killed) and an export."""
+    from modelsafe.cli.demo import EPOCHS, EXPORT, RUN, prepare_directory
+
+    assert prepare_directory(str(directory)) == (str(directory), "given")
+    ck = ms.Checkpoints(directory / RUN, monitor="val_loss")
+    ck.save({"epoch": EPOCHS - 1}, step=EPOCHS - 1, metrics={"val_loss": 0.0})
+    ck.close()
+    ms.save({"w": torch.zeros(1)}, directory / EXPORT)
+
+
 @pytest.mark.timeout(600)
-def test_demo_runs_the_main_job_twice_into_the_same_directory_without_safetensors(tmp_path):
-    first = run_demo(tmp_path)
-    assert "safetensors.safe_open reads it too" in first
+def test_demo_runs_the_main_job_again_in_a_previous_demos_directory_without_safetensors(tmp_path):
+    """One run of the whole demo (two interpreters) proves both: an earlier demo's run is replaced, and
+    the demo needs only torch (safetensors blocked); the safetensors message is checked on its export below."""
+    _a_previous_demo(tmp_path)
     out = run_demo(tmp_path, without_safetensors=True)
     assert "the previous demo's run was removed" in out
     assert "any safetensors reader opens it" in out
@@ -45,8 +58,6 @@ def test_demo_runs_the_main_job_twice_into_the_same_directory_without_safetensor
     assert f"exported {best.name}" in out
     with pytest.raises(ms.UnknownClassError, match="modelsafe.demo.Regressor"):
         ms.load(tmp_path / "best-model.safetensors")  # nothing runs unless the class is registered
-    import torch
-
     from modelsafe.cli.demo import _define_model
 
     _define_model(torch)  # what `import` of the user's model module does
@@ -54,6 +65,21 @@ def test_demo_runs_the_main_job_twice_into_the_same_directory_without_safetensor
     assert type(model).__name__ == "Regressor"
     with ms.open(tmp_path / "best-model.safetensors") as r:
         assert r.metadata["exported_from"]["checkpoint"] == best.name
+
+
+def test_with_safetensors_the_demo_shows_it_reading_the_export(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from modelsafe.cli.demo import _show_safetensors_keys
+
+    pytest.importorskip("safetensors")
+    path = tmp_path / "best-model.safetensors"
+    ms.save({"head.weight": torch.ones(1, 2), "body.0.bias": torch.zeros(2)}, path)
+    console = Console(file=io.StringIO(), width=200)
+    _show_safetensors_keys(console, str(path))
+    assert "safetensors.safe_open reads it too: ['body.0.bias', 'head.weight']" in console.file.getvalue()
 
 
 def test_demo_without_torch_says_how_to_install_it(tmp_path):

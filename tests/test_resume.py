@@ -54,95 +54,114 @@ SCRIPT = textwrap.dedent(
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
         return model, opt, sched, scaler
 
-    mode, ckpt, out, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    if mode == "straight":
+    def save_weights(model, path):
+        ms.save(dict(model.state_dict()), path)
+
+    def straight(ckpt, n):
         model, opt, sched, scaler = fresh(0)
         train(model, opt, sched, scaler, 0, n)
         ms.save({"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler,
                  "rng": RNGState.capture(), "step": n}, ckpt, metadata={"loss": 0.5})
         train(model, opt, sched, scaler, n, 2 * n)
-    elif mode in ("load", "load_without_rng"):
+        return model
+
+    def load(ckpt, n, rng):
         state = ms.load(ckpt)
-        if mode == "load":
+        if rng:
             state["rng"].restore()
         model, opt, sched, scaler = state["model"], state["optimizer"], state["scheduler"], state["scaler"]
         assert sched.optimizer is opt and opt.param_groups[0]["params"][0] is next(model.parameters())
         train(model, opt, sched, scaler, state["step"], 2 * n)
-    elif mode == "load_into":
+        return model
+
+    def load_into(ckpt, n):
         model, opt, sched, scaler = fresh(123)
         state = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler, "rng": RNGState(), "step": 0}
         report = ms.load_into(state, ckpt)
         assert report.ok, report
         state["rng"].restore()
         train(model, opt, sched, scaler, state["step"], 2 * n)
-    elif mode == "ck_train":  # ckpt is a folder: an uninterrupted run, and one stopped at n, as two runs
+        return model
+
+    def ck_train(root, n):  # an uninterrupted run, and one stopped at n, as two runs
         for run, stop in (("straight", 2 * n), ("interrupted", n)):
             model, opt, sched, scaler = fresh(0)
-            ck = ms.Checkpoints(f"{ckpt}/{run}", keep_last=2, async_save=run == "interrupted")
+            ck = ms.Checkpoints(f"{root}/{run}", keep_last=2, async_save=run == "interrupted")
             for step in range(stop):  # a checkpoint after every step
                 train(model, opt, sched, scaler, step, step + 1)
                 ck.save({"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}, step=step)
             ck.close()
-            ms.save(dict(model.state_dict()), f"{ckpt}/{run}.safetensors")
-        sys.exit()
-    elif mode == "ck_resume":  # a fresh process resumes the interrupted run, with and without the RNG states
+            save_weights(model, f"{root}/ck-{run}.safetensors")
+
+    def ck_resume(root, n):  # resume the interrupted run, with and without the RNG states
         for rng in (True, False):
             model, opt, sched, scaler = fresh(123)
             state = {"model": model, "optimizer": opt, "scheduler": sched, "scaler": scaler}
-            ck = ms.Checkpoints(f"{ckpt}/interrupted")
+            ck = ms.Checkpoints(f"{root}/interrupted")
             info = ck.load_into(state, n - 1, rng=rng)
             assert info.step == n - 1, info
             train(model, opt, sched, scaler, n, 2 * n)
-            ms.save(dict(model.state_dict()), f"{ckpt}/resumed-rng-{rng}.safetensors")
-        sys.exit()
-    ms.save(dict(model.state_dict()), out)
+            save_weights(model, f"{root}/ck-resumed-rng-{rng}.safetensors")
+
+    # one process trains, a second (fresh) one resumes; every resume starts from the files alone
+    phase, root, n, ck_n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if phase == "train":
+        save_weights(straight(f"{root}/ckpt.safetensors", n), f"{root}/straight.safetensors")
+        ck_train(root, ck_n)
+    else:
+        # first, while this process's generators are still untouched: the control without the RNG states
+        save_weights(load(f"{root}/ckpt.safetensors", n, rng=False), f"{root}/load_without_rng.safetensors")
+        save_weights(load(f"{root}/ckpt.safetensors", n, rng=True), f"{root}/load.safetensors")
+        save_weights(load_into(f"{root}/ckpt.safetensors", n), f"{root}/load_into.safetensors")
+        ck_resume(root, ck_n)
     """
 )
 
+STEPS, CK_STEPS = 7, 5
+
 
 def _run(script, *args):
-    res = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
 
 
-@pytest.mark.parametrize("steps", [7])
-def test_resume_is_bit_identical(tmp_path, steps):
-    script = tmp_path / "train.py"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The training process, then the resuming one (two interpreters for every check below, not one each)."""
+    root = tmp_path_factory.mktemp("resume")
+    script = root / "train.py"
     script.write_text(SCRIPT)
-    ckpt = tmp_path / "ckpt.safetensors"
-    outs = {}
-    for mode in ("straight", "load", "load_into", "load_without_rng"):
-        outs[mode] = tmp_path / f"{mode}.safetensors"
-        _run(script, mode, ckpt, outs[mode], steps)
-    ref = ms.load(outs["straight"])
+    _run(script, "train", root, STEPS, CK_STEPS)
+    _run(script, "resume", root, STEPS, CK_STEPS)
+    return root
+
+
+def test_resume_is_bit_identical(runs):
+    ref = ms.load(runs / "straight.safetensors")
     for mode in ("load", "load_into"):
-        got = ms.load(outs[mode])
+        got = ms.load(runs / f"{mode}.safetensors")
         assert list(got) == list(ref)
         for key in ref:
             assert torch.equal(got[key], ref[key]), (mode, key)
     # controls, so the comparison is not vacuous: dropout and data depend on the RNG state ...
-    no_rng = ms.load(outs["load_without_rng"])
+    no_rng = ms.load(runs / "load_without_rng.safetensors")
     assert any(not torch.equal(no_rng[k], ref[k]) for k in ref)
     # ... and the run really moved on from the checkpoint
-    with ms.open(ckpt) as r:  # (this process does not know resume.Net; reading tensors needs no class)
+    with ms.open(runs / "ckpt.safetensors") as r:  # (this process does not know resume.Net; reading tensors needs no class)
         assert any(not torch.equal(r[f"model.{k}"], ref[k]) for k in ref)
         assert r.metadata == {"loss": 0.5}
 
 
-def test_checkpoints_resume_is_bit_identical_with_the_global_rngs(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    _run(script, "ck_train", tmp_path, "-", 5)
-    _run(script, "ck_resume", tmp_path, "-", 5)
-    ref = ms.load(tmp_path / "straight.safetensors")
-    resumed = ms.load(tmp_path / "resumed-rng-True.safetensors")
+def test_checkpoints_resume_is_bit_identical_with_the_global_rngs(runs):
+    ref = ms.load(runs / "ck-straight.safetensors")
+    resumed = ms.load(runs / "ck-resumed-rng-True.safetensors")
     assert list(resumed) == list(ref)
     assert all(torch.equal(resumed[k], ref[k]) for k in ref)
     # the controls: the run really moved on from the checkpoint, and without the RNG
     # states, dropout and the data differ after the resume
-    interrupted = ms.load(tmp_path / "interrupted.safetensors")
+    interrupted = ms.load(runs / "ck-interrupted.safetensors")
     assert any(not torch.equal(interrupted[k], ref[k]) for k in ref)
-    no_rng = ms.load(tmp_path / "resumed-rng-False.safetensors")
+    no_rng = ms.load(runs / "ck-resumed-rng-False.safetensors")
     assert any(not torch.equal(no_rng[k], ref[k]) for k in ref)
 
 

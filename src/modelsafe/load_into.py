@@ -7,7 +7,10 @@ loader, a sampler, a metric), or a dict / list / tuple of them whose shape follo
 state is matched key by key, using full dotted names (``"model.fc.weight"``; a
 module at the root of the target uses its own keys, ``"fc.weight"``):
 
-* ``select``: a prefix, or a list of keys, of the *file*; only those are considered;
+* ``select``: a prefix, or a list of keys, of the *file*; only those are considered.  A lone
+  module target stands where the selection lies in the saved tree: ``select="model."`` on a
+  file of ``{"model": state_dict, "optim": ...}`` (a sharded checkpoint's tree) loads as the
+  target ``{"model": module}`` would;
 * ``rename``: ``{old_prefix: new_prefix}`` applied to the selected file keys;
 * ``strict=True`` writes nothing unless every key matches in name, shape and dtype
   class (bool / integer / floating / complex) — otherwise
@@ -273,7 +276,8 @@ class _Planner:
         self.s.report.loaded.append(full)
 
     # modules and tensors
-    def plan_module(self, module: Any, how: LoadTarget, node: Any, prefix: str, name: str) -> None:
+    def plan_module(self, module: Any, how: LoadTarget, node: Any, prefix: str, name: str, at: str | None = None) -> None:
+        """Plan the module's keys: file keys ``prefix + key``, target keys ``at + key`` (``at``: ``prefix``)."""
         state = _module_state_node(self.s, node, how.saved_kinds, root=not name)
         if state is None:
             self.s.report.mismatched.append(Mismatch(name or "<root>", _what(node), None, type(module).__name__, None))
@@ -297,7 +301,7 @@ class _Planner:
             if self.s.selected(full):
                 self.file_entries.append((full, self.s.rename(_join(prefix, str(key)[len(strip):])), child))
         for key, value in states[id(best)].items():
-            self.targets[_join(prefix, key)] = (best, key, value, how)
+            self.targets[_join(prefix if at is None else at, key)] = (best, key, value, how)
 
     def plan_tensor_owner(self, tensor: Any, how: LoadTarget, node: Any, name: str) -> None:
         self.targets[name] = (None, name, tensor, how)
@@ -436,6 +440,40 @@ def _module_state_node(session: _Session, node: Any, kinds: tuple[str, ...], *, 
     return node
 
 
+def _selected_place(session: _Session, target: Any, tree: Any) -> tuple[Any, str] | None:
+    """The saved node ``select`` points into, and its prefix, for a lone module target; None: the root.
+
+    ``ms.load_into(model, p, select="model.")`` on a file of ``{"model": state_dict, "optim": ...}`` (a sharded
+    checkpoint is always such a tree) then loads as ``ms.load_into({"model": model}, p, select="model.")`` does:
+    the module stands at ``model``, its file keys are ``model.<key>``.  A list of keys names a place when all of
+    them lie under the same one.  The walk follows dict keys only, longest first, so a flat state dict's dotted
+    keys (``"0.weight"``) are never taken apart.
+    """
+    how = target_for(target)
+    select = session.select
+    if how is None or how.plan != "module" or select is None:
+        return None
+    walks = [_walk(session, tree, key) for key in ([select] if isinstance(select, str) else select)]
+    if not walks or not walks[0][1] or any(prefix != walks[0][1] for _, prefix in walks):
+        return None
+    return walks[0]
+
+
+def _walk(session: _Session, node: Any, key: str) -> tuple[Any, str]:
+    """The deepest saved dict or object node on the way to file key ``key``, and its prefix (``"model."``)."""
+    prefix = ""
+    while _object_kind(node) is None and (items := _saved_dict_items(session, node)):
+        step = max(
+            ((k, child) for k, child in items if isinstance(k, str) and key.startswith(f"{prefix}{k}.")
+             and (_object_kind(child) is not None or _saved_dict_items(session, child) is not None)),
+            key=lambda kc: len(kc[0]), default=None,
+        )
+        if step is None:
+            break
+        node, prefix = step[1], f"{prefix}{step[0]}."
+    return node, prefix
+
+
 def _what(node: Any) -> str:
     kind = _object_kind(node)
     if kind:
@@ -476,7 +514,13 @@ def load_into(
     with open_source(path, storage_options=storage_options) as source:
         session = _Session(source, verify, select, rename)
         planner = _Planner(session)
-        planner.plan(target, source.manifest.get("tree"), "", "")
+        tree = source.manifest.get("tree")
+        place = _selected_place(session, target, tree)
+        if place is None:
+            planner.plan(target, tree, "", "")
+        else:  # the module stands where select points; rename maps that place too (select="m.", rename={"m.": ""})
+            node, prefix = place
+            planner.plan_module(target, target_for(target), node, prefix, prefix.rstrip("."), at=session.rename(prefix))
         planner.match()
         report = session.report
         if strict and not report.ok:

@@ -1,8 +1,9 @@
 """The one place that turns errors into messages and exit codes.
 
 Exit codes: 0 success; 1 a problem was found (corrupt file or tensor, failed verify,
-missing checkpoint, any modelsafe error, an OS error); 2 usage error (bad options,
-arguments or ``RUN@`` addresses).
+missing checkpoint, any other modelsafe error, an OS error); 2 usage error (bad options,
+arguments or ``RUN@`` addresses, and :class:`~modelsafe.errors.InvalidArgumentError`: the
+library refused a value the command line gave it).
 
 Commands raise library errors as they are; :class:`ModelsafeGroup` catches them once,
 at the top, and :func:`translate` maps each to a :class:`CommandError` through a small
@@ -18,7 +19,7 @@ from typing import Any, Callable
 
 import click
 
-from ..errors import ModelsafeError
+from ..errors import InvalidArgumentError, ModelsafeError
 from ..gc_pause import gc_paused
 from .output import json_mode, printable
 
@@ -100,6 +101,14 @@ def _from_modelsafe(exc: BaseException) -> CommandError:
     return CommandError(str(exc), kind=type(exc).__name__, path=exc.path, key=exc.key)
 
 
+def _from_invalid_argument(exc: BaseException) -> CommandError:
+    # the library refused a value the command line passed on (export --key of no entry, fork onto its source): usage,
+    # exit 2 as click's own; still shown as "error: ..." (or JSON) with the library's message
+    error = _from_modelsafe(exc)
+    error.exit_code = EXIT_USAGE
+    return error
+
+
 def _from_os_error(exc: BaseException) -> CommandError:
     assert isinstance(exc, OSError)
     where = f"{exc.filename}: " if exc.filename else ""
@@ -117,6 +126,7 @@ def _from_import_error(exc: BaseException) -> CommandError:
 
 
 register_error(ModelsafeError, _from_modelsafe)
+register_error(InvalidArgumentError, _from_invalid_argument)
 register_error(OSError, _from_os_error)
 register_error(ImportError, _from_import_error)
 
