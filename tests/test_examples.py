@@ -1,7 +1,4 @@
-"""Every script in examples/ runs, in its own interpreter, and shows what it promises.
-
-The scripts are independent: they run two at a time (tests/lanes.py), each test checks its own.
-"""
+"""Every script in examples/ runs, in its own interpreter, and shows what it promises."""
 
 from __future__ import annotations
 
@@ -11,10 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lanes import lanes, selected
-
 pytest.importorskip("torch")
-pytestmark = pytest.mark.timeout(1200)  # a test may wait for the example run beside its own
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
@@ -40,24 +34,10 @@ def test_every_example_is_listed():
     assert sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "mxnet_walkthrough.py") == sorted(EXPECTED)
 
 
-def _run(name: str, directory: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLES / name), str(directory)], capture_output=True, text=True,
-                          timeout=400)  # fits on a busy machine
-
-
-@pytest.fixture(scope="module")
-def runs(request, tmp_path_factory):
-    """name -> (future of the finished process, its directory), for the examples selected to run."""
-    directories = {name: tmp_path_factory.mktemp(name.removesuffix(".py")) for name in selected(request, "name")}
-    with lanes({name: (lambda n=name: _run(n, directories[n])) for name in directories}) as futures:
-        yield {name: (futures[name], directories[name]) for name in directories}
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs(runs, name):
-    future, directory = runs[name]
-    out = future.result()
+def test_example_runs(tmp_path, name):
+    out = subprocess.run([sys.executable, str(EXAMPLES / name), str(tmp_path)], capture_output=True, text=True, timeout=400)  # fits on a busy machine
     assert out.returncode == 0, out.stderr
     for line in EXPECTED[name]:
         assert line in out.stdout, out.stdout
-    assert list(directory.glob("*.safetensors")), "the example writes its files into the directory it is given"
+    assert list(tmp_path.glob("*.safetensors")), "the example writes its files into the directory it is given"
