@@ -378,3 +378,24 @@ def test_verify_of_a_remote_sharded_checkpoint_names_the_rank_file(store, tmp_pa
     _rewrite(rank, options, lambda data: data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
     problems = [e for e in check(url, storage_options=options) if isinstance(e, Problem)]
     assert len(problems) == 1 and rank in str(problems[0].error) and problems[0].tensor.startswith("model.")
+
+
+def test_shards_opened_together_report_each_problem_by_its_own_url(store):
+    """The shard headers of a remote checkpoint are fetched concurrently; each problem still
+    names its own shard, a good shard still loads, and the first problem is what ms.open raises."""
+    from modelsafe.verification import Problem, check
+
+    prefix, options = store
+    state = {f"t{i}": np.full(1 << 20, i, np.float32) for i in range(4)}  # 4 MiB each: a shard each
+    with ms.Checkpoints(f"{prefix}/many", storage_options=options) as ck:
+        checkpoint = ck.save(state, step=0).path
+    fs, key = filesystem(checkpoint, options)
+    shards = [s["file"] for s in json.loads(fs.cat_file(f"{key}/manifest.json"))["shards"]]
+    assert len(shards) == 4
+    fs.rm_file(f"{key}/{shards[1]}")
+    _rewrite(f"{checkpoint}/{shards[3]}", options, lambda data: data[:-100])
+    problems = [e for e in check(checkpoint, storage_options=options) if isinstance(e, Problem)]
+    assert sorted(p.file for p in problems) == [f"{checkpoint}/{shards[1]}", f"{checkpoint}/{shards[3]}"]
+    assert "missing" in str(next(p.error for p in problems if p.file.endswith(shards[1])))
+    with pytest.raises(ms.CorruptCheckpointError, match=shards[1]):
+        ms.open(checkpoint, storage_options=options)

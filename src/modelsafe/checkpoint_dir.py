@@ -472,15 +472,14 @@ class CheckpointSource:
             raise error
         self._problems.append(error)
 
-    def _open_shard(self, name: str, size: int) -> FileSource | None:
+    def _opened_shard(self, name: str, size: int, source: FileSource | Exception) -> FileSource | None:
+        """``source`` as the directory opened it, or None with the problem reported."""
         shown = self._inside(name)
-        try:
-            source = self._directory.open_shard(name)
-        except FileNotFoundError:
+        if isinstance(source, FileNotFoundError):
             self._report(self._missing(_corrupt(shown, "the shard is missing")))
             return None
-        except ModelsafeError as exc:
-            self._report(self._missing(exc) if isinstance(exc, StorageError) else exc)
+        if isinstance(source, ModelsafeError):
+            self._report(self._missing(source) if isinstance(source, StorageError) else source)
             return None
         if source.file_size != size:  # a header that fits a file of another size still places its tensors
             source.close()
@@ -492,9 +491,9 @@ class CheckpointSource:
     def _records(self) -> dict[str, TensorRecord]:
         tensors = self.manifest["tensors"]
         records: dict[str, TensorRecord] = {}
-        for shard in self.manifest["shards"]:
-            name = shard["file"]
-            source = self._open_shard(name, shard["size"])
+        sizes = {shard["file"]: shard["size"] for shard in self.manifest["shards"]}
+        for name, opened in self._directory.open_shards(list(sizes)):
+            source = self._opened_shard(name, sizes[name], opened)
             if source is None:
                 continue
             self._shards[name] = source

@@ -54,8 +54,8 @@ class DistributedSource:
             self.manifest_bytes = self._read(MANIFEST)
             manifest = parse_manifest(self.manifest_bytes, shown)
             self.layout: Layout = parse_layout(manifest.get("distributed"), shown)
-            for name in self.layout.files:
-                self._files[name] = self._open_rank_file(name)
+            for name, opened in self._directory.open_shards(list(self.layout.files)):
+                self._files[name] = self._rank_file(name, opened)
             self._check_chunks()
             self.records = self._whole_records()
             self.manifest = {**manifest, "tree": self._tree(), "tensors": {}}
@@ -74,15 +74,17 @@ class DistributedSource:
             raise CheckpointNotFoundError(f"{self.path}: no manifest.json, so this is not a committed checkpoint",
                                           path=self.path) from None
 
-    def _open_rank_file(self, name: str) -> FileSource:
-        shown = self._directory.inside(name)
-        try:
-            return self._directory.open_shard(name)
-        except FileNotFoundError:
+    def _rank_file(self, name: str, opened: FileSource | Exception) -> FileSource:
+        """Rank file ``name`` as the directory opened it; what opening it raised is raised here."""
+        if isinstance(opened, FileNotFoundError):
             if self.removed():
                 raise removed_error(self.path) from None
+            shown = self._directory.inside(name)
             raise CorruptCheckpointError(f"{shown}: the rank file is missing; the checkpoint is damaged. Load an "
                                          "earlier checkpoint or restore it from a backup", path=shown) from None
+        if isinstance(opened, Exception):
+            raise opened
+        return opened
 
     def removed(self) -> bool:
         return self._directory.removed()
