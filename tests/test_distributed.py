@@ -439,3 +439,9 @@ def test_async_save_to_s3_commits_on_wait(s3_bucket):
     handle.wait()
     assert torch.equal(ms.load(f"{base}/ckpt", storage_options=options)["model"]["w"], _small_state()["model"]["w"])
     assert not [f for f in _s3_files(base, options) if ".modelsafe" in f]  # no marker left, the lease released
+
+
+def test_storage_options_with_a_local_path_are_refused(tmp_path):
+    with pytest.raises(ms.InvalidArgumentError, match="storage_options"):
+        ms.distributed.save(_small_state(), str(tmp_path / "ckpt"), storage_options={"anon": True})
+    assert not os.path.exists(tmp_path / "ckpt")

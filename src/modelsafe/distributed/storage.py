@@ -48,13 +48,13 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..checkpoint_dir import build_manifest, write_manifest
+from ..checkpoints import _storage_for
 from ..directory import open_directory_of
-from ..errors import CorruptCheckpointError, ModelsafeError, UnsupportedObjectError
+from ..errors import CorruptCheckpointError, InvalidArgumentError, ModelsafeError, UnsupportedObjectError
 from ..format.dtypes import BY_NAME
 from ..format.writer import write_file
 from ..gc_pause import gc_paused
 from ..storage import is_url
-from ..storage.commit import LocalRunStorage
 from ..storage.remote import filesystem, remote_error, upload_file
 from ..tree import Unflattener, flatten
 from .layout import Chunk, Layout, TensorEntry, layout_json, rank_file
@@ -142,6 +142,11 @@ class ModelsafeWriter(StorageWriter):
                  storage_options: dict | None = None) -> None:
         super().__init__()
         self.path = _checkpoint_id(path)
+        if storage_options is not None and not is_url(self.path):  # refused on every rank, before DCP starts
+            raise InvalidArgumentError(
+                f"{self.path}: storage_options= apply to remote (fsspec) URLs such as s3://, and this is a local "
+                "path; drop storage_options", path=self.path, key="storage_options",
+            )
         self._storage = storage
         self._own_storage = storage is None
         self._checkpoint = checkpoint
@@ -166,7 +171,7 @@ class ModelsafeWriter(StorageWriter):
         """Coordinator: take the run lock, make the staging directory, give each rank its file."""
         parent, name = _split(self.path)
         if self._storage is None:
-            self._storage = _run_storage(parent, self._storage_options)
+            self._storage = _storage_for(parent, self._storage_options)  # the run storage Checkpoints would use
             self._storage.lock()
             self._storage.clean_leftovers()
         self._staging = self._storage.stage(name)
@@ -274,14 +279,6 @@ def _split(path: str) -> tuple[str, str]:
         parent, _, name = path.rpartition("/")
         return parent, name
     return os.path.dirname(path), os.path.basename(path)
-
-
-def _run_storage(parent: str, storage_options: dict | None) -> Any:
-    if not is_url(parent):
-        return LocalRunStorage(parent)
-    from ..storage.remote_run import RemoteRunStorage
-
-    return RemoteRunStorage(parent, storage_options)
 
 
 def _json_object(fqn: str, data: Any) -> Any:
