@@ -31,6 +31,7 @@ from .format.manifest import TensorRecord
 from .format.plan import FlatState, Payload
 from .format.reader import FileSource
 from .format.writer import HashedFile, OnBytes, hash_payloads, write_file, write_hashed
+from .loading import buffers_on_demand, fetch_records
 from .run_file import MAX_TEXT, check_lineage
 from .storage.commit import MAX_MANIFEST_BYTES
 from .storage.local import open_directory
@@ -515,8 +516,7 @@ class CheckpointSource:
 
     def sparse_buffers(self) -> dict[str | None, np.ndarray]:
         """Shard -> data section that :meth:`fetch` fills (remote shards), or maps (local ones): ms.open's reader."""
-        return {name: (s.sparse_buffers() if hasattr(s, "sparse_buffers") else s.buffers(lazy=True))[None]
-                for name, s in self._shards.items()}
+        return {name: buffers_on_demand(s)[None] for name, s in self._shards.items()}
 
     def fetch(self, records: Any) -> None:
         """Read the bytes of ``records`` where the shards are read on demand (byte ranges of a remote object)."""
@@ -524,12 +524,10 @@ class CheckpointSource:
         for record in records:
             by_shard.setdefault(record.file, []).append(record)
         for name, wanted in by_shard.items():
-            shard = self._shards[name]
-            if hasattr(shard, "fetch"):
-                try:
-                    shard.fetch(wanted)
-                except ModelsafeError as exc:  # gone or replaced under the reader: retention, not damage
-                    raise self._missing(exc) from None
+            try:
+                fetch_records(self._shards[name], wanted)
+            except ModelsafeError as exc:  # gone or replaced under the reader: retention, not damage
+                raise self._missing(exc) from None
 
     def release(self) -> None:
         """Drop the bytes :meth:`fetch` read so far (see RangeFileSource.release)."""

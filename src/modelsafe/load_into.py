@@ -33,7 +33,7 @@ from .adapters import frameworks_for_type
 from .adapters.protocol import LoadTarget, StateMismatch
 from .arguments import check_flag, check_path, check_rename, check_select, check_storage_options
 from .errors import IncompatibleStateError, InvalidArgumentError, ModelsafeError
-from .loading import add_aliases, materialize
+from .loading import add_aliases, buffers_on_demand, fetch_records, materialize
 from .rng import LOAD_TARGETS as RNG_TARGETS
 from .sources import open_source
 from .stateful import STATEFUL_TARGET
@@ -160,16 +160,13 @@ class _Session:
         if not names:
             return {}
         if self._buffers is None:
-            sparse = getattr(self.source, "sparse_buffers", None)  # remote: only the records asked for are read
-            self._buffers = sparse() if sparse is not None else self.source.buffers(lazy=True)
+            self._buffers = buffers_on_demand(self.source)  # remote: only the records asked for are read
         records = {}
         for name in names:
             rec = self.record(name)
             if rec is not None:
                 records[rec.name] = rec
-        fetch = getattr(self.source, "fetch", None)
-        if fetch is not None:
-            fetch(records.values())
+        fetch_records(self.source, records.values())
         values = materialize(
             self.source, self._buffers, records.values(), framework=framework, verify=self.verify, copy=copy
         )

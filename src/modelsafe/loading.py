@@ -28,6 +28,20 @@ def refuse_pickles(source: Any, allow_pickle: bool) -> None:
 
 
 @gc_paused()  # tens of thousands of tensors and specs at once
+def buffers_on_demand(source: Any) -> dict[str | None, np.ndarray]:
+    """The buffers to read records of ``source`` from: mapped, or for a source read on demand
+    (byte ranges of an object) its sparse buffers, which :func:`fetch_records` fills."""
+    sparse = getattr(source, "sparse_buffers", None)
+    return sparse() if sparse is not None else source.buffers(lazy=True)
+
+
+def fetch_records(source: Any, records: Iterable[TensorRecord]) -> None:
+    """Bring the bytes of ``records`` in where ``source`` reads on demand; nothing for a mapped one."""
+    fetch = getattr(source, "fetch", None)
+    if fetch is not None:
+        fetch(records)
+
+
 def materialize(
     source: Any,
     buffers: dict[str | None, np.ndarray],

@@ -9,7 +9,16 @@ import numpy as np
 
 from .errors import InvalidArgumentError, ModelsafeError, TensorKeyError
 from .format.manifest import TensorRecord
-from .loading import add_aliases, decode_metadata, decode_tree, materialize, refuse_pickles, unsupported_dtype
+from .loading import (
+    add_aliases,
+    buffers_on_demand,
+    decode_metadata,
+    decode_tree,
+    fetch_records,
+    materialize,
+    refuse_pickles,
+    unsupported_dtype,
+)
 from .tree import walk_refs
 
 
@@ -89,15 +98,12 @@ class Reader:
         if self._closed:
             raise ModelsafeError(f"{self.path}: this reader is closed; open the file again with ms.open", path=self.path)
         if self._buffers is None:
-            sparse = getattr(self._source, "sparse_buffers", None)  # a remote file: filled by _fetch
-            self._buffers = sparse() if sparse is not None else self._source.buffers(lazy=True)
+            self._buffers = buffers_on_demand(self._source)  # a remote file: filled by _fetch
         return self._buffers
 
     def _fetch(self, records: Any) -> None:
         """Bring the bytes of ``records`` in where the source reads on demand (remote files: range requests)."""
-        fetch = getattr(self._source, "fetch", None)
-        if fetch is not None:
-            fetch(records)
+        fetch_records(self._source, records)
 
     def get(self, key: str, *, framework: str | None = None, map_location: Any = None) -> Any:
         """One tensor, zero-copy from the mapped file where the dtype allows."""

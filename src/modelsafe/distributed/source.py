@@ -25,7 +25,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ModelsafeE
 from ..format.dtypes import BY_NAME
 from ..format.manifest import TensorRecord
 from ..format.reader import FileSource
-from ..loading import materialize
+from ..loading import buffers_on_demand, fetch_records, materialize
 from ..storage.commit import MAX_MANIFEST_BYTES
 from ..storage.local import read_small_file
 from .layout import Chunk, Layout, parse_layout
@@ -142,14 +142,11 @@ class DistributedSource:
         """(rank file, record, data section) of ``chunk``: mapped, or (remote) its byte range fetched first."""
         source = self._files[chunk.file]
         record = source.records[chunk.key]
-        fetch = getattr(source, "fetch", None)
-        if fetch is None:
-            return source, record, source.buffers(lazy=True)[None]
         try:
-            fetch([record])
+            fetch_records(source, [record])
         except ModelsafeError as exc:  # gone or replaced under the reader: retention, not damage
             raise (removed_error(self.path) if self.removed() else exc) from None
-        return source, record, source.sparse_buffers()[None]
+        return source, record, buffers_on_demand(source)[None]
 
     def chunk_tensor(self, fqn: str, chunk: Chunk, *, framework: str | None = None) -> Any:
         """The chunk as a tensor of ``framework``, verified against its checksum."""
